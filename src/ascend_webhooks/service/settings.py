@@ -1,0 +1,100 @@
+"""The service's configuration, read from ``ASCEND_WEBHOOKS_*`` environment variables."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_RETRY_SCHEDULE", "Settings", "SettingsError"]
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
+MAX_RETRIES = 10
+_PREFIX = "ASCEND_WEBHOOKS_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable and what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "sqlite:///./ascend-webhooks.db"
+    admin_token: str | None = None
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    retry_jitter: float = 0.2  # each delay is drawn from delay * (1 ± jitter)
+    attempt_timeout: float = 15.0
+    allow_http: bool = False
+    allow_private_networks: bool = False
+    max_payload_bytes: int = 262_144
+    master_key: str | None = None  # base64 AES key; default: a file beside the SQLite database
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``ASCEND_WEBHOOKS_*`` variable; raises SettingsError on a bad value."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        kwargs: dict[str, object] = {}
+        if (url := get("DATABASE_URL")) is not None:
+            kwargs["database_url"] = url
+        if (token := get("ADMIN_TOKEN")) is not None:
+            kwargs["admin_token"] = token
+        if (schedule := get("RETRY_SCHEDULE")) is not None:
+            kwargs["retry_schedule"] = parse_retry_schedule(schedule)
+        if (timeout := get("ATTEMPT_TIMEOUT")) is not None:
+            kwargs["attempt_timeout"] = _positive("ATTEMPT_TIMEOUT", timeout)
+        if (value := get("ALLOW_HTTP")) is not None:
+            kwargs["allow_http"] = _flag("ALLOW_HTTP", value)
+        if (value := get("ALLOW_PRIVATE_NETWORKS")) is not None:
+            kwargs["allow_private_networks"] = _flag("ALLOW_PRIVATE_NETWORKS", value)
+        if (value := get("MAX_PAYLOAD_BYTES")) is not None:
+            size = _positive("MAX_PAYLOAD_BYTES", value)
+            if size != int(size):
+                raise SettingsError(f"{_PREFIX}MAX_PAYLOAD_BYTES must be a whole number")
+            kwargs["max_payload_bytes"] = int(size)
+        if (value := get("MASTER_KEY")) is not None:
+            kwargs["master_key"] = value
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def parse_retry_schedule(text: str) -> tuple[float, ...]:
+    """Parse ``"5,30,120"`` into delays; at most 10, each a finite number >= 0."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [""]:
+        return ()
+    delays = tuple(_number("RETRY_SCHEDULE", part, minimum=0.0) for part in parts)
+    if len(delays) > MAX_RETRIES:
+        raise SettingsError(f"{_PREFIX}RETRY_SCHEDULE has {len(delays)} delays; at most 10")
+    return delays
+
+
+def _number(name: str, text: str, *, minimum: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{_PREFIX}{name}: {text!r} is not a number") from None
+    if not math.isfinite(value) or value < minimum:
+        raise SettingsError(f"{_PREFIX}{name}: {text!r} must be a finite number >= {minimum:g}")
+    return value
+
+
+def _positive(name: str, text: str) -> float:
+    value = _number(name, text, minimum=0.0)
+    if value == 0:
+        raise SettingsError(f"{_PREFIX}{name} must be greater than 0")
+    return value
+
+
+def _flag(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{_PREFIX}{name}: {text!r} is not 1/0, true/false, yes/no or on/off")

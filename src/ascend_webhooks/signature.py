@@ -1,0 +1,274 @@
+"""The Ascend signature scheme: build and check ``X-Ascend-Signature``.
+
+Wire format (SPEC section 1)::
+
+    X-Ascend-Request-Timestamp: 1657323346
+    X-Ascend-Signature: t=1657323346,v1=<hex HMAC-SHA256(secret, "1657323346:" + raw body)>
+
+Standard library only: this module is what every receiver imports, so it must stay cheap to
+install and fast to call. Checks run in the order the contract fixes: signature first, then
+freshness, then payload parsing. Every authentication failure is a
+:class:`SignatureVerificationError`; a signed body that is not an event is an
+:class:`InvalidPayloadError`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from hashlib import sha256
+from typing import Any, Protocol
+
+from .errors import InvalidPayloadError, SignatureVerificationError
+from .event import Event
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
+    "Webhook",
+    "compute_signature",
+    "parse_event",
+    "sign",
+    "verify",
+]
+
+SIGNATURE_HEADER = "X-Ascend-Signature"
+TIMESTAMP_HEADER = "X-Ascend-Request-Timestamp"
+DEFAULT_TOLERANCE = 300
+
+_SIGNATURE_LOWER = SIGNATURE_HEADER.lower()
+_TIMESTAMP_LOWER = TIMESTAMP_HEADER.lower()
+_ASCII_DIGITS = frozenset("0123456789")
+_HEX_LOWER = frozenset("0123456789abcdef")
+# A timestamp longer than this cannot be a Unix time in seconds; it is never fresh, and
+# int() on it is skipped (Python refuses to convert strings of more than 4300 digits).
+_MAX_TIMESTAMP_DIGITS = 18
+
+
+class HeadersLike(Protocol):
+    """Anything with a ``.get(name)`` (Starlette, Werkzeug, Django, wsgiref headers, dicts)."""
+
+    def get(self, key: str, /) -> Any: ...
+
+
+Payload = bytes | bytearray | memoryview | str
+Secret = str | Sequence[str]
+
+
+def compute_signature(timestamp: str, payload: bytes, secret: str | bytes) -> str:
+    """Return the hex HMAC-SHA256 of ``"<timestamp>:<payload>"`` under ``secret``."""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    return hmac.digest(key, timestamp.encode("ascii") + b":" + payload, sha256).hex()
+
+
+def sign(payload: Payload, secret: Secret, timestamp: int | None = None) -> dict[str, str]:
+    """Return the two Ascend headers for ``payload``: one ``v1`` per secret given.
+
+    ``timestamp`` defaults to the current Unix time in whole seconds.
+    """
+    body = _payload_bytes(payload)
+    keys = _secret_keys(secret)
+    if timestamp is None:
+        timestamp = int(time.time())
+    elif isinstance(timestamp, bool) or not isinstance(timestamp, int):
+        raise TypeError("timestamp must be an int (Unix seconds) or None")
+    elif timestamp < 0:
+        raise ValueError("timestamp must not be negative")
+    ts = str(timestamp)
+    message = ts.encode("ascii") + b":" + body
+    signatures = ",".join("v1=" + hmac.digest(key, message, sha256).hex() for key in keys)
+    return {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: f"t={ts},{signatures}"}
+
+
+def verify(
+    payload: Payload,
+    headers: Mapping[str, str] | HeadersLike,
+    secret: Secret,
+    *,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> Event:
+    """Check the request's signature and freshness, then return its :class:`Event`.
+
+    Raises :class:`SignatureVerificationError` if the request is not authentic or not fresh,
+    :class:`InvalidPayloadError` if it is authentic but not an event.
+    """
+    body = _payload_bytes(payload)
+    return _verify(body, headers, _secret_keys(secret), _tolerance(tolerance), now)
+
+
+class Webhook:
+    """A verifier bound to one secret (or several, during key rotation) and one tolerance."""
+
+    __slots__ = ("_keys", "_tolerance")
+
+    def __init__(self, secret: Secret, *, tolerance: float | None = DEFAULT_TOLERANCE) -> None:
+        self._keys = _secret_keys(secret)
+        self._tolerance = _tolerance(tolerance)
+
+    def verify(
+        self,
+        payload: Payload,
+        headers: Mapping[str, str] | HeadersLike,
+        *,
+        now: float | None = None,
+    ) -> Event:
+        """Same rules as :func:`verify`, with this webhook's secrets and tolerance."""
+        return _verify(_payload_bytes(payload), headers, self._keys, self._tolerance, now)
+
+    def sign(self, payload: Payload, timestamp: int | None = None) -> dict[str, str]:
+        """Sign ``payload`` with the first of this webhook's secrets."""
+        return sign(payload, self._keys[0].decode("utf-8"), timestamp)
+
+
+def parse_event(body: bytes) -> Event:
+    """Parse an already-authenticated body into an :class:`Event` or raise InvalidPayloadError."""
+    try:
+        obj = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidPayloadError(f"body is not valid JSON: {exc}") from exc
+    if type(obj) is not dict:
+        raise InvalidPayloadError("body must be a JSON object")
+    event_id = obj.get("id")
+    event_type = obj.get("type")
+    data = obj.get("data")
+    if type(event_id) is not str:
+        raise InvalidPayloadError('"id" must be a string')
+    if type(event_type) is not str:
+        raise InvalidPayloadError('"type" must be a string')
+    if type(data) is not dict:
+        raise InvalidPayloadError('"data" must be a JSON object')
+    return Event(event_id, event_type, data, body)
+
+
+# -- internals -----------------------------------------------------------------------------
+
+
+def _verify(
+    body: bytes,
+    headers: Mapping[str, str] | HeadersLike,
+    keys: tuple[bytes, ...],
+    tolerance: float | None,
+    now: float | None,
+) -> Event:
+    header = _header(headers, SIGNATURE_HEADER, _SIGNATURE_LOWER)
+    if header is None:
+        raise SignatureVerificationError(f"missing {SIGNATURE_HEADER} header")
+    ts, candidates = _parse_signature_header(header)
+    ts_header = _header(headers, TIMESTAMP_HEADER, _TIMESTAMP_LOWER)
+    if ts_header is not None and ts_header != ts:
+        raise SignatureVerificationError(
+            f"{TIMESTAMP_HEADER} ({ts_header!r}) does not equal t in {SIGNATURE_HEADER}"
+        )
+
+    message = ts.encode("ascii") + b":" + body
+    matched = False
+    for key in keys:
+        expected = hmac.digest(key, message, sha256).hex().encode("ascii")
+        for candidate in candidates:
+            # Every pair is compared, in constant time, so timing reveals nothing.
+            matched |= hmac.compare_digest(expected, candidate)
+    if not matched:
+        raise SignatureVerificationError("no v1 signature matches the payload and secret")
+
+    if tolerance is not None:
+        if len(ts) > _MAX_TIMESTAMP_DIGITS:
+            raise SignatureVerificationError("timestamp is outside the tolerance")
+        current = time.time() if now is None else now
+        if abs(current - int(ts)) > tolerance:
+            raise SignatureVerificationError(
+                f"timestamp {ts} is outside the tolerance of {tolerance:g} s"
+            )
+    return parse_event(body)
+
+
+def _parse_signature_header(header: str) -> tuple[str, list[bytes]]:
+    ts: str | None = None
+    candidates: list[bytes] = []
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            if ts is not None:
+                raise SignatureVerificationError(f"more than one t in {SIGNATURE_HEADER}")
+            ts = value
+        elif key == "v1":
+            # A value that is not 64 lowercase hex digits can never match: keep a stand-in of
+            # the right length so that the comparisons still run in constant time.
+            if len(value) == 64 and _HEX_LOWER.issuperset(value):
+                candidates.append(value.encode("ascii"))
+            else:
+                candidates.append(b"-" * 64)
+    if ts is None:
+        raise SignatureVerificationError(f"no t= timestamp in {SIGNATURE_HEADER}")
+    if not ts or not _ASCII_DIGITS.issuperset(ts):
+        raise SignatureVerificationError("the timestamp t must be decimal digits only")
+    if not candidates:
+        raise SignatureVerificationError(f"no v1 signature in {SIGNATURE_HEADER}")
+    return ts, candidates
+
+
+def _header(headers: Mapping[str, str] | HeadersLike, name: str, lower: str) -> str | None:
+    """Find a header by name, case-insensitively, in any headers object."""
+    try:
+        value = headers.get(name)
+        if value is None and isinstance(headers, Mapping):
+            # A plain dict is case-sensitive: scan it (headers are few).
+            for key, item in headers.items():
+                if isinstance(key, str) and key.lower() == lower:
+                    value = item
+                    break
+    except Exception as exc:  # a broken headers object must not escape as a bare error
+        raise SignatureVerificationError(f"cannot read the {name} header: {exc}") from exc
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("latin-1")
+    if isinstance(value, list | tuple) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise SignatureVerificationError(f"the {name} header is not a string")
+    return value
+
+
+def _payload_bytes(payload: Payload) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    if isinstance(payload, bytearray | memoryview):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes or str (the raw body), not {type(payload).__name__}")
+
+
+def _secret_keys(secret: Secret) -> tuple[bytes, ...]:
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    if not secrets:
+        raise ValueError("at least one secret is required")
+    keys = []
+    for item in secrets:
+        if not isinstance(item, str):
+            raise TypeError(f"a secret must be a str, not {type(item).__name__}")
+        if not item:
+            raise ValueError("a secret must not be empty")
+        keys.append(item.encode("utf-8"))
+    return tuple(keys)
+
+
+def _tolerance(tolerance: float | None) -> float | None:
+    if tolerance is None:
+        return None
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+        raise TypeError("tolerance must be a number of seconds or None")
+    if math.isnan(tolerance) or tolerance <= 0:
+        raise ValueError("tolerance must be a positive number of seconds, or None to disable")
+    return tolerance
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,249 @@
+"""The one storage interface: every backend (SQLite, PostgreSQL) implements exactly this.
+
+A backend knows nothing of HTTP, signing or retry policy: the API and the worker decide, the
+store persists. Every method is a coroutine; every write that returns has been committed.
+
+Concurrency contract, true of every backend:
+
+* ``publish`` commits the events and their deliveries atomically (all or nothing) before it
+  returns; backends group concurrent calls into one transaction (group commit).
+* ``claim`` never hands one pending delivery to two workers while its lease is valid; a
+  delivery whose lease expired (its worker died) is claimable again.
+* ``claim`` is fair across organizations (one organization's backlog cannot starve another)
+  and respects ordering keys: a delivery whose event has an ``ordering_key`` is not claimable
+  while an older delivery with the same key to the same endpoint is still pending.
+* ``record`` ignores outcomes for deliveries whose lease this worker no longer holds.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+
+from .models import (
+    ApiToken,
+    AttemptOutcome,
+    ClaimedDelivery,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+    Event,
+    NewEvent,
+    Organization,
+    Page,
+    PublishResult,
+    WebhookKey,
+)
+
+__all__ = ["EventConflictError", "NotFoundError", "Store", "StoreError"]
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises for a caller's mistake (never for its own bugs)."""
+
+
+class NotFoundError(StoreError):
+    """The record does not exist, or belongs to another organization."""
+
+
+class EventConflictError(StoreError):
+    """An event with this id exists in the organization with different content."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"event {event_id!r} already exists with different content")
+        self.event_id = event_id
+
+
+class Store(abc.ABC):
+    """Persistence for organizations, tokens, keys, endpoints, events, deliveries, attempts."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect (pool) and apply pending migrations; safe to call from many processes."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+
+    # -- organizations and API tokens ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_organization(self, name: str) -> Organization: ...
+
+    @abc.abstractmethod
+    async def get_organization(self, organization_id: str) -> Organization:
+        """Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_organizations(
+        self, *, limit: int, after: str | None = None, only: str | None = None
+    ) -> Page[Organization]:
+        """Organizations by id; ``only`` restricts the list to that one organization."""
+
+    @abc.abstractmethod
+    async def create_token(
+        self, organization_id: str | None, token_hash: bytes, name: str | None = None
+    ) -> ApiToken:
+        """Store a token by its hash; None as organization makes an admin token."""
+
+    @abc.abstractmethod
+    async def find_token(self, token_hash: bytes) -> ApiToken | None:
+        """The token with this hash, or None."""
+
+    @abc.abstractmethod
+    async def count_admin_tokens(self) -> int: ...
+
+    # -- webhook keys ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_key(
+        self, organization_id: str, secret_ciphertext: bytes, *, activate: bool
+    ) -> WebhookKey:
+        """Issue a key; ``activate`` makes it the signing key at once."""
+
+    @abc.abstractmethod
+    async def list_keys(self, organization_id: str) -> list[WebhookKey]:
+        """Every key of the organization, oldest first."""
+
+    @abc.abstractmethod
+    async def activate_key(self, organization_id: str, key_id: str) -> WebhookKey:
+        """Make this key the signing key (activated_at = now). Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
+        """Stop using this key for good. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
+        """For each organization that has one, its current signing key."""
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_endpoint(
+        self,
+        organization_id: str,
+        url: str,
+        event_types: Sequence[str] | None,
+        description: str | None,
+        enabled: bool = True,
+    ) -> Endpoint: ...
+
+    @abc.abstractmethod
+    async def get_endpoint(self, organization_id: str, endpoint_id: str) -> Endpoint:
+        """Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_endpoints(
+        self, organization_id: str, *, limit: int, after: str | None = None
+    ) -> Page[Endpoint]: ...
+
+    @abc.abstractmethod
+    async def update_endpoint(
+        self, organization_id: str, endpoint_id: str, **changes: object
+    ) -> Endpoint:
+        """Change any of url, event_types, description, enabled. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def delete_endpoint(self, organization_id: str, endpoint_id: str) -> None:
+        """Delete the endpoint; its pending deliveries become failed. Raises NotFoundError."""
+
+    # -- events and deliveries -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(
+        self, organization_id: str, events: Sequence[NewEvent]
+    ) -> list[PublishResult]:
+        """Store events and one pending delivery per enabled endpoint that wants each type.
+
+        All or nothing, committed on return. An event whose id exists with the same
+        ``content_hash`` yields ``created=False`` and the stored event (no new deliveries);
+        with a different hash the whole call raises EventConflictError.
+        """
+
+    @abc.abstractmethod
+    async def get_event(self, organization_id: str, event_id: str) -> Event:
+        """The event with its deliveries. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_events(
+        self,
+        organization_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        event_type: str | None = None,
+    ) -> Page[Event]:
+        """Newest first, each with its deliveries."""
+
+    @abc.abstractmethod
+    async def get_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
+        """The delivery with its attempts, oldest first. Raises NotFoundError."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        organization_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: DeliveryStatus | None = None,
+        endpoint_id: str | None = None,
+    ) -> Page[Delivery]:
+        """Newest first, without attempts."""
+
+    @abc.abstractmethod
+    async def retry_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
+        """Start a new round of attempts now for a failed delivery.
+
+        Raises NotFoundError; raises StoreError if the delivery is not failed.
+        """
+
+    # -- the worker's side -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        exclude_endpoints: Sequence[str] = (),
+    ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due pending deliveries to this worker (see the contract above).
+
+        ``exclude_endpoints`` are endpoints this worker has no room for right now.
+        """
+
+    @abc.abstractmethod
+    async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        """Persist attempts and the decision on each delivery, and release their leases."""
+
+    @abc.abstractmethod
+    async def extend_leases(
+        self, worker_id: str, delivery_ids: Sequence[str], lease_seconds: float
+    ) -> None:
+        """Heartbeat: keep the leases of attempts still in flight."""
+
+    @abc.abstractmethod
+    async def release(self, worker_id: str, delivery_ids: Sequence[str]) -> None:
+        """Give leased deliveries back unattempted (shutdown); they are due again at once."""
+
+    @abc.abstractmethod
+    async def next_due_at(self) -> datetime | None:
+        """When the earliest pending delivery becomes due (or None if none is pending)."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, max_wait: float) -> None:
+        """Return when a publish or retry may have made work due, or after ``max_wait`` s."""
+
+    @abc.abstractmethod
+    async def delivery_counts(self) -> dict[DeliveryStatus, int]:
+        """How many deliveries are in each status (for metrics)."""
