@@ -1,0 +1,103 @@
+"""Receive Ascend webhooks in Flask.
+
+::
+
+    from ascend_webhooks.receiver.contrib.flask import ascend_blueprint, ascend_view
+
+    app.register_blueprint(ascend_blueprint(secret, router, path="/webhooks"))
+    # or: app.add_url_rule("/webhooks", view_func=ascend_view(secret, router), methods=["POST"])
+
+The raw body is ``request.get_data(cache=True)``: the same bytes ``request.get_json()`` parses,
+so a ``before_request`` hook that read the JSON first is harmless. ``request.data`` and
+``request.form`` are not used: they may be empty or decoded depending on the content type.
+Code that read ``request.stream`` itself leaves nothing to verify; that raises
+:class:`RawBodyUnavailableError` instead of a misleading 401.
+
+In the default ``mode="background"`` the handlers run in a thread pool after the view
+returned (pass ``executor=`` to use your own); ``mode="inline"`` runs them in the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol, cast
+
+from flask import Blueprint, Response, request
+
+from ...signature import Webhook
+from .._core import (
+    MEMORY,
+    ErrorHook,
+    Mode,
+    RawBodyUnavailableError,
+    Reply,
+    StoreOption,
+    WebhookReceiver,
+)
+from ..router import Router
+
+__all__ = ["FlaskView", "ascend_blueprint", "ascend_view"]
+
+
+class FlaskView(Protocol):
+    """The view function :func:`ascend_view` returns; ``.receiver`` is its engine."""
+
+    receiver: WebhookReceiver
+    __name__: str
+
+    def __call__(self) -> Response: ...
+
+
+def ascend_view(
+    webhook: Webhook | str | Sequence[str],
+    router: Router,
+    *,
+    store: StoreOption = MEMORY,
+    mode: Mode = "background",
+    executor: Executor | None = None,
+    on_error: ErrorHook | None = None,
+) -> FlaskView:
+    """A Flask view function that verifies, de-duplicates and dispatches (POST only).
+
+    ``webhook`` is a :class:`Webhook` or the secret(s): pass both during a key rotation.
+    ``store`` is a blocking idempotency store, ``MEMORY`` (the default) or ``None``.
+    """
+    receiver = WebhookReceiver(
+        webhook, router, store=store, mode=mode, executor=executor, on_error=on_error
+    )
+
+    def ascend_webhook() -> Response:
+        body = request.get_data(cache=True)
+        if not body and request.content_length:
+            raise RawBodyUnavailableError(
+                "the request body was consumed before the webhook view ran (something read "
+                "request.stream): read it with request.get_data(cache=True) or get_json() "
+                "instead, so the raw bytes stay available for the signature check"
+            )
+        return to_response(receiver.handle_sync(body, request.headers))
+
+    view = cast(FlaskView, ascend_webhook)
+    view.receiver = receiver
+    return view
+
+
+def ascend_blueprint(
+    webhook: Webhook | str | Sequence[str],
+    router: Router,
+    *,
+    path: str = "/webhooks",
+    name: str = "ascend_webhooks",
+    url_prefix: str | None = None,
+    **options: Any,
+) -> Blueprint:
+    """A blueprint with ``POST path``; options as for :func:`ascend_view`."""
+    blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
+    view = ascend_view(webhook, router, **options)
+    blueprint.add_url_rule(path, view_func=view, methods=["POST"])
+    return blueprint
+
+
+def to_response(reply: Reply) -> Response:
+    """The Flask response for a :class:`Reply`."""
+    return Response(reply.body, status=reply.status, headers=dict(reply.headers))
