@@ -1,0 +1,245 @@
+"""The SSRF guard: which endpoint URLs and which addresses a delivery may be sent to.
+
+An endpoint URL is chosen by an organization, but the POST leaves from our network: without a
+guard, ``https://169.254.169.254/`` or ``http://localhost:6379/`` would make the service attack
+its own neighbours. The guard runs twice (SPEC section 3):
+
+* at **registration** (:func:`check_endpoint_url`): the URL is validated and its name resolved;
+  a name that resolves to any non-global address is refused (422 in the API). A name that does
+  not resolve (yet) is *accepted*: DNS for a new receiver often appears after its webhook is
+  configured, and the connect-time check below guards it anyway.
+* at **connect time** (:mod:`ascend_webhooks.delivery.transport`): the name is resolved again
+  and the connection is pinned to an address checked by :func:`is_forbidden_address`, so a name
+  that later starts to resolve to a private address (DNS rebinding) is refused then.
+
+IP-literal hosts are parsed the way browsers and C resolvers read them (WHATWG URL IPv4
+parser): ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` are all 127.0.0.1 to
+``getaddrinfo``, so they are all loopback here. IPv6 forms that embed an IPv4 address
+(IPv4-mapped ``::ffff:0:0/96``, IPv4-compatible ``::/96``, NAT64 ``64:ff9b::/96`` and 6to4
+``2002::/16``) are judged by the address they embed.
+
+Everything here is synchronous and pure except the resolution in :func:`check_endpoint_url`.
+The flag ``allow_private`` (``ASCEND_WEBHOOKS_ALLOW_PRIVATE_NETWORKS``) lifts the address
+checks, for tests and for operators delivering inside their own network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+import urllib.parse
+
+__all__ = [
+    "RESOLVE_TIMEOUT",
+    "ForbiddenURLError",
+    "IPAddress",
+    "check_endpoint_url",
+    "default_port",
+    "is_forbidden_address",
+    "parse_ip_host",
+    "resolve_addresses",
+    "validate_url",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Seconds a registration-time lookup may take before the URL is accepted unresolved.
+RESOLVE_TIMEOUT = 2.0
+
+# Well-known IPv6 prefixes that carry an IPv4 address in their last 32 bits.
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: operator-local
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# A DNS label: letters, digits, hyphens (underscores occur in real names, e.g. SRV-style).
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+class ForbiddenURLError(ValueError):
+    """The URL may not be used as a webhook endpoint; the message says why.
+
+    ``code`` is ``"forbidden_address"`` when the host is (or resolves to) a non-global
+    address, ``"invalid_url"`` for every other reason (scheme, userinfo, port, host syntax).
+    """
+
+    def __init__(self, message: str, *, code: str = "invalid_url") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_forbidden_address(ip: IPAddress) -> bool:
+    """True for any address that is not a global unicast address (SSRF targets).
+
+    Loopback, private, link-local, CGNAT (100.64/10), unique-local (fc00::/7), site-local,
+    multicast, reserved, unspecified, broadcast, documentation and benchmarking ranges, and
+    IPv6 addresses that embed one of those.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_forbidden_address(embedded)
+        if ip in _NAT64_LOCAL_USE or ip.is_site_local:
+            return True
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64_WELL_KNOWN or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        # ::/96 also holds :: and ::1, which are judged as themselves (both non-global).
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def parse_ip_host(host: str) -> IPAddress | None:
+    """The address an IP-literal host denotes, or None if the host is a name.
+
+    ``host`` is a URL hostname without brackets (as ``SplitResult.hostname`` gives it).
+    Raises ForbiddenURLError for a host that looks numeric but is no valid address
+    (``1.2.3.4.5``, ``256.0.0.1``): resolvers disagree on those, so they are refused.
+    """
+    if ":" in host:
+        if "%" in host:
+            raise ForbiddenURLError("IPv6 zone identifiers are not allowed in endpoint URLs")
+        try:
+            return ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ForbiddenURLError(f"invalid IPv6 address {host!r}") from None
+    return _parse_ipv4(host)
+
+
+def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The WHATWG URL standard's IPv4 parser (what browsers, curl and inet_aton accept)."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()  # one trailing dot: "127.0.0.1." is still 127.0.0.1
+    last = parts[-1]
+    if not (last.isascii() and last.isdigit()) and _parse_ipv4_number(last) is None:
+        return None  # the last label is not a number: a domain name
+    if len(parts) > 4:
+        raise ForbiddenURLError(f"invalid IPv4 address {host!r}")
+    numbers = []
+    for part in parts:
+        number = _parse_ipv4_number(part)
+        if number is None:
+            raise ForbiddenURLError(f"invalid IPv4 address {host!r}")
+        numbers.append(number)
+    *head, tail = numbers
+    if any(n > 255 for n in head) or tail >= 256 ** (5 - len(numbers)):
+        raise ForbiddenURLError(f"invalid IPv4 address {host!r}")
+    value = tail
+    for index, n in enumerate(head):
+        value += n * 256 ** (3 - index)
+    return ipaddress.IPv4Address(value)
+
+
+def _parse_ipv4_number(part: str) -> int | None:
+    if part == "":
+        return None
+    base = 10
+    if part[:2] in ("0x", "0X"):
+        part, base = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        part, base = part[1:], 8
+    if part == "":
+        return 0  # "0x" alone is zero
+    digits = {10: "0123456789", 16: "0123456789abcdefABCDEF", 8: "01234567"}[base]
+    if any(c not in digits for c in part):
+        return None
+    return int(part, base)
+
+
+def validate_url(url: str, *, allow_http: bool, allow_private: bool) -> urllib.parse.SplitResult:
+    """Check an endpoint URL's syntax, scheme, port and IP-literal host; return it split.
+
+    Raises ForbiddenURLError. Names are not resolved here (see :func:`check_endpoint_url`).
+    """
+    if not isinstance(url, str) or not url:
+        raise ForbiddenURLError("the URL must be a non-empty string")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ForbiddenURLError("the URL must not contain whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ForbiddenURLError(f"invalid URL: {exc}") from None
+    allowed = ("https", "http") if allow_http else ("https",)
+    if parts.scheme not in allowed:
+        only = "http:// or https://" if allow_http else "https://"
+        raise ForbiddenURLError(f"the URL must start with {only}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ForbiddenURLError("credentials (user:password@) are not allowed in the URL")
+    if port == 0:
+        raise ForbiddenURLError("port 0 is not a valid port")
+    host = parts.hostname
+    if not host:
+        raise ForbiddenURLError("the URL has no host")
+    ip = parse_ip_host(host)
+    if ip is None:
+        _check_name(host, allow_private=allow_private)
+    elif not allow_private and is_forbidden_address(ip):
+        raise ForbiddenURLError(f"{ip} is not a public address", code="forbidden_address")
+    return parts
+
+
+def _check_name(host: str, *, allow_private: bool) -> None:
+    name = host.rstrip(".")
+    if not name or ".." in name:
+        raise ForbiddenURLError(f"invalid host name {host!r}")
+    try:
+        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        raise ForbiddenURLError(f"invalid host name {host!r}") from None
+    if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in ascii_name.split(".")):
+        raise ForbiddenURLError(f"invalid host name {host!r}")
+    if not allow_private and (ascii_name == "localhost" or ascii_name.endswith(".localhost")):
+        # RFC 6761: resolvers answer loopback for these without asking DNS.
+        raise ForbiddenURLError(f"{host!r} is a loopback name", code="forbidden_address")
+
+
+async def resolve_addresses(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (raises socket.gaierror or OSError)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 scope id
+        address = ipaddress.ip_address(text)
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def default_port(parts: urllib.parse.SplitResult) -> int:
+    """The port the URL connects to."""
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def check_endpoint_url(
+    url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True
+) -> None:
+    """Registration-time check: validate, then refuse a name resolving to a private address.
+
+    A name that does not resolve, or not within RESOLVE_TIMEOUT, is accepted: its DNS may
+    not exist yet, and every attempt checks the address again before connecting.
+    """
+    parts = validate_url(url, allow_http=allow_http, allow_private=allow_private)
+    host = parts.hostname
+    assert host is not None  # validate_url guarantees a host
+    if not resolve or allow_private or parse_ip_host(host) is not None:
+        return
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            addresses = await resolve_addresses(host, default_port(parts))
+    except (OSError, TimeoutError, UnicodeError):
+        return
+    for address in addresses:
+        if is_forbidden_address(address):
+            raise ForbiddenURLError(
+                f"{host} resolves to {address}, which is not a public address",
+                code="forbidden_address",
+            )
