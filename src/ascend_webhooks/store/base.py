@@ -36,7 +36,7 @@ from .models import (
     WebhookKey,
 )
 
-__all__ = ["EventConflictError", "NotFoundError", "Store", "StoreError"]
+__all__ = ["EventConflictError", "NotFoundError", "Store", "StoreError", "StoreUnavailableError"]
 
 
 class StoreError(Exception):
@@ -45,6 +45,14 @@ class StoreError(Exception):
 
 class NotFoundError(StoreError):
     """The record does not exist, or belongs to another organization."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached right now (restart, network); retry the call later.
+
+    Nothing is half-done: a write that raised this either committed or left no trace, and
+    writes that can be repeated (publish by event id, record by lease) are safe to repeat.
+    """
 
 
 class EventConflictError(StoreError):
