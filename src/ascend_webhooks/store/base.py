@@ -36,7 +36,14 @@ from .models import (
     WebhookKey,
 )
 
-__all__ = ["EventConflictError", "NotFoundError", "Store", "StoreError", "StoreUnavailableError"]
+__all__ = [
+    "EventConflictError",
+    "InvalidCursorError",
+    "NotFoundError",
+    "Store",
+    "StoreError",
+    "StoreUnavailableError",
+]
 
 
 class StoreError(Exception):
@@ -53,6 +60,10 @@ class StoreUnavailableError(StoreError):
     Nothing is half-done: a write that raised this either committed or left no trace, and
     writes that can be repeated (publish by event id, record by lease) are safe to repeat.
     """
+
+
+class InvalidCursorError(StoreError):
+    """A pagination cursor that no list of this store handed out."""
 
 
 class EventConflictError(StoreError):
