@@ -128,7 +128,7 @@ def celery_workers() -> Iterator[subprocess.Popen[bytes]]:
         yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # warm shutdown: the main process stops its pool
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
