@@ -1,0 +1,128 @@
+"""The FastAPI application: routes, problem handlers, limits, and the lifespan that runs it all.
+
+The lifespan opens the store (applying migrations), makes sure an admin token exists, and, unless
+told otherwise, runs the delivery worker in the same process; on shutdown (SIGTERM through
+uvicorn) it stops the worker, lets in-flight attempts finish, and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..store import Store, open_store
+from .crypto import SecretBox, load_secret_box
+from .limits import BodyLimitMiddleware, RequestLimits
+from .problems import CatchAllMiddleware, install_problem_handlers
+from .responses import JSONResponse
+from .routes import system_router, v1_router
+from .settings import Settings
+from .state import Services
+from .tokens import hash_token, new_token
+
+__all__ = ["create_app", "ensure_admin_token"]
+
+log = logging.getLogger("ascend_webhooks.service")
+
+_DESCRIPTION = """\
+Sends signed webhooks to organizations' endpoints and retries them until they answer 200.
+
+Every `/v1` route needs `Authorization: Bearer <token>`: an admin token, or an organization's
+token (which sees that organization only). Errors are RFC 9457 problem documents.
+"""
+
+
+async def ensure_admin_token(store: Store, settings: Settings) -> bytes | None:
+    """The hash of the configured admin token; else create and print one on the first start.
+
+    A generated token is printed once to stdout and only its hash is stored.
+    """
+    if settings.admin_token is not None:
+        return hash_token(settings.admin_token)
+    if await store.count_admin_tokens() == 0:
+        token = new_token()
+        await store.create_token(None, hash_token(token), "admin")
+        # stdout, not the log: the one place the token ever appears, for the operator to copy.
+        print(
+            f"Admin token (shown once, only its hash is stored; keep it safe): {token}",
+            file=sys.stdout,
+            flush=True,
+        )
+    return None
+
+
+async def _stop_worker(worker: Any, task: asyncio.Task[Any]) -> None:
+    stopped = worker.stop()
+    if inspect.isawaitable(stopped):
+        await stopped
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("the delivery worker failed while stopping")
+
+
+def _log_worker_exit(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the delivery worker stopped with an error", exc_info=task.exception())
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    run_delivery: bool = True,
+    secret_box: SecretBox | None = None,
+) -> FastAPI:
+    """The API application. A ``store`` given here must already be open; it is not closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        box = secret_box if secret_box is not None else load_secret_box(settings)
+        owned = store is None
+        active = open_store(settings.database_url) if store is None else store
+        if owned:
+            await active.open()
+        worker_task: asyncio.Task[Any] | None = None
+        worker: Any = None
+        try:
+            services = Services(store=active, settings=settings, box=box)
+            services.admin_token_hash = await ensure_admin_token(active, settings)
+            app.state.services = services
+            if run_delivery:
+                from ..delivery.worker import Worker
+
+                worker = Worker(active, settings, box.decrypt)
+                worker_task = asyncio.create_task(worker.run(), name="delivery-worker")
+                worker_task.add_done_callback(_log_worker_exit)
+                log.info("delivery worker started")
+            yield
+        finally:
+            if worker_task is not None:
+                log.info("stopping the delivery worker (finishing attempts in flight)")
+                await _stop_worker(worker, worker_task)
+            if owned:
+                await active.close()
+
+    app = FastAPI(
+        title="ascend-webhooks",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    install_problem_handlers(app)
+    app.include_router(v1_router)
+    app.include_router(system_router)
+    app.add_middleware(BodyLimitMiddleware, limits=RequestLimits(settings.max_payload_bytes))
+    app.add_middleware(CatchAllMiddleware)
+    return app

@@ -1,0 +1,178 @@
+"""Webhook keys encrypted at rest: AES-256-GCM under one master key.
+
+The master key comes from ``ASCEND_WEBHOOKS_MASTER_KEY`` (32 bytes, base64 or base64url). On
+the embedded SQLite default, when no master key is configured, one is generated beside the
+database as ``<database>.key`` (mode 0600, created atomically so that a server and a worker
+starting together agree on one key). PostgreSQL deployments run on many machines, so there the
+key must be configured explicitly.
+
+A ciphertext is ``b"\\x01" + nonce(12) + AES-GCM(secret)``; the version byte leaves room for
+another scheme later, and a fixed associated-data label binds ciphertexts to their purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .settings import Settings
+
+__all__ = [
+    "SECRET_PREFIX",
+    "MasterKeyError",
+    "SecretBox",
+    "load_secret_box",
+    "new_webhook_secret",
+    "sqlite_path",
+]
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_AAD = b"ascend-webhooks:webhook-key:v1"
+
+
+class MasterKeyError(RuntimeError):
+    """The master key is missing, malformed, unreadable, too widely readable, or wrong."""
+
+
+def new_webhook_secret() -> str:
+    """A fresh webhook secret: ``whsec_`` + 32 random bytes, base64url without padding.
+
+    Receivers use the whole string, prefix included, as the HMAC key.
+    """
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+class SecretBox:
+    """Encrypts and decrypts webhook secrets with the master key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise MasterKeyError("the master key must be exactly 32 bytes (AES-256)")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:  # never show the key
+        return "SecretBox(<hidden>)"
+
+    @classmethod
+    def generate(cls) -> SecretBox:
+        """A box with a fresh random key (tests, in-memory databases)."""
+        return cls(AESGCM.generate_key(bit_length=256))
+
+    def encrypt(self, secret: str) -> bytes:
+        """The ciphertext to store for ``secret``."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + self._aead.encrypt(nonce, secret.encode("utf-8"), _AAD)
+
+    def decrypt(self, ciphertext: bytes) -> str:
+        """The secret back; MasterKeyError if it was not encrypted with this master key."""
+        if len(ciphertext) < 1 + _NONCE_BYTES + 16 or ciphertext[:1] != _VERSION:
+            raise MasterKeyError("stored webhook key has an unknown format")
+        nonce = ciphertext[1 : 1 + _NONCE_BYTES]
+        try:
+            plain = self._aead.decrypt(nonce, ciphertext[1 + _NONCE_BYTES :], _AAD)
+        except InvalidTag:
+            raise MasterKeyError(
+                "a stored webhook key cannot be decrypted: the master key is not the one "
+                "it was encrypted with"
+            ) from None
+        return plain.decode("utf-8")
+
+
+def parse_master_key(text: str) -> bytes:
+    """Decode a configured master key (standard or URL-safe base64 of 32 bytes)."""
+    cleaned = text.strip()
+    padded = cleaned + "=" * (-len(cleaned) % 4)
+    try:
+        key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise MasterKeyError(
+            "ASCEND_WEBHOOKS_MASTER_KEY is not base64; generate one with "
+            '`python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"`'
+        ) from None
+    if len(key) != 32:
+        raise MasterKeyError(
+            f"ASCEND_WEBHOOKS_MASTER_KEY decodes to {len(key)} bytes; it must be 32 bytes"
+        )
+    return key
+
+
+def sqlite_path(database_url: str) -> str | None:
+    """The file path of a ``sqlite:///PATH`` URL, ``":memory:"`` or None for other URLs."""
+    if not database_url.startswith("sqlite:"):
+        return None
+    rest = database_url[len("sqlite:") :]
+    rest = rest.split("?", 1)[0]
+    if rest.startswith("///"):
+        rest = rest[3:]
+    elif rest.startswith("//"):
+        rest = rest[2:]
+    return rest or ":memory:"
+
+
+def load_secret_box(settings: Settings) -> SecretBox:
+    """The box for these settings: the configured master key, else the SQLite key file."""
+    if settings.master_key is not None:
+        return SecretBox(parse_master_key(settings.master_key))
+    path = sqlite_path(settings.database_url)
+    if path is None:
+        raise MasterKeyError(
+            "ASCEND_WEBHOOKS_MASTER_KEY is required with PostgreSQL: every server and worker "
+            "must share one key (32 random bytes, base64)"
+        )
+    if path == ":memory:":
+        return SecretBox.generate()
+    return SecretBox(_key_file(Path(path + ".key")))
+
+
+def _key_file(path: Path) -> bytes:
+    """Read the key file, creating it first (atomically, mode 0600) if it does not exist."""
+    if not path.exists():
+        _create_key_file(path)
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise MasterKeyError(
+                f"master key file {path} is accessible to other users (mode "
+                f"{stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+            )
+        text = path.read_text("ascii")
+    except OSError as exc:
+        raise MasterKeyError(f"master key file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise MasterKeyError(f"master key file {path} is not base64 text") from None
+    try:
+        return parse_master_key(text)
+    except MasterKeyError:
+        raise MasterKeyError(f"master key file {path} does not hold a base64 32-byte key") from None
+
+
+def _create_key_file(path: Path) -> None:
+    # Write a private temporary file, then link it into place: the key file either does not
+    # exist or is complete, and when two processes race, the first link wins for both.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    key = base64.b64encode(AESGCM.generate_key(bit_length=256)) + b"\n"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    except OSError as exc:
+        raise MasterKeyError(f"cannot create master key file {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

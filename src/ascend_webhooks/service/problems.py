@@ -1,0 +1,218 @@
+"""RFC 9457 problem details: the one shape of every error the API answers.
+
+Every 4xx and 5xx leaves the service as ``application/problem+json`` with ``type``, ``title``,
+``status`` and ``detail`` (plus ``errors`` for validation failures). Handlers here translate
+FastAPI's and Starlette's own errors, the store's typed errors and our :class:`Problem` into that
+shape; :class:`CatchAllMiddleware` turns anything unexpected into a logged 500 problem, because
+a 5xx is a bug and must never leak a traceback or an HTML page.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..store.base import (
+    EventConflictError,
+    InvalidCursorError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "CatchAllMiddleware",
+    "Problem",
+    "install_problem_handlers",
+    "problem_response",
+]
+
+log = logging.getLogger("ascend_webhooks.service")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Problem types are anchors of the API reference, so a client can look every one up.
+_TYPE_BASE = "https://github.com/ascend-webhooks/ascend-webhooks/blob/main/docs/api.md#problem-"
+
+
+class Problem(Exception):
+    """An error answer: raise it anywhere in a route; it becomes a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.title = title
+        self.headers = dict(headers or {})
+        self.errors = errors
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+) -> Response:
+    """The ``application/problem+json`` response for one error."""
+    body: dict[str, Any] = {
+        "type": _TYPE_BASE + slug if slug else "about:blank",
+        "title": title or _phrase(status),
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=dict(headers or {}),
+    )
+
+
+def _from_problem(exc: Problem) -> Response:
+    return problem_response(
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        headers=exc.headers,
+        errors=exc.errors,
+    )
+
+
+async def _problem_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return _from_problem(exc)
+
+
+_HTTP_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+}
+
+
+async def _http_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "no such route"
+    return problem_response(
+        exc.status_code,
+        detail,
+        slug=_HTTP_SLUGS.get(exc.status_code),
+        headers=exc.headers,
+    )
+
+
+def _clean_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    # Echo where and why, never the offending input: it may be large or hold secrets.
+    return {
+        "loc": [str(part) for part in error.get("loc", ())],
+        "msg": str(error.get("msg", "invalid")),
+        "type": str(error.get("type", "value_error")),
+    }
+
+
+async def _validation_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_clean_error(error) for error in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(first["loc"]) or "request"
+    detail = f"{where}: {first['msg']}"
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more)"
+    return problem_response(422, detail, slug="validation-error", errors=errors)
+
+
+async def _store_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    if isinstance(exc, NotFoundError):
+        return problem_response(404, str(exc) or "not found", slug="not-found")
+    if isinstance(exc, EventConflictError):
+        return problem_response(409, str(exc), slug="event-conflict")
+    if isinstance(exc, InvalidCursorError):
+        return problem_response(400, str(exc) or "invalid cursor", slug="invalid-cursor")
+    if isinstance(exc, StoreUnavailableError):
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            503,
+            "the database is unavailable; retry shortly",
+            slug="unavailable",
+            headers={"Retry-After": "1"},
+        )
+    return problem_response(409, str(exc) or "conflict", slug="conflict")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem document."""
+    app.add_exception_handler(Problem, _problem_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StoreError, _store_handler)
+
+
+class CatchAllMiddleware:
+    """Answer an unexpected exception with a logged 500 problem instead of a traceback.
+
+    Starlette's own ``ServerErrorMiddleware`` re-raises after answering, which makes the server
+    log the traceback a second time; this one logs once and keeps the connection usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = problem_response(
+                500, "an internal error occurred; it has been logged", slug="internal-error"
+            )
+            await response(scope, receive, send)

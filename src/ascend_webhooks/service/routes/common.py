@@ -1,0 +1,45 @@
+"""Pieces every router uses: pagination parameters and the documented error answers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query
+
+from ..schemas import ProblemOut
+from ..state import Services, get_services
+
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "After", "Limit", "Svc", "problems"]
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
+After = Annotated[
+    str | None,
+    Query(max_length=200, description="the `next_cursor` of the previous page"),
+]
+Svc = Annotated[Services, Depends(get_services)]
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing or invalid bearer token",
+    403: "Needs an admin token",
+    404: "Not found (or belongs to another organization)",
+    409: "Conflicts with the current state",
+    413: "Request or event body too large",
+    422: "Invalid input",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these problem statuses (plus 401 and 422)."""
+    wanted = sorted({401, 422, *statuses})
+    return {
+        status: {
+            "model": ProblemOut,
+            "description": _DESCRIPTIONS[status],
+            "content": {"application/problem+json": {}},
+        }
+        for status in wanted
+    }

@@ -1,0 +1,179 @@
+"""Events: publish (one or a batch), list, get.
+
+The body sent to receivers is built once, here, as compact UTF-8 JSON with exactly the keys
+``id``, ``type`` and ``data``, and stored; every attempt sends those bytes. Idempotency is by
+event id: the content hash covers (type, data, ordering_key) in a canonical form (sorted keys),
+so re-sending the same content is answered 200 with the original, different content 409.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query
+
+from ...ids import new_id
+from ...metrics import EVENTS_PUBLISHED
+from ...store.models import NewEvent, PublishResult
+from ..auth import OrgScope
+from ..problems import Problem
+from ..responses import JSONResponse
+from ..schemas import (
+    EventBatch,
+    EventBatchResult,
+    EventCreate,
+    EventList,
+    EventOut,
+    EventPublished,
+    event_view,
+    page_view,
+)
+from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
+
+__all__ = ["build_event", "router"]
+
+router = APIRouter(tags=["events"])
+
+
+def _invalid_data(where: str, reason: str) -> Problem:
+    return Problem(
+        422,
+        f"{where}: {reason}",
+        slug="validation-error",
+        errors=[{"loc": where.split("."), "msg": reason, "type": "value_error"}],
+    )
+
+
+def _check_finite(data: Any, where: str) -> None:
+    """Reject NaN and ±Infinity, which Python's JSON parser lets through but JSON forbids."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise _invalid_data(where, "NaN and Infinity are not JSON numbers")
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def build_event(item: EventCreate, max_payload_bytes: int, where: str = "body") -> NewEvent:
+    """The event as stored: its wire body and content hash. 413/422 problems on bad data."""
+    _check_finite(item.data, f"{where}.data")
+    event_id = item.id if item.id is not None else new_id("evt")
+    try:
+        body = orjson.dumps({"id": event_id, "type": item.type, "data": item.data})
+        canonical = orjson.dumps(
+            {"type": item.type, "data": item.data, "ordering_key": item.ordering_key},
+            option=orjson.OPT_SORT_KEYS,
+        )
+    except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, lone surrogates, depth
+        raise _invalid_data(f"{where}.data", str(exc)) from None
+    if len(body) > max_payload_bytes:
+        raise Problem(
+            413,
+            f"{where}: the event body is {len(body)} bytes; the limit is {max_payload_bytes}",
+            slug="payload-too-large",
+        )
+    return NewEvent(
+        id=event_id,
+        type=item.type,
+        body=body,
+        content_hash=hashlib.sha256(canonical).digest(),
+        ordering_key=item.ordering_key,
+    )
+
+
+def _published_view(result: PublishResult) -> dict[str, Any]:
+    view = event_view(result.event)
+    view["created"] = result.created
+    return view
+
+
+@router.post(
+    "/organizations/{org}/events",
+    status_code=202,
+    response_model=EventPublished,
+    responses={
+        200: {"model": EventPublished, "description": "Identical event already stored"},
+        **problems(404, 409, 413),
+    },
+    summary="Publish an event (202 once durably stored)",
+)
+async def publish_event(org: OrgScope, body: EventCreate, services: Svc) -> JSONResponse:
+    event = build_event(body, services.settings.max_payload_bytes)
+    (result,) = await services.store.publish(org, [event])
+    if result.created:
+        EVENTS_PUBLISHED.inc()
+    return JSONResponse(_published_view(result), status_code=202 if result.created else 200)
+
+
+@router.post(
+    "/organizations/{org}/events/batch",
+    status_code=202,
+    response_model=EventBatchResult,
+    responses={
+        200: {"model": EventBatchResult, "description": "Every event already stored"},
+        **problems(404, 409, 413),
+    },
+    summary="Publish up to 1,000 events at once (all or nothing)",
+)
+async def publish_batch(org: OrgScope, body: EventBatch, services: Svc) -> JSONResponse:
+    limit = services.settings.max_payload_bytes
+    built = [build_event(item, limit, f"body.events.{n}") for n, item in enumerate(body.events)]
+    unique: dict[str, NewEvent] = {}
+    for event in built:
+        seen = unique.setdefault(event.id, event)
+        if seen.content_hash != event.content_hash:
+            raise Problem(
+                409,
+                f"event {event.id!r} appears twice in the batch with different content",
+                slug="event-conflict",
+            )
+    results = await services.store.publish(org, list(unique.values()))
+    by_id = {result.event.id: result for result in results}
+    views: list[dict[str, Any]] = []
+    first_seen: set[str] = set()
+    for event in built:
+        view = _published_view(by_id[event.id])
+        if event.id in first_seen:  # a repeat within the batch created nothing itself
+            view["created"] = False
+        first_seen.add(event.id)
+        views.append(view)
+    created = sum(1 for result in results if result.created)
+    if created:
+        EVENTS_PUBLISHED.inc(created)
+    return JSONResponse({"data": views}, status_code=202 if created else 200)
+
+
+@router.get(
+    "/organizations/{org}/events",
+    response_model=EventList,
+    responses=problems(404),
+    summary="List events, newest first, with their deliveries",
+)
+async def list_events(
+    org: OrgScope,
+    services: Svc,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+    type: Annotated[  # the public name of the filter is `type`
+        str | None, Query(max_length=200, description="only events of this type")
+    ] = None,
+) -> JSONResponse:
+    page = await services.store.list_events(org, limit=limit, after=after, event_type=type)
+    return JSONResponse(page_view([event_view(e) for e in page.items], page.next_cursor))
+
+
+@router.get(
+    "/organizations/{org}/events/{event}",
+    response_model=EventOut,
+    responses=problems(404),
+    summary="Get an event with its deliveries",
+)
+async def get_event(org: OrgScope, event: str, services: Svc) -> JSONResponse:
+    return JSONResponse(event_view(await services.store.get_event(org, event)))

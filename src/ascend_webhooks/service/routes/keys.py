@@ -1,0 +1,113 @@
+"""Webhook keys: issue (secret shown once, stored encrypted), list, activate, revoke.
+
+Rotation without a failed delivery: issue key 2 (it does not sign yet), let the receiver accept
+both secrets, activate key 2 (it signs from now on; the header still carries exactly one
+``v1``), then revoke key 1. The last key that can sign cannot be revoked (409), so an
+organization never ends up with deliveries nobody can sign.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+
+from ...store import NotFoundError
+from ...store.models import WebhookKey
+from ..auth import OrgScope
+from ..crypto import new_webhook_secret
+from ..problems import Problem
+from ..responses import JSONResponse
+from ..schemas import KeyCreated, KeyList, KeyOut, key_view, page_view
+from ..state import Services
+from .common import Svc, problems
+
+__all__ = ["router"]
+
+log = logging.getLogger("ascend_webhooks.service")
+router = APIRouter(tags=["keys"])
+
+
+def _usable(key: WebhookKey) -> bool:
+    return key.activated_at is not None and key.revoked_at is None
+
+
+async def _signing_key_id(services: Services, org: str) -> str | None:
+    found = (await services.store.signing_keys([org])).get(org)
+    return found.id if found is not None else None
+
+
+async def _find(services: Services, org: str, key_id: str) -> tuple[WebhookKey, list[WebhookKey]]:
+    keys = await services.store.list_keys(org)
+    for key in keys:
+        if key.id == key_id:
+            return key, keys
+    raise NotFoundError(f"key {key_id!r} not found")
+
+
+@router.post(
+    "/organizations/{org}/keys",
+    status_code=201,
+    response_model=KeyCreated,
+    responses=problems(404),
+    summary="Issue a webhook key (its secret is shown once)",
+)
+async def create_key(org: OrgScope, services: Svc) -> JSONResponse:
+    secret = new_webhook_secret()
+    # The first key signs at once; later ones wait for an explicit activation (rotation).
+    activate = await _signing_key_id(services, org) is None
+    key = await services.store.create_key(org, services.box.encrypt(secret), activate=activate)
+    log.info("issued webhook key %s for %s (active=%s)", key.id, org, activate)
+    view = key_view(key, signing_key_id=key.id if activate else None)
+    view["secret"] = secret
+    return JSONResponse(view, status_code=201)
+
+
+@router.get(
+    "/organizations/{org}/keys",
+    response_model=KeyList,
+    responses=problems(404),
+    summary="List webhook keys (without secrets)",
+)
+async def list_keys(org: OrgScope, services: Svc) -> JSONResponse:
+    keys = await services.store.list_keys(org)
+    signing = await _signing_key_id(services, org)
+    return JSONResponse(page_view([key_view(k, signing_key_id=signing) for k in keys], None))
+
+
+@router.post(
+    "/organizations/{org}/keys/{key}/activate",
+    response_model=KeyOut,
+    responses=problems(404, 409),
+    summary="Make this key the signing key",
+)
+async def activate_key(org: OrgScope, key: str, services: Svc) -> JSONResponse:
+    found, _ = await _find(services, org, key)
+    if found.revoked_at is not None:
+        raise Problem(409, f"key {key!r} is revoked and cannot sign again", slug="key-revoked")
+    if await _signing_key_id(services, org) == key:
+        return JSONResponse(key_view(found, signing_key_id=key))
+    activated = await services.store.activate_key(org, key)
+    log.info("activated webhook key %s for %s", key, org)
+    return JSONResponse(key_view(activated, signing_key_id=await _signing_key_id(services, org)))
+
+
+@router.delete(
+    "/organizations/{org}/keys/{key}",
+    response_model=KeyOut,
+    responses=problems(404, 409),
+    summary="Revoke a key for good (not the only one that can sign)",
+)
+async def revoke_key(org: OrgScope, key: str, services: Svc) -> JSONResponse:
+    found, keys = await _find(services, org, key)
+    if found.revoked_at is None:
+        others = [k for k in keys if k.id != key and _usable(k)]
+        if _usable(found) and not others:
+            raise Problem(
+                409,
+                f"key {key!r} is the only active key; issue and activate another one first",
+                slug="last-active-key",
+            )
+        found = await services.store.revoke_key(org, key)
+        log.info("revoked webhook key %s for %s", key, org)
+    return JSONResponse(key_view(found, signing_key_id=await _signing_key_id(services, org)))

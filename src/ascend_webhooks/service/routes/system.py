@@ -1,0 +1,53 @@
+"""Unauthenticated operational routes: health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+
+from ...store.models import DeliveryStatus
+from ..problems import Problem
+from ..responses import JSONResponse
+from ..schemas import Health, ProblemOut
+from .common import Svc
+
+__all__ = ["DELIVERIES", "router"]
+
+log = logging.getLogger("ascend_webhooks.service")
+router = APIRouter(tags=["operations"])
+
+DELIVERIES = Gauge(
+    "ascend_webhooks_deliveries", "Deliveries in the database by status.", ["status"]
+)
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": ProblemOut, "description": "The database does not answer"}},
+    summary="200 when the database answers",
+)
+async def healthz(services: Svc) -> JSONResponse:
+    try:
+        healthy = await services.store.ping()
+    except Exception:  # a health check reports; it does not fail
+        log.warning("health check: the database did not answer", exc_info=True)
+        healthy = False
+    if not healthy:
+        raise Problem(503, "the database does not answer", slug="unavailable")
+    return JSONResponse({"status": "ok"})
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+    summary="Prometheus metrics",
+)
+async def metrics(services: Svc) -> Response:
+    counts = await services.store.delivery_counts()
+    for status in DeliveryStatus:
+        DELIVERIES.labels(status=status.value).set(counts.get(status, 0))
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

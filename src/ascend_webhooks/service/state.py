@@ -1,0 +1,54 @@
+"""What the routes share within one app: the store, the settings, the secret box, the auth."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..store import Store
+from .crypto import SecretBox
+from .settings import Settings
+
+__all__ = ["Principal", "Services", "get_services"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an admin (``organization_id`` None) or one organization's token."""
+
+    token_id: str | None
+    organization_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.organization_id is None
+
+
+@dataclass(slots=True)
+class Services:
+    store: Store
+    settings: Settings
+    box: SecretBox
+    admin_token_hash: bytes | None = None
+    # token hash -> (principal, monotonic expiry). Tokens cannot be revoked through the API, so
+    # a short positive cache only saves a database round-trip per request.
+    token_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
+
+    def cached_principal(self, token_hash: bytes) -> Principal | None:
+        hit = self.token_cache.get(token_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def remember(self, token_hash: bytes, principal: Principal, ttl: float = 30.0) -> None:
+        if len(self.token_cache) >= 10_000:
+            self.token_cache.clear()
+        self.token_cache[token_hash] = (principal, time.monotonic() + ttl)
+
+
+def get_services(request: Request) -> Services:
+    """The app's shared services (set up by the lifespan)."""
+    services: Services = request.app.state.services
+    return services
