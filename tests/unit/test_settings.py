@@ -1,0 +1,78 @@
+"""Reading the service configuration from ASCEND_WEBHOOKS_* variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from ascend_webhooks.service.settings import DEFAULT_RETRY_SCHEDULE, Settings, SettingsError
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///./ascend-webhooks.db"
+    assert settings.admin_token is None
+    assert settings.retry_schedule == DEFAULT_RETRY_SCHEDULE
+    assert len(settings.retry_schedule) == 10
+    assert sum(settings.retry_schedule) / 3600 == pytest.approx(16.0, abs=1.0)
+    assert settings.retry_jitter == 0.2
+    assert settings.attempt_timeout == 15
+    assert settings.allow_http is False
+    assert settings.allow_private_networks is False
+    assert settings.max_payload_bytes == 262144
+    assert settings.master_key is None
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "ASCEND_WEBHOOKS_DATABASE_URL": "postgresql://db/aw",
+            "ASCEND_WEBHOOKS_ADMIN_TOKEN": "admin-secret",
+            "ASCEND_WEBHOOKS_RETRY_SCHEDULE": "0.5, 1,2",
+            "ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "2.5",
+            "ASCEND_WEBHOOKS_ALLOW_HTTP": "1",
+            "ASCEND_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+            "ASCEND_WEBHOOKS_MAX_PAYLOAD_BYTES": "1024",
+            "ASCEND_WEBHOOKS_MASTER_KEY": "a2V5",
+        }
+    )
+    assert settings.database_url == "postgresql://db/aw"
+    assert settings.admin_token == "admin-secret"
+    assert settings.retry_schedule == (0.5, 1.0, 2.0)
+    assert settings.attempt_timeout == 2.5
+    assert settings.allow_http is True
+    assert settings.allow_private_networks is True
+    assert settings.max_payload_bytes == 1024
+    assert settings.master_key == "a2V5"
+
+
+def test_empty_values_mean_the_default() -> None:
+    settings = Settings.from_env({"ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "", "ASCEND_WEBHOOKS_X": "1"})
+    assert settings.attempt_timeout == 15
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RETRY_SCHEDULE", "1,2,3,4,5,6,7,8,9,10,11"),
+        ("RETRY_SCHEDULE", "5,-1"),
+        ("RETRY_SCHEDULE", "5,,6"),
+        ("RETRY_SCHEDULE", "nan"),
+        ("ATTEMPT_TIMEOUT", "0"),
+        ("ATTEMPT_TIMEOUT", "inf"),
+        ("ATTEMPT_TIMEOUT", "soon"),
+        ("ALLOW_HTTP", "maybe"),
+        ("ALLOW_PRIVATE_NETWORKS", "2"),
+        ("MAX_PAYLOAD_BYTES", "1.5"),
+        ("MAX_PAYLOAD_BYTES", "-5"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"ASCEND_WEBHOOKS_{name}"):
+        Settings.from_env({f"ASCEND_WEBHOOKS_{name}": value})
+
+
+def test_ten_retries_at_most_and_flags_spelled_many_ways() -> None:
+    schedule = ",".join(["1"] * 10)
+    assert len(Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": schedule}).retry_schedule) == 10
+    for word, expected in [("on", True), ("YES", True), ("0", False), ("off", False)]:
+        assert Settings.from_env({"ASCEND_WEBHOOKS_ALLOW_HTTP": word}).allow_http is expected
