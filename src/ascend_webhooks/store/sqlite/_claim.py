@@ -1,0 +1,195 @@
+"""Claiming due deliveries on SQLite: fair across organizations, cheap on any backlog.
+
+Only pending, unblocked deliveries are in the partial index ``deliveries_ready``
+``(organization_id, endpoint_id, next_attempt_at)``. A leased delivery's ``next_attempt_at`` is
+its lease's end, so "due" (``next_attempt_at <= now``) covers new work, retries and expired
+leases with one range.
+
+Why a loose index scan over (organization, endpoint) pairs rather than "the N oldest due rows":
+the oldest rows of one organization with a huge backlog would fill every batch and starve
+everyone else. Instead each claim
+
+1. walks the distinct pairs with ready work, one index seek per pair (the first entry of each
+   pair's range is also its earliest ``next_attempt_at``, so "is anything due here" is free),
+   starting after the organization that was served last (round robin across claims), skipping
+   excluded endpoints (a slow endpoint the worker has no room for costs one seek, not a scan
+   of its backlog);
+2. shares ``limit`` out across the organizations with due work, and within each organization
+   across its endpoints, in passes until the batch is full or the due work is exhausted;
+3. leases each fetched row at once, which moves it out of the due range.
+
+The cost is O((P + limit) · log n) for P pairs with ready work, whatever the backlog (P is
+bounded per claim by ``_MAX_PAIRS``; the round-robin cursor resumes where a capped scan
+stopped). Ordering keys cost nothing here: only the head of each key is unblocked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..models import ClaimedDelivery
+from ._rows import from_ms, marks, now_ms
+
+__all__ = ["Claimer"]
+
+_MAX_PAIRS = 4096
+
+_NEXT_ORG = (
+    "SELECT organization_id FROM deliveries WHERE status = 'pending' AND blocked = 0"
+    " AND organization_id > ? ORDER BY organization_id LIMIT 1"
+)
+_NEXT_PAIR = (
+    "SELECT endpoint_id, next_attempt_at FROM deliveries"
+    " WHERE status = 'pending' AND blocked = 0 AND organization_id = ? AND endpoint_id > ?"
+    " ORDER BY endpoint_id, next_attempt_at LIMIT 1"
+)
+_FETCH = (
+    "SELECT seq FROM deliveries"
+    " WHERE status = 'pending' AND blocked = 0 AND organization_id = ? AND endpoint_id = ?"
+    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
+)
+_LEASE = (
+    "UPDATE deliveries SET locked_by = ?, lease_expires_at = ?, next_attempt_at = ? WHERE seq = ?"
+)
+_DETAILS = (
+    "SELECT d.seq, d.id, d.organization_id, e.id, e.type, d.endpoint_id, p.url, e.body,"
+    " d.attempt_count, d.round_start FROM deliveries d"
+    " JOIN events e ON e.seq = d.event_seq JOIN endpoints p ON p.id = d.endpoint_id"
+    " WHERE d.seq IN ({})"
+)
+
+
+@dataclass
+class _Organization:
+    id: str
+    endpoints: list[str] = field(default_factory=list)
+
+
+class Claimer:
+    """Claims for one store; remembers where the round robin stands (writer thread only)."""
+
+    def __init__(self) -> None:
+        self._after_org = ""
+
+    def claim(
+        self,
+        conn: sqlite3.Connection,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        exclude_endpoints: Sequence[str],
+    ) -> list[ClaimedDelivery]:
+        if limit <= 0:
+            return []
+        now = now_ms()
+        until = now + max(1, round(lease_seconds * 1000))
+        due = self._due_organizations(conn, now, frozenset(exclude_endpoints))
+        picked: list[int] = []
+        served_first_pass: list[str] = []
+        first_pass = True
+        while due and len(picked) < limit:
+            share = max(1, (limit - len(picked)) // len(due))
+            for org in list(due):
+                want = min(share, limit - len(picked))
+                if want <= 0:
+                    break
+                got = self._take_from(conn, org, want, now, worker_id, until, picked)
+                if got and first_pass:
+                    served_first_pass.append(org.id)
+                if not org.endpoints:
+                    due.remove(org)
+            first_pass = False
+        if served_first_pass:
+            self._after_org = served_first_pass[-1]
+        return self._details(conn, picked, until)
+
+    def _due_organizations(
+        self, conn: sqlite3.Connection, now: int, excluded: frozenset[str]
+    ) -> list[_Organization]:
+        found: list[_Organization] = []
+        visited = 0
+        for org_id in self._organizations(conn):
+            org = _Organization(org_id)
+            endpoint = ""
+            while True:
+                row = conn.execute(_NEXT_PAIR, (org_id, endpoint)).fetchone()
+                if row is None:
+                    break
+                endpoint, earliest = row
+                visited += 1
+                if earliest <= now and endpoint not in excluded:
+                    org.endpoints.append(endpoint)
+            if org.endpoints:
+                found.append(org)
+            if visited >= _MAX_PAIRS:
+                self._after_org = org_id  # resume after this organization next time
+                break
+        return found
+
+    def _organizations(self, conn: sqlite3.Connection) -> Iterator[str]:
+        """Organizations with ready work: those after the cursor, then from the start."""
+        start = self._after_org
+        current = start
+        while (row := conn.execute(_NEXT_ORG, (current,)).fetchone()) is not None:
+            current = row[0]
+            yield current
+        current = ""
+        while (row := conn.execute(_NEXT_ORG, (current,)).fetchone()) is not None:
+            current = row[0]
+            if current > start:
+                return
+            yield current
+
+    @staticmethod
+    def _take_from(
+        conn: sqlite3.Connection,
+        org: _Organization,
+        want: int,
+        now: int,
+        worker_id: str,
+        until: int,
+        picked: list[int],
+    ) -> int:
+        """Lease up to ``want`` rows of ``org``, shared across its endpoints."""
+        got = 0
+        while org.endpoints and got < want:
+            share = max(1, (want - got) // len(org.endpoints))
+            for endpoint in list(org.endpoints):
+                take = min(share, want - got)
+                if take <= 0:
+                    break
+                seqs = [row[0] for row in conn.execute(_FETCH, (org.id, endpoint, now, take))]
+                if seqs:
+                    conn.executemany(_LEASE, [(worker_id, until, until, seq) for seq in seqs])
+                    picked.extend(seqs)
+                    got += len(seqs)
+                if len(seqs) < take:
+                    org.endpoints.remove(endpoint)
+        return got
+
+    @staticmethod
+    def _details(conn: sqlite3.Connection, picked: list[int], until: int) -> list[ClaimedDelivery]:
+        if not picked:
+            return []
+        rows = {row[0]: row for row in conn.execute(_DETAILS.format(marks(len(picked))), picked)}
+        lease_expires_at = from_ms(until)
+        claimed = []
+        for seq in picked:
+            row = rows[seq]
+            claimed.append(
+                ClaimedDelivery(
+                    id=row[1],
+                    organization_id=row[2],
+                    event_id=row[3],
+                    event_type=row[4],
+                    endpoint_id=row[5],
+                    url=row[6],
+                    body=bytes(row[7]),
+                    attempt_number=row[8] + 1,
+                    round_attempt=row[8] - row[9] + 1,
+                    lease_expires_at=lease_expires_at,
+                )
+            )
+        return claimed

@@ -1,0 +1,290 @@
+"""``SQLiteStore``: the :class:`~ascend_webhooks.store.base.Store` on an embedded SQLite file.
+
+Writes go to the engine's writer thread (group commit, see ``_engine``); reads to its reader
+threads. ``wait_for_work`` wakes at once for work made in this process and polls
+``PRAGMA data_version`` (which changes when another connection commits) every 0.25 s, so a
+worker in another process on the same file sees new work within a quarter of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from ..base import Store, StoreUnavailableError
+from ..models import (
+    ApiToken,
+    AttemptOutcome,
+    ClaimedDelivery,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+    Event,
+    NewEvent,
+    Organization,
+    Page,
+    PublishResult,
+    WebhookKey,
+)
+from . import _reads, _writes
+from ._claim import Claimer
+from ._engine import Engine, parse_url
+from ._rows import from_ms
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_POLL_SECONDS = 0.25
+_UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "readonly", "disk is full")
+
+
+class SQLiteStore(Store):
+    """The embedded store; ``url`` is ``sqlite:///PATH`` (``?synchronous=normal`` relaxes fsync)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = Engine(parse_url(url))
+        self._claimer = Claimer()
+        self._wakeup: asyncio.Event | None = None
+        self._opened = False
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._engine.submit(job)
+        except sqlite3.OperationalError as exc:
+            raise _translate(exc) from exc
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._engine.read(query)
+        except sqlite3.OperationalError as exc:
+            raise _translate(exc) from exc
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        self._wakeup = asyncio.Event()
+        await asyncio.to_thread(self._engine.start)
+        self._opened = True
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        await asyncio.to_thread(self._engine.stop)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1))
+        except (sqlite3.Error, StoreUnavailableError, RuntimeError):
+            return False
+
+    # -- organizations and API tokens --------------------------------------------------------
+
+    async def create_organization(self, name: str) -> Organization:
+        return await self._write(lambda c: _writes.create_organization(c, name))
+
+    async def get_organization(self, organization_id: str) -> Organization:
+        return await self._read(lambda c: _reads.organization(c, organization_id))
+
+    async def list_organizations(
+        self, *, limit: int, after: str | None = None, only: str | None = None
+    ) -> Page[Organization]:
+        return await self._read(lambda c: _reads.list_organizations(c, limit, after, only))
+
+    async def create_token(
+        self, organization_id: str | None, token_hash: bytes, name: str | None = None
+    ) -> ApiToken:
+        return await self._write(
+            lambda c: _writes.create_token(c, organization_id, token_hash, name)
+        )
+
+    async def find_token(self, token_hash: bytes) -> ApiToken | None:
+        return await self._read(lambda c: _reads.find_token(c, token_hash))
+
+    async def count_admin_tokens(self) -> int:
+        return await self._read(_reads.count_admin_tokens)
+
+    # -- webhook keys ------------------------------------------------------------------------
+
+    async def create_key(
+        self, organization_id: str, secret_ciphertext: bytes, *, activate: bool
+    ) -> WebhookKey:
+        return await self._write(
+            lambda c: _writes.create_key(c, organization_id, secret_ciphertext, activate)
+        )
+
+    async def list_keys(self, organization_id: str) -> list[WebhookKey]:
+        return await self._read(lambda c: _reads.list_keys(c, organization_id))
+
+    async def activate_key(self, organization_id: str, key_id: str) -> WebhookKey:
+        return await self._write(lambda c: _writes.activate_key(c, organization_id, key_id))
+
+    async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
+        return await self._write(lambda c: _writes.revoke_key(c, organization_id, key_id))
+
+    async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
+        return await self._read(lambda c: _reads.signing_keys(c, organization_ids))
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create_endpoint(
+        self,
+        organization_id: str,
+        url: str,
+        event_types: Sequence[str] | None,
+        description: str | None,
+        enabled: bool = True,
+    ) -> Endpoint:
+        types = None if event_types is None else tuple(event_types)
+        return await self._write(
+            lambda c: _writes.create_endpoint(c, organization_id, url, types, description, enabled)
+        )
+
+    async def get_endpoint(self, organization_id: str, endpoint_id: str) -> Endpoint:
+        return await self._read(lambda c: _reads.endpoint(c, organization_id, endpoint_id))
+
+    async def list_endpoints(
+        self, organization_id: str, *, limit: int, after: str | None = None
+    ) -> Page[Endpoint]:
+        return await self._read(lambda c: _reads.list_endpoints(c, organization_id, limit, after))
+
+    async def update_endpoint(
+        self, organization_id: str, endpoint_id: str, **changes: object
+    ) -> Endpoint:
+        endpoint = await self._write(
+            lambda c: _writes.update_endpoint(c, organization_id, endpoint_id, changes)
+        )
+        if changes.get("enabled") is True:
+            self._wake()
+        return endpoint
+
+    async def delete_endpoint(self, organization_id: str, endpoint_id: str) -> None:
+        await self._write(lambda c: _writes.delete_endpoint(c, organization_id, endpoint_id))
+
+    # -- events and deliveries ---------------------------------------------------------------
+
+    async def publish(
+        self, organization_id: str, events: Sequence[NewEvent]
+    ) -> list[PublishResult]:
+        batch = tuple(events)
+        results = await self._write(lambda c: _writes.publish(c, organization_id, batch))
+        if any(result.created and result.event.deliveries for result in results):
+            self._wake()
+        return results
+
+    async def get_event(self, organization_id: str, event_id: str) -> Event:
+        return await self._read(lambda c: _reads.event(c, organization_id, event_id))
+
+    async def list_events(
+        self,
+        organization_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        event_type: str | None = None,
+    ) -> Page[Event]:
+        return await self._read(
+            lambda c: _reads.list_events(c, organization_id, limit, after, event_type)
+        )
+
+    async def get_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
+        return await self._read(lambda c: _reads.delivery(c, organization_id, delivery_id))
+
+    async def list_deliveries(
+        self,
+        organization_id: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: DeliveryStatus | None = None,
+        endpoint_id: str | None = None,
+    ) -> Page[Delivery]:
+        return await self._read(
+            lambda c: _reads.list_deliveries(c, organization_id, limit, after, status, endpoint_id)
+        )
+
+    async def retry_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
+        delivery = await self._write(
+            lambda c: _writes.retry_delivery(c, organization_id, delivery_id)
+        )
+        self._wake()
+        return delivery
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        exclude_endpoints: Sequence[str] = (),
+    ) -> list[ClaimedDelivery]:
+        excluded = tuple(exclude_endpoints)
+        return await self._write(
+            lambda c: self._claimer.claim(c, worker_id, limit, lease_seconds, excluded)
+        )
+
+    async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        batch = tuple(outcomes)
+        if not batch:
+            return
+        if await self._write(lambda c: _writes.record(c, worker_id, batch)):
+            self._wake()
+
+    async def extend_leases(
+        self, worker_id: str, delivery_ids: Sequence[str], lease_seconds: float
+    ) -> None:
+        ids = tuple(delivery_ids)
+        if ids:
+            await self._write(lambda c: _writes.extend_leases(c, worker_id, ids, lease_seconds))
+
+    async def release(self, worker_id: str, delivery_ids: Sequence[str]) -> None:
+        ids = tuple(delivery_ids)
+        if ids and await self._write(lambda c: _writes.release(c, worker_id, ids)) > 0:
+            self._wake()
+
+    async def next_due_at(self) -> datetime | None:
+        due = await self._read(_reads.next_due_at)
+        return None if due is None else from_ms(due)
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        wakeup = self._wakeup
+        if wakeup is None:
+            raise RuntimeError("the SQLite store is not open")
+        deadline = time.monotonic() + max(0.0, max_wait)
+        seen = await self._engine.data_version()
+        while not wakeup.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(wakeup.wait(), min(left, _POLL_SECONDS))
+            except TimeoutError:
+                # Another process may have committed to the file meanwhile.
+                if await self._engine.data_version() != seen:
+                    return
+        wakeup.clear()
+
+    async def delivery_counts(self) -> dict[DeliveryStatus, int]:
+        return await self._read(_reads.delivery_counts)
+
+
+def _translate(exc: sqlite3.OperationalError) -> Exception:
+    message = str(exc).lower()
+    if any(word in message for word in _UNAVAILABLE):
+        return StoreUnavailableError(f"the SQLite database is unavailable: {exc}")
+    return exc
