@@ -1,0 +1,230 @@
+"""Transport classification against real loopback receivers: what each outcome becomes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ascend_webhooks.delivery.transport import EXCERPT_BYTES, USER_AGENT, PyreqwestTransport
+from tests.support import receivers as receiver_fixtures
+from tests.support.receivers import (
+    Close,
+    Hang,
+    ReceiverFactory,
+    Reply,
+    Reset,
+    Stall,
+    Stream,
+    TLSFiles,
+)
+
+receivers = receiver_fixtures.receivers
+tls = receiver_fixtures.tls
+
+BODY = b'{"id":"evt_1","type":"invoice.paid","data":{"amount":1200,"note":"caf\xc3\xa9"}}'
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[PyreqwestTransport]:
+    opened = PyreqwestTransport(allow_http=True, allow_private=True)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 400, 404, 410, 500, 502, 503])
+async def test_any_status_is_reported_not_an_error(
+    transport: PyreqwestTransport, receivers: ReceiverFactory, status: int
+) -> None:
+    receiver = await receivers(behaviour=Reply(status))
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert (response.status_code, response.error) == (status, None)
+    assert response.duration_ms > 0
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_not_followed(
+    transport: PyreqwestTransport, receivers: ReceiverFactory, status: int
+) -> None:
+    target = await receivers()
+    receiver = await receivers(behaviour=Reply(status, headers={"Location": target.url}))
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert (response.status_code, response.error) == (status, None)
+    assert len(receiver.requests) == 1
+    assert target.requests == []
+
+
+async def test_body_and_headers_arrive_byte_identical(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers()
+    headers = {"Content-Type": "application/json", "X-Ascend-Signature": "t=1,v1=" + "a" * 64}
+    response = await transport.post(receiver.url, BODY, headers, 5.0)
+    assert response.status_code == 200
+    (request,) = receiver.requests
+    assert request.method == "POST"
+    assert request.target == "/hook"
+    assert request.body == BODY
+    assert request.header("content-type") == "application/json"
+    assert request.header("x-ascend-signature") == headers["X-Ascend-Signature"]
+    assert request.header("user-agent") == USER_AGENT
+
+
+async def test_a_hanging_receiver_times_out_within_the_timeout(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Hang())
+    started = time.monotonic()
+    response = await transport.post(receiver.url, BODY, {}, 0.5)
+    elapsed = time.monotonic() - started
+    assert response.error == "timeout"
+    assert 0.45 <= elapsed < 1.5
+    assert len(receiver.requests) == 1
+
+
+async def test_a_body_that_never_completes_times_out(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Stall(200))
+    started = time.monotonic()
+    response = await transport.post(receiver.url, BODY, {}, 0.5)
+    assert response.error == "timeout"
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_slow_reply_inside_the_timeout_succeeds(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.2))
+    response = await transport.post(receiver.url, BODY, {}, 2.0)
+    assert (response.status_code, response.error) == (200, None)
+    assert response.duration_ms >= 190
+
+
+async def test_connection_refused(transport: PyreqwestTransport) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and has no listener
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    response = await transport.post(f"http://127.0.0.1:{port}/hook", BODY, {}, 2.0)
+    assert (response.status_code, response.error) == (None, "connect_refused")
+
+
+@pytest.mark.parametrize("behaviour", [Close(), Reset()])
+async def test_connection_dropped_without_answer(
+    transport: PyreqwestTransport, receivers: ReceiverFactory, behaviour: Close | Reset
+) -> None:
+    receiver = await receivers(behaviour=behaviour)
+    response = await transport.post(receiver.url, BODY, {}, 2.0)
+    assert (response.status_code, response.error) == (None, "connection_reset")
+
+
+async def test_response_excerpt_is_capped(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(500, body=b"e" * 100_000))
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert response.status_code == 500
+    assert response.excerpt == "e" * EXCERPT_BYTES
+
+
+async def test_endless_body_is_not_read_to_the_end(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Stream(200))
+    started = time.monotonic()
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert (response.status_code, response.error) == (200, None)
+    assert response.excerpt is not None
+    assert len(response.excerpt) == EXCERPT_BYTES
+    assert time.monotonic() - started < 2
+
+
+async def test_small_excerpt_kept_whole_and_invalid_utf8_replaced(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(400, body=b"bad \xff request"))
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert response.excerpt == "bad \ufffd request"
+
+
+async def test_https_with_the_trusted_test_ca(receivers: ReceiverFactory, tls: TLSFiles) -> None:
+    receiver = await receivers(tls=tls)
+    transport = PyreqwestTransport(allow_private=True, ca_file=tls.ca_file)
+    try:
+        response = await transport.post(receiver.url, BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert receiver.url.startswith("https://")
+    assert (response.status_code, response.error) == (200, None)
+    assert receiver.requests[0].body == BODY
+
+
+async def test_https_with_an_untrusted_certificate_is_a_tls_error(
+    receivers: ReceiverFactory, tls: TLSFiles, tmp_path: Path
+) -> None:
+    receiver = await receivers(tls=tls)
+    transport = PyreqwestTransport(allow_private=True)  # the test CA is not trusted
+    try:
+        response = await transport.post(receiver.url, BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert (response.status_code, response.error) == (None, "tls_error")
+    assert receiver.requests == []
+
+
+async def test_https_to_a_plain_http_server_is_a_tls_error() -> None:
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # What a plain HTTP server says to a TLS ClientHello.
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = PyreqwestTransport(allow_private=True)
+    try:
+        response = await transport.post(f"https://127.0.0.1:{port}/hook", BODY, {}, 5.0)
+    finally:
+        await transport.close()
+        server.close()
+        await server.wait_closed()
+    assert (response.status_code, response.error) == (None, "tls_error")
+
+
+async def test_ssrf_guard_refuses_before_connecting(receivers: ReceiverFactory) -> None:
+    receiver = await receivers()
+    transport = PyreqwestTransport(allow_http=True, allow_private=False)
+    try:
+        by_ip = await transport.post(receiver.url, BODY, {}, 5.0)
+        by_name = await transport.post(f"http://localhost:{receiver.port}/", BODY, {}, 5.0)
+        by_trick = await transport.post(f"http://2130706433:{receiver.port}/", BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert by_ip.error == by_name.error == by_trick.error == "forbidden_address"
+    assert receiver.requests == []
+
+
+async def test_http_refused_unless_allowed(receivers: ReceiverFactory) -> None:
+    receiver = await receivers()
+    transport = PyreqwestTransport(allow_http=False, allow_private=True)
+    try:
+        response = await transport.post(receiver.url, BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert response.error == "invalid_url"
+    assert receiver.requests == []
+
+
+async def test_unresolvable_name_is_a_dns_error() -> None:
+    transport = PyreqwestTransport(allow_http=True)
+    try:
+        response = await transport.post("https://receiver.invalid/hook", BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert (response.status_code, response.error) == (None, "dns_error")
