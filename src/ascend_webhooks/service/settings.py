@@ -29,6 +29,10 @@ class Settings:
     allow_private_networks: bool = False
     max_payload_bytes: int = 262_144
     master_key: str | None = None  # base64 AES key; default: a file beside the SQLite database
+    ca_file: str | None = None  # extra PEM CA bundle trusted for HTTPS endpoints
+    worker_concurrency: int = 64  # attempts in flight per worker process
+    endpoint_concurrency: int = 8  # of which at most this many to one endpoint
+    lease_seconds: float = 60.0  # a claimed delivery's lease; renewed while in flight
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,6 +64,19 @@ class Settings:
             kwargs["max_payload_bytes"] = int(size)
         if (value := get("MASTER_KEY")) is not None:
             kwargs["master_key"] = value
+        if (value := get("CA_FILE")) is not None:
+            kwargs["ca_file"] = value
+        for name, key in (
+            ("WORKER_CONCURRENCY", "worker_concurrency"),
+            ("ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
+        ):
+            if (value := get(name)) is not None:
+                count = _positive(name, value)
+                if count != int(count):
+                    raise SettingsError(f"{_PREFIX}{name} must be a whole number")
+                kwargs[key] = int(count)
+        if (value := get("LEASE_SECONDS")) is not None:
+            kwargs["lease_seconds"] = _positive("LEASE_SECONDS", value)
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
