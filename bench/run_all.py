@@ -1,0 +1,257 @@
+"""Delivery throughput, all in one run: baseline, service (SQLite, PostgreSQL), ceiling.
+
+The only honest comparison on a shared 2-core machine is one made in the same run against the
+same sink, so this script starts one nginx sink and measures, one after the other:
+
+- the ceiling (``ceiling.py``): pyreqwest and aiohttp signing and POSTing with 256 in flight,
+  nothing stored;
+- the baseline (``baseline_celery.py``): Celery prefork x4 + Redis + requests;
+- the service on its embedded SQLite: one ``ascend-webhooks serve`` on a fresh database file;
+- the service on PostgreSQL: ``serve --no-delivery`` plus 2 ``worker`` processes on a fresh
+  database.
+
+For the service, events are published over REST (the batch route, 1,000 events a call, when it
+exists; single POSTs otherwise) and the figure is durable delivery throughput: events divided by
+the time from the first publish call until the sink has answered the last delivery. Every
+publish is a 202, so every event was committed before it was delivered. Parts that cannot run
+here (the service not installed yet, no PostgreSQL) are marked SKIPPED with the reason::
+
+    .venv/bin/python bench/run_all.py [--quick] [--events N] [--baseline-events N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from baseline_celery import measure_baseline
+from ceiling import measure_ceiling
+from harness import events_from, parser, run_async, run_tag, write_result
+from service_process import (
+    ADMIN_TOKEN,
+    Service,
+    ServiceUnavailable,
+    postgres_database,
+    publish_payload,
+    running_service,
+)
+from sink import Sink, SinkError, nginx_sink
+
+BATCH = 1_000  # the batch route's limit
+BATCHES_IN_FLIGHT = 4
+SINGLES_IN_FLIGHT = 64
+WARMUP = 1_000
+TARGET_OF_CEILING = 0.70
+TARGET_OF_BASELINE = 15.0
+DELIVERY_TIMEOUT = 120.0
+
+
+class Publisher:
+    """Publishes events to one organization over REST with pyreqwest, as fast as it can."""
+
+    def __init__(self, service: Service) -> None:
+        self.base = service.base_url
+        self.path = service.events_path
+        self.batch: bool | None = None  # unknown until the first call tells
+
+    async def publish(self, run: str, first: int, count: int) -> int:
+        """Publish events ``first``…``first+count-1``; return how many were answered 202."""
+        from pyreqwest.client import ClientBuilder
+
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        builder = ClientBuilder().timeout(timedelta(seconds=60)).default_headers(headers)
+        async with builder.max_connections(SINGLES_IN_FLIGHT).build() as client:
+            indexes = list(range(first, first + count))
+            if self.batch is not False:
+                accepted = await self._batches(client, run, indexes)
+                if accepted is not None:
+                    return accepted
+            return await self._singles(client, run, indexes)
+
+    async def _batches(self, client: Any, run: str, indexes: list[int]) -> int | None:
+        bodies = [
+            orjson.dumps({"events": [publish_payload(run, i) for i in indexes[n : n + BATCH]]})
+            for n in range(0, len(indexes), BATCH)
+        ]
+        url = f"{self.base}{self.path}/batch"
+        if self.batch is None:  # probe with the first batch: is there a batch route?
+            response = await client.post(url).body_bytes(bodies[0]).build().send()
+            if response.status in (404, 405):
+                self.batch = False
+                return None
+            self.batch = True
+            accepted = _accepted(response.status, await response.bytes(), BATCH)
+            bodies = bodies[1:]
+        else:
+            accepted = 0
+        queue = list(reversed(bodies))
+
+        async def worker() -> int:
+            done = 0
+            while queue:
+                body = queue.pop()
+                response = await client.post(url).body_bytes(body).build().send()
+                done += _accepted(response.status, await response.bytes(), BATCH)
+            return done
+
+        results = await asyncio.gather(*(worker() for _ in range(BATCHES_IN_FLIGHT)))
+        return accepted + sum(results)
+
+    async def _singles(self, client: Any, run: str, indexes: list[int]) -> int:
+        bodies = [orjson.dumps(publish_payload(run, i)) for i in indexes]
+        url = f"{self.base}{self.path}"
+        queue = list(reversed(bodies))
+
+        async def worker() -> int:
+            done = 0
+            while queue:
+                body = queue.pop()
+                response = await client.post(url).body_bytes(body).build().send()
+                done += _accepted(response.status, await response.bytes(), 1)
+            return done
+
+        results = await asyncio.gather(*(worker() for _ in range(SINGLES_IN_FLIGHT)))
+        return sum(results)
+
+
+def _accepted(status: int, body: bytes, size: int) -> int:
+    if status != 202:
+        raise ServiceUnavailable(f"publish answered {status}: {body[:300]!r}")
+    return size if size == 1 else len(orjson.loads(body)["data"])
+
+
+def measure_service(sink: Sink, service: Service, events: int) -> dict[str, Any]:
+    """Durable delivery throughput: N events from first publish to the sink's N-th 200."""
+    service.setup(sink.url)
+    publisher = Publisher(service)
+    run = run_tag()
+
+    before = sink.posts()
+    run_async(lambda: publisher.publish(f"w{run}", 0, WARMUP))
+    sink.wait_for(before + WARMUP, timeout=60)
+
+    before = sink.posts()
+    start = time.perf_counter()
+    accepted = run_async(lambda: publisher.publish(run, 0, events))
+    published = time.perf_counter()
+    if accepted != events:
+        raise ServiceUnavailable(f"published {events} events, {accepted} were accepted")
+    figures: dict[str, Any] = {
+        "events": events,
+        "publish_route": "batch" if publisher.batch else "single",
+        "publish_per_s": events / (published - start),
+    }
+    try:
+        done = sink.wait_for(before + events, timeout=DELIVERY_TIMEOUT)
+    except TimeoutError:
+        seen = sink.posts() - before
+        elapsed = time.perf_counter() - start
+        figures.update(
+            deliveries_per_s=seen / elapsed, seconds=elapsed, incomplete=f"{seen} of {events}"
+        )
+        return figures
+    time.sleep(0.3)  # anything delivered twice would show up now
+    figures.update(
+        deliveries_per_s=events / (done - start),
+        seconds=done - start,
+        extra_posts=sink.posts() - before - events,
+    )
+    return figures
+
+
+def _service_part(sink: Sink, events: int, postgres: bool) -> dict[str, Any]:
+    try:
+        if not postgres:
+            with running_service() as service:
+                return measure_service(sink, service, events)
+        with postgres_database() as url, running_service(url, workers=2) as service:
+            return measure_service(sink, service, events)
+    except (ServiceUnavailable, SinkError, TimeoutError) as exc:
+        return {"skipped": str(exc)}
+
+
+def _line(label: str, part: dict[str, Any]) -> str:
+    if "skipped" in part:
+        reason = str(part["skipped"]).strip().splitlines()[0][:150]
+        return f"  {label:<34} SKIPPED: {reason}"
+    extra = f"  [INCOMPLETE: {part['incomplete']}]" if "incomplete" in part else ""
+    return f"  {label:<34} {part['deliveries_per_s']:>10,.0f} deliveries/s{extra}"
+
+
+def report(results: dict[str, Any]) -> list[str]:
+    """The lines printed at the end: each figure, then ratios against the targets."""
+    ceiling = results["ceiling"].get("deliveries_per_s", math.nan)
+    baseline = results["baseline"].get("deliveries_per_s", math.nan)
+    lines = [
+        f"== delivery throughput, one run, one nginx sink, {results['event_bytes']} B events ==",
+        _line("baseline (Celery x4 + Redis)", results["baseline"]),
+        _line("service, SQLite (1 serve)", results["service_sqlite"]),
+        _line("service, PostgreSQL (2 workers)", results["service_postgres"]),
+        _line(f"ceiling ({results['ceiling'].get('ceiling_client', '?')})", results["ceiling"]),
+    ]
+    for key, label in (("service_sqlite", "SQLite"), ("service_postgres", "PostgreSQL")):
+        part = results[key]
+        if "deliveries_per_s" not in part:
+            continue
+        rate = part["deliveries_per_s"]
+        part["of_ceiling"] = rate / ceiling
+        part["x_baseline"] = rate / baseline
+        lines.append(
+            f"  {label}: {rate / ceiling:.0%} of the ceiling "
+            f"(target >= {TARGET_OF_CEILING:.0%}: {'met' if rate / ceiling >= TARGET_OF_CEILING else 'NOT met'}), "  # noqa: E501
+            f"{rate / baseline:.1f}x the baseline "
+            f"(target >= {TARGET_OF_BASELINE:g}x: {'met' if rate / baseline >= TARGET_OF_BASELINE else 'NOT met'}); "  # noqa: E501
+            f"published at {part['publish_per_s']:,.0f} events/s ({part['publish_route']} route)"
+        )
+    sqlite = results["service_sqlite"].get("deliveries_per_s")
+    postgres = results["service_postgres"].get("deliveries_per_s")
+    if sqlite and postgres:
+        verdict = "met" if postgres >= sqlite else "NOT met"
+        lines.append(f"  PostgreSQL / SQLite: {postgres / sqlite:.2f} (target >= 1: {verdict})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure every sender in one run, print figures and ratios, write throughput.json."""
+    cli = parser("Ceiling, baseline and the service, one run, one sink.", 50_000, 5_000)
+    cli.add_argument("--baseline-events", type=int, default=None, help="default 20,000")
+    cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
+    args = cli.parse_args(argv)
+    events = events_from(args)
+    baseline_events = args.baseline_events or (2_000 if args.quick else 20_000)
+    results: dict[str, Any] = {}
+    try:
+        with nginx_sink() as sink:
+            results["ceiling"] = measure_ceiling(sink, events)
+            results["event_bytes"] = results["ceiling"]["event_bytes"]
+            try:
+                results["baseline"] = measure_baseline(sink, baseline_events)
+                print(f"baseline: {results['baseline']['deliveries_per_s']:,.0f} deliveries/s")
+            except (SinkError, TimeoutError) as exc:
+                results["baseline"] = {"skipped": str(exc)}
+            results["service_sqlite"] = _service_part(sink, events, postgres=False)
+            print(_line("service, SQLite", results["service_sqlite"]).strip())
+            if args.no_postgres:
+                results["service_postgres"] = {"skipped": "--no-postgres"}
+            else:
+                results["service_postgres"] = _service_part(sink, events, postgres=True)
+            print(_line("service, PostgreSQL", results["service_postgres"]).strip())
+    except SinkError as exc:
+        print(f"run_all: {exc}", file=sys.stderr)
+        return 1
+    lines = report(results)
+    print("\n".join(lines))
+    results["summary"] = lines
+    print(f"wrote {write_result('throughput', results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
