@@ -1,0 +1,316 @@
+"""The Flask adapter, through Flask's test client and a real werkzeug server.
+
+Every request is really signed with :func:`ascend_webhooks.sign`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from werkzeug.serving import make_server
+
+from ascend_webhooks import Event, sign
+from ascend_webhooks.receiver import MEMORY, RawBodyUnavailableError, Router
+from ascend_webhooks.receiver.contrib.flask import ascend_blueprint, ascend_view
+
+SECRET = "whsec_flask_test"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def event_body(event_id: str = "evt_1", type_: str = "invoice.paid", **data: Any) -> bytes:
+    return json.dumps({"id": event_id, "type": type_, "data": data or {"amount": 4200}}).encode()
+
+
+def signed(body: bytes, secret: str = SECRET, **kwargs: Any) -> dict[str, str]:
+    return {**sign(body, secret, **kwargs), "Content-Type": "application/json"}
+
+
+class Recorder:
+    """A handler that records events and lets the test hold it (a slow handler) or break it."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.events: list[Event] = []
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+        self.ran = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.gate.wait(10)
+        self.events.append(event)
+        self.ran.set()
+        if self.fail:
+            raise RuntimeError("handler broke")
+
+    def wait(self, count: int = 1) -> list[Event]:
+        deadline = time.monotonic() + 5
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.events
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def make_app(
+    recorder: Recorder,
+    *,
+    mode: str = "inline",
+    secret: Any = SECRET,
+    executor: ThreadPoolExecutor | None = None,
+    store: Any = MEMORY,
+) -> Flask:
+    router = Router()
+    router.add("invoice.paid", recorder)
+    app = Flask(__name__)
+    view = ascend_view(secret, router, mode=mode, executor=executor, store=store)  # type: ignore[arg-type]
+    app.add_url_rule("/webhooks", view_func=view, methods=["POST"])
+    return app
+
+
+def test_valid_request_is_200_and_the_handler_gets_the_event() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = event_body(amount=4200)
+    response = client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 200
+    assert response.get_json() == {"received": True, "id": "evt_1", "status": "processed"}
+    assert recorder.events == [Event("evt_1", "invoice.paid", {"amount": 4200})]
+    assert recorder.events[0].raw == body
+
+
+def test_bad_signature_is_401_problem_and_nothing_runs() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = event_body()
+    response = client.post("/webhooks", data=body, headers=signed(body, "wrong"))
+    assert response.status_code == 401
+    assert response.content_type == "application/problem+json"
+    assert json.loads(response.data)["code"] == "invalid_signature"
+    assert recorder.events == []
+
+
+def test_stale_timestamp_is_401() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = event_body()
+    response = client.post(
+        "/webhooks", data=body, headers=signed(body, timestamp=int(time.time()) - 3600)
+    )
+    assert response.status_code == 401
+    assert recorder.events == []
+
+
+def test_malformed_json_is_400() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = b"not json at all"
+    response = client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 400
+    assert json.loads(response.data)["code"] == "invalid_payload"
+    assert recorder.events == []
+
+
+def test_duplicate_id_is_acknowledged_and_handled_once() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = event_body()
+    first = client.post("/webhooks", data=body, headers=signed(body))
+    second = client.post("/webhooks", data=body, headers=signed(body))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.get_json()["status"] == "duplicate"
+    assert len(recorder.events) == 1
+
+
+def test_inline_failure_is_500_and_the_retry_runs_again() -> None:
+    recorder = Recorder(fail=True)
+    client = make_app(recorder).test_client()
+    body = event_body()
+    assert client.post("/webhooks", data=body, headers=signed(body)).status_code == 500
+    assert client.post("/webhooks", data=body, headers=signed(body)).status_code == 500
+    assert len(recorder.events) == 2
+
+
+def test_a_before_request_that_read_the_json_first_does_not_break_verification() -> None:
+    recorder = Recorder()
+    app = make_app(recorder)
+    peeked: list[str] = []
+
+    @app.before_request
+    def peek() -> None:
+        peeked.append(request.get_json()["type"])
+
+    body = event_body()
+    response = app.test_client().post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 200
+    assert peeked == ["invoice.paid"]
+    assert len(recorder.events) == 1
+
+
+def test_a_hook_that_drained_the_stream_gives_a_clear_error() -> None:
+    recorder = Recorder()
+    app = make_app(recorder)
+
+    app.testing = True  # let the exception reach the test instead of a 500 page
+
+    @app.before_request
+    def drain() -> None:
+        request.stream.read()
+
+    body = event_body()
+    with pytest.raises(RawBodyUnavailableError, match=r"get_data\(cache=True\)"):
+        app.test_client().post("/webhooks", data=body, headers=signed(body))
+    assert recorder.events == []
+
+
+def test_background_mode_answers_before_a_slow_handler_finishes(pool: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()  # the handler is "slow": it waits until the test lets it go
+    client = make_app(recorder, mode="background", executor=pool).test_client()
+    body = event_body()
+    started = time.monotonic()
+    response = client.post("/webhooks", data=body, headers=signed(body))
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "accepted"
+    assert elapsed < 1
+    assert recorder.events == []
+    # The same event again while it is being handled: come back later, do not run it twice.
+    busy = client.post("/webhooks", data=body, headers=signed(body))
+    assert busy.status_code == 409
+    recorder.gate.set()
+    assert [e.id for e in recorder.wait()] == ["evt_1"]
+    time.sleep(0.05)  # the completion is recorded right after the handler returns
+    again = client.post("/webhooks", data=body, headers=signed(body))
+    assert again.get_json()["status"] == "duplicate"
+    assert len(recorder.events) == 1
+
+
+def test_the_default_pool_runs_background_handlers() -> None:
+    recorder = Recorder()
+    router = Router()
+    router.add("invoice.paid", recorder)
+    view = ascend_view(SECRET, router)
+    app = Flask(__name__)
+    app.add_url_rule("/webhooks", view_func=view, methods=["POST"])
+    body = event_body()
+    try:
+        assert app.test_client().post("/webhooks", data=body, headers=signed(body)).is_json
+        assert [e.id for e in recorder.wait()] == ["evt_1"]
+    finally:
+        view.receiver.shutdown()
+
+
+def test_blueprint_with_key_rotation_and_post_only() -> None:
+    recorder = Recorder()
+    router = Router()
+    router.add("invoice.paid", recorder)
+    app = Flask(__name__)
+    app.register_blueprint(
+        ascend_blueprint(["whsec_new", "whsec_old"], router, url_prefix="/ascend", mode="inline")
+    )
+    client = app.test_client()
+    for n, secret in enumerate(["whsec_old", "whsec_new"]):
+        body = event_body(f"evt_{n}")
+        response = client.post("/ascend/webhooks", data=body, headers=signed(body, secret))
+        assert response.status_code == 200
+    assert client.get("/ascend/webhooks").status_code == 405
+    assert [e.id for e in recorder.events] == ["evt_0", "evt_1"]
+
+
+# -- a real server on loopback ---------------------------------------------------------------
+
+
+@contextmanager
+def serve(app: Flask) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_real_server_receives_a_signed_post(pool: ThreadPoolExecutor) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    app = make_app(recorder, mode="background", executor=pool)
+    with serve(app) as base:
+        body = event_body()
+        started = time.monotonic()
+        status, answer = post(base + "/webhooks", body, signed(body))
+        assert status == 200
+        assert time.monotonic() - started < 2
+        assert json.loads(answer)["id"] == "evt_1"
+        recorder.gate.set()
+        assert [e.id for e in recorder.wait()] == ["evt_1"]
+        status, answer = post(base + "/webhooks", body, signed(body, "wrong"))
+        assert status == 401
+        assert json.loads(answer)["status"] == 401
+
+
+# -- the example app -------------------------------------------------------------------------
+
+
+def load_example(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
+    monkeypatch.setenv("ASCEND_WEBHOOK_SECRETS", f"whsec_new,{SECRET}")
+    monkeypatch.setenv("ASCEND_IDEMPOTENCY_DB", str(tmp_path / "events.db"))
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_flask_example_receives_a_signed_event(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    example = load_example("flask_app", monkeypatch, tmp_path)
+    client = example.app.test_client()
+    body = event_body("evt_ex", id="inv_7", amount=99)
+    try:
+        assert client.post("/webhooks", data=body, headers=signed(body)).status_code == 200
+        deadline = time.monotonic() + 5
+        while not example.paid_invoices and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert example.paid_invoices == {"inv_7": {"id": "inv_7", "amount": 99}}
+        assert (tmp_path / "events.db").exists()
+        bad = client.post("/webhooks", data=body, headers=signed(body, "wrong"))
+        assert bad.status_code == 401
+    finally:
+        for view in example.app.view_functions.values():
+            receiver = getattr(view, "receiver", None)
+            if receiver is not None:
+                receiver.shutdown()
+        example.store.close()
