@@ -1,0 +1,237 @@
+"""The SQL of the PostgreSQL store, one named statement per operation.
+
+Kept apart from the Python that runs them so each can be read (and EXPLAINed) whole. Batch
+statements take parallel arrays and ``unnest`` them: one round trip, one plan, whatever the size.
+Every value travels as a bind parameter; the f-strings only splice constants of this module.
+"""
+
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+# The NOTIFY channel workers LISTEN on; the payload is empty (a hint, not a message).
+CHANNEL = "ascend_webhooks_work"
+
+# Any fixed 64-bit number: the advisory lock that serializes migrations across processes.
+MIGRATION_LOCK = 0x61736365_6E64_7768
+
+# Advisory locks per (organization, ordering key) use this seed in hashtextextended.
+ORDERING_LOCK_SEED = 0x6F72_6465_72
+
+DELIVERY_COLUMNS = """
+    d.id, d.organization_id, e.id AS event_id, d.endpoint_id, d.status, d.attempt_count,
+    d.next_attempt_at, d.created_at, d.updated_at, d.seq, d.event_seq
+"""
+
+INSERT_EVENTS = """
+INSERT INTO events (organization_id, id, type, body, content_hash, ordering_key)
+SELECT $1, t.id, t.type, t.body, t.content_hash, t.ordering_key
+  FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[])
+       WITH ORDINALITY AS t(id, type, body, content_hash, ordering_key, ord)
+ ORDER BY t.ord
+ON CONFLICT (organization_id, id) DO NOTHING
+RETURNING seq, id, created_at
+"""
+
+EXISTING_EVENTS = """
+SELECT seq, id, content_hash FROM events WHERE organization_id = $1 AND id = ANY($2::text[])
+"""
+
+# FOR KEY SHARE: delete_endpoint and update_endpoint lock the row FOR UPDATE first, so they wait
+# for this publish to commit and then fail (or hold back) the deliveries it made, instead of
+# leaving claimable deliveries to an endpoint that is gone or disabled.
+MATCHING_ENDPOINTS = """
+SELECT id, event_types FROM endpoints
+ WHERE organization_id = $1 AND enabled AND deleted_at IS NULL
+ ORDER BY created_at, id
+   FOR KEY SHARE
+"""
+
+# Sorted, so two transactions locking overlapping keys cannot deadlock.
+LOCK_ORDERING_KEYS = f"""
+SELECT pg_advisory_xact_lock(h) FROM (
+    SELECT DISTINCT hashtextextended(k.org || chr(1) || k.key, {ORDERING_LOCK_SEED}) AS h
+      FROM unnest($1::text[], $2::text[]) AS k(org, key)
+     ORDER BY h
+) AS locks
+"""
+
+# A keyed delivery starts blocked when an older delivery with its (endpoint, key) is pending,
+# already stored or earlier in this very batch.
+INSERT_DELIVERIES = """
+INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,
+                        next_attempt_at, blocked)
+SELECT t.id, $1, t.event_seq, t.endpoint_id, t.ordering_key, now(),
+       CASE WHEN t.ordering_key IS NOT NULL AND (
+           row_number() OVER (PARTITION BY t.endpoint_id, t.ordering_key ORDER BY t.ord) > 1
+           OR EXISTS (SELECT 1 FROM deliveries o
+                       WHERE o.endpoint_id = t.endpoint_id AND o.ordering_key = t.ordering_key
+                         AND o.status = 'pending')) THEN 1 ELSE 0 END
+  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[])
+       WITH ORDINALITY AS t(id, event_seq, endpoint_id, ordering_key, ord)
+ ORDER BY t.ord
+RETURNING seq, id, event_seq, endpoint_id, status, attempt_count, next_attempt_at,
+          created_at, updated_at
+"""
+
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+
+EVENTS_BY_SEQ = """
+SELECT seq, id, organization_id, type, body, ordering_key, created_at
+  FROM events WHERE seq = ANY($1::bigint[])
+"""
+
+DELIVERIES_OF_EVENTS = f"""
+SELECT {DELIVERY_COLUMNS}
+  FROM deliveries d JOIN events e ON e.seq = d.event_seq
+ WHERE d.event_seq = ANY($1::bigint[])
+ ORDER BY d.seq
+"""
+
+# -- claim ----------------------------------------------------------------------------------
+#
+# 1. walk: a loose index scan over the distinct (organization, endpoint) pairs that have ready
+#    work (pending, not blocked by an ordering key), starting just after the pair where the
+#    previous claim stopped and wrapping around, at most $6 pairs. Each step is one index probe,
+#    however many rows a pair has: a backlog of a million costs what a backlog of one does.
+# 2. cand: from each pair, its earliest due rows (at most $2), ranked within their organization.
+# 3. picked: the first $2 candidates by (rank in organization, walk order): organizations take
+#    turns row by row, so each gets an equal share of the batch whatever its backlog. Locked
+#    with SKIP LOCKED: concurrent claimers skip each other's rows and take the next candidates.
+# 4. The lease: next_attempt_at moves to the lease's end, so a delivery whose worker died is
+#    simply due again when the lease runs out (no sweeper needed).
+_NEXT_PAIR = """
+    SELECT x.organization_id AS org, x.endpoint_id AS ep FROM (
+        (SELECT organization_id, endpoint_id FROM deliveries
+          WHERE status = 'pending' AND blocked = 0
+            AND (organization_id, endpoint_id) > ({org}, {ep})
+          ORDER BY organization_id, endpoint_id LIMIT 1)
+        UNION ALL
+        (SELECT organization_id, endpoint_id FROM deliveries
+          WHERE status = 'pending' AND blocked = 0
+          ORDER BY organization_id, endpoint_id LIMIT 1)
+    ) AS x LIMIT 1
+"""
+
+CLAIM = f"""
+WITH RECURSIVE walk(org, ep, n, first_org, first_ep) AS (
+    SELECT s.org, s.ep, 1, s.org, s.ep
+      FROM ({_NEXT_PAIR.format(org="$4::text", ep="$5::text")}) AS s
+    UNION ALL
+    SELECT nx.org, nx.ep, w.n + 1, w.first_org, w.first_ep
+      FROM walk AS w
+     CROSS JOIN LATERAL ({_NEXT_PAIR.format(org="w.org", ep="w.ep")}) AS nx
+     WHERE w.n < $6 AND (nx.org, nx.ep) <> (w.first_org, w.first_ep)
+),
+cand AS (
+    SELECT c.seq, w.n,
+           row_number() OVER (PARTITION BY w.org ORDER BY c.next_attempt_at, c.seq) AS rn
+      FROM walk AS w
+     CROSS JOIN LATERAL (
+        SELECT d.seq, d.next_attempt_at FROM deliveries AS d
+         WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
+           AND d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
+         ORDER BY d.next_attempt_at, d.seq
+         LIMIT $2
+     ) AS c
+     WHERE w.ep <> ALL($7::text[])
+),
+picked AS (
+    SELECT d.seq, cand.rn, cand.n FROM deliveries AS d JOIN cand ON cand.seq = d.seq
+     WHERE d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
+     ORDER BY cand.rn, cand.n
+     LIMIT $2
+       FOR UPDATE OF d SKIP LOCKED
+),
+claimed AS (
+    UPDATE deliveries AS d
+       SET locked_by = $1,
+           lease_expires_at = now() + $3 * interval '1 second',
+           next_attempt_at = now() + $3 * interval '1 second',
+           updated_at = now()
+      FROM picked AS p, events AS e, endpoints AS en
+     WHERE d.seq = p.seq AND e.seq = d.event_seq AND en.id = d.endpoint_id
+    RETURNING d.id, d.organization_id, e.id AS event_id, e.type AS event_type, d.endpoint_id,
+              en.url, e.body, d.attempt_count + 1 AS attempt_number,
+              d.attempt_count + 1 - d.round_start AS round_attempt, d.lease_expires_at,
+              p.rn, p.n
+)
+SELECT id, organization_id, event_id, event_type, endpoint_id, url, body, attempt_number,
+       round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked
+  FROM claimed
+UNION ALL
+SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n
+  FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
+"""
+
+# -- record ---------------------------------------------------------------------------------
+
+OUTCOME_KEYS = """
+SELECT DISTINCT organization_id, ordering_key FROM deliveries
+ WHERE id = ANY($1::text[]) AND locked_by = $2 AND status = 'pending'
+   AND ordering_key IS NOT NULL
+"""
+
+# Only rows this worker still holds: an outcome for a lease that was lost (and perhaps taken
+# by another worker) is dropped, attempt and all.
+RECORD = """
+WITH o AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::float8[], $6::int[],
+                         $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+           AS t(id, number, started_at, duration_ms, status_code, error, excerpt, status,
+                next_at)
+),
+upd AS (
+    UPDATE deliveries AS d
+       SET status = o.status,
+           attempt_count = d.attempt_count + 1,
+           next_attempt_at = CASE WHEN o.status = 'pending'
+                                  THEN coalesce(o.next_at, now()) END,
+           blocked = CASE WHEN o.status = 'pending' THEN d.blocked ELSE 0 END,
+           locked_by = NULL,
+           lease_expires_at = NULL,
+           updated_at = now()
+      FROM o
+     WHERE d.id = o.id AND d.locked_by = $1 AND d.status = 'pending'
+    RETURNING d.seq, d.id, d.status, d.endpoint_id, d.ordering_key, d.attempt_count
+),
+att AS (
+    INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, status_code, error,
+                          response_excerpt)
+    SELECT upd.seq, upd.attempt_count, o.started_at, o.duration_ms, o.status_code, o.error,
+           o.excerpt
+      FROM upd JOIN o ON o.id = upd.id
+    ON CONFLICT DO NOTHING
+)
+SELECT endpoint_id, ordering_key FROM upd
+ WHERE status <> 'pending' AND ordering_key IS NOT NULL
+"""
+
+# The next delivery of each (endpoint, key) whose head just left 'pending' may now go.
+UNBLOCK_HEADS = """
+UPDATE deliveries AS d SET blocked = d.blocked & ~1
+ WHERE d.blocked & 1 = 1 AND d.seq IN (
+    SELECT (SELECT min(x.seq) FROM deliveries AS x
+             WHERE x.endpoint_id = k.ep AND x.ordering_key = k.key AND x.status = 'pending')
+      FROM unnest($1::text[], $2::text[]) AS k(ep, key)
+ )
+"""
+
+EXTEND_LEASES = """
+UPDATE deliveries
+   SET lease_expires_at = now() + $3 * interval '1 second',
+       next_attempt_at = now() + $3 * interval '1 second'
+ WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
+"""
+
+RELEASE = """
+UPDATE deliveries
+   SET locked_by = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
+ WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
+"""
+
+NEXT_DUE_AT = """
+SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending' AND blocked = 0
+"""
+
+DELIVERY_COUNTS = "SELECT status, count(*) FROM deliveries GROUP BY status"
