@@ -1,0 +1,319 @@
+"""The Django adapter, through Django's test client and a real wsgiref server.
+
+Every request is really signed with :func:`ascend_webhooks.sign`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+import types
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+
+from tests.integration import django_settings
+
+django_settings.configure()
+
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402 (needs configured settings)
+from django.http import HttpRequest, HttpResponse  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from ascend_webhooks import Event, sign  # noqa: E402
+from ascend_webhooks.receiver import RawBodyUnavailableError, Router  # noqa: E402
+from ascend_webhooks.receiver.contrib.django import DjangoView, ascend_view  # noqa: E402
+
+SECRET = "whsec_django_test"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+HERE = __name__
+
+
+def event_body(event_id: str = "evt_1", type_: str = "invoice.paid", **data: Any) -> bytes:
+    return json.dumps({"id": event_id, "type": type_, "data": data or {"amount": 4200}}).encode()
+
+
+def signed(body: bytes, secret: str = SECRET, **kwargs: Any) -> dict[str, str]:
+    return sign(body, secret, **kwargs)
+
+
+class Recorder:
+    """A handler that records events and lets the test hold it (a slow handler) or break it."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.events: list[Event] = []
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, event: Event) -> None:
+        self.gate.wait(10)
+        self.events.append(event)
+        if self.fail:
+            raise RuntimeError("handler broke")
+
+    def wait(self, count: int = 1) -> list[Event]:
+        deadline = time.monotonic() + 5
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.events
+
+
+@contextmanager
+def urls(view: Callable[..., Any], route: str = "webhooks/") -> Iterator[None]:
+    """Serve ``view`` at ``/route`` for the duration of the block."""
+    module = types.ModuleType("ascend_test_urls")
+    module.urlpatterns = [path(route, view)]  # type: ignore[attr-defined]
+    with override_settings(ROOT_URLCONF=module):
+        yield
+
+
+def make_view(recorder: Recorder, **options: Any) -> DjangoView:
+    router = Router()
+    router.add("invoice.paid", recorder)
+    options.setdefault("mode", "inline")
+    return ascend_view(options.pop("secret", SECRET), router, **options)
+
+
+def client() -> Client:
+    # CSRF checks on, as in production: the view must be exempt by itself.
+    return Client(enforce_csrf_checks=True)
+
+
+def post(c: Client, body: bytes, headers: dict[str, str], url: str = "/webhooks/") -> Any:
+    return c.post(url, data=body, content_type="application/json", headers=headers)
+
+
+def test_valid_request_is_200_and_the_handler_gets_the_event() -> None:
+    recorder = Recorder()
+    body = event_body(amount=4200)
+    with urls(make_view(recorder)):
+        response = post(client(), body, signed(body))
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "id": "evt_1", "status": "processed"}
+    assert recorder.events == [Event("evt_1", "invoice.paid", {"amount": 4200})]
+    assert recorder.events[0].raw == body
+
+
+def test_bad_signature_is_401_problem_and_nothing_runs() -> None:
+    recorder = Recorder()
+    body = event_body()
+    with urls(make_view(recorder)):
+        response = post(client(), body, signed(body, "wrong"))
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    assert json.loads(response.content)["code"] == "invalid_signature"
+    assert recorder.events == []
+
+
+def test_stale_timestamp_is_401() -> None:
+    recorder = Recorder()
+    body = event_body()
+    with urls(make_view(recorder)):
+        response = post(client(), body, signed(body, timestamp=int(time.time()) - 3600))
+    assert response.status_code == 401
+    assert recorder.events == []
+
+
+def test_malformed_json_is_400() -> None:
+    recorder = Recorder()
+    body = b"[1, 2"
+    with urls(make_view(recorder)):
+        response = post(client(), body, signed(body))
+    assert response.status_code == 400
+    assert json.loads(response.content)["code"] == "invalid_payload"
+    assert recorder.events == []
+
+
+def test_duplicate_id_is_acknowledged_and_handled_once() -> None:
+    recorder = Recorder()
+    body = event_body()
+    with urls(make_view(recorder)):
+        c = client()
+        first = post(c, body, signed(body))
+        second = post(c, body, signed(body))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["status"] == "duplicate"
+    assert len(recorder.events) == 1
+
+
+def test_inline_failure_is_500_and_the_retry_runs_again() -> None:
+    recorder = Recorder(fail=True)
+    body = event_body()
+    with urls(make_view(recorder)):
+        assert post(client(), body, signed(body)).status_code == 500
+        assert post(client(), body, signed(body)).status_code == 500
+    assert len(recorder.events) == 2
+
+
+def test_only_post_is_allowed() -> None:
+    with urls(make_view(Recorder())):
+        assert client().get("/webhooks/").status_code == 405
+
+
+class BodyReadingMiddleware:
+    """Reads ``request.body`` (Django keeps it): the webhook view still sees the raw bytes."""
+
+    seen: list[str] = []  # noqa: RUF012 (a test probe)
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        self.seen.append(json.loads(request.body)["type"])
+        return self.get_response(request)
+
+
+class StreamReadingMiddleware:
+    """Reads the request stream itself, so Django has no body left to give."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        json.load(request)  # HttpRequest is file-like: this consumes the stream
+        return self.get_response(request)
+
+
+def test_a_middleware_that_read_request_body_first_does_not_break_verification() -> None:
+    recorder = Recorder()
+    body = event_body()
+    BodyReadingMiddleware.seen.clear()
+    middleware = [*django_settings.MIDDLEWARE, f"{HERE}.BodyReadingMiddleware"]
+    with urls(make_view(recorder)), override_settings(MIDDLEWARE=middleware):
+        response = post(client(), body, signed(body))
+    assert response.status_code == 200
+    assert BodyReadingMiddleware.seen == ["invoice.paid"]
+    assert len(recorder.events) == 1
+
+
+def test_a_middleware_that_consumed_the_stream_gives_a_clear_error() -> None:
+    recorder = Recorder()
+    body = event_body()
+    middleware = [*django_settings.MIDDLEWARE, f"{HERE}.StreamReadingMiddleware"]
+    with (
+        urls(make_view(recorder)),
+        override_settings(MIDDLEWARE=middleware),
+        pytest.raises(RawBodyUnavailableError, match=r"read\s+request\.body there"),
+    ):
+        post(client(), body, signed(body))
+    assert recorder.events == []
+
+
+def test_background_mode_answers_before_a_slow_handler_finishes() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    body = event_body()
+    with ThreadPoolExecutor(2) as pool, urls(make_view(recorder, mode="background", executor=pool)):
+        c = client()
+        started = time.monotonic()
+        response = post(c, body, signed(body))
+        elapsed = time.monotonic() - started
+        assert response.status_code == 200
+        assert response.json()["status"] == "accepted"
+        assert elapsed < 1
+        assert recorder.events == []
+        assert post(c, body, signed(body)).status_code == 409  # being handled right now
+        recorder.gate.set()
+        assert [e.id for e in recorder.wait()] == ["evt_1"]
+        time.sleep(0.05)
+        assert post(c, body, signed(body)).json()["status"] == "duplicate"
+    assert len(recorder.events) == 1
+
+
+def test_key_rotation_accepts_the_old_and_the_new_secret() -> None:
+    recorder = Recorder()
+    with urls(make_view(recorder, secret=["whsec_new", "whsec_old"])):
+        for n, secret in enumerate(["whsec_old", "whsec_new"]):
+            body = event_body(f"evt_{n}")
+            assert post(client(), body, signed(body, secret)).status_code == 200
+    assert [e.id for e in recorder.events] == ["evt_0", "evt_1"]
+
+
+# -- a real server on loopback ---------------------------------------------------------------
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve() -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def urlopen_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url, data=body, headers={**headers, "Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_real_server_receives_a_signed_post() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    with (
+        ThreadPoolExecutor(2) as pool,
+        urls(make_view(recorder, mode="background", executor=pool)),
+        serve() as base,
+    ):
+        body = event_body()
+        started = time.monotonic()
+        status, answer = urlopen_post(base + "/webhooks/", body, signed(body))
+        assert status == 200
+        assert time.monotonic() - started < 2
+        assert json.loads(answer)["status"] == "accepted"
+        recorder.gate.set()
+        assert [e.id for e in recorder.wait()] == ["evt_1"]
+        status, _ = urlopen_post(base + "/webhooks/", body, signed(body, "wrong"))
+        assert status == 401
+
+
+# -- the example app -------------------------------------------------------------------------
+
+
+def test_the_django_example_receives_a_signed_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASCEND_WEBHOOK_SECRETS", f"whsec_new,{SECRET}")
+    spec = importlib.util.spec_from_file_location("example_django_app", EXAMPLES / "django_app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)
+    spec.loader.exec_module(example)
+    body = event_body("evt_ex", id="inv_7", amount=99)
+    view = example.urlpatterns[0].callback
+    try:
+        with override_settings(ROOT_URLCONF=example):
+            assert post(client(), body, signed(body)).status_code == 200
+            deadline = time.monotonic() + 5
+            while not example.paid_invoices and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert example.paid_invoices == {"inv_7": {"id": "inv_7", "amount": 99}}
+            assert post(client(), body, signed(body, "wrong")).status_code == 401
+    finally:
+        view.receiver.shutdown()
