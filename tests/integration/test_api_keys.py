@@ -1,0 +1,117 @@
+"""Webhook keys: issued once, encrypted at rest, rotated without a gap, never logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ascend_webhooks.service.crypto import SecretBox, parse_master_key
+from ascend_webhooks.service.schemas import KeyCreated, KeyList, KeyOut
+from ascend_webhooks.store import Store
+from tests.support.api import (
+    MASTER_KEY,
+    Api,
+    api_settings,
+    assert_problem,
+    raw_database_bytes,
+    running_api,
+)
+
+
+@pytest.fixture
+async def api(store: Store, database_url: str) -> AsyncIterator[Api]:
+    async with running_api(api_settings(database_url), store=store) as running:
+        yield running
+
+
+async def test_first_key_signs_at_once_later_keys_wait(api: Api, store: Store) -> None:
+    org = await api.organization()
+    path = f"/v1/organizations/{org}/keys"
+    first = KeyCreated.model_validate((await api.call("POST", path, expect=201)).json())
+    assert re.fullmatch(r"whsec_[A-Za-z0-9_-]{43}", first.secret)
+    assert first.active is True
+    assert first.activated_at is not None
+    second = KeyCreated.model_validate((await api.call("POST", path, expect=201)).json())
+    assert second.active is False
+    assert second.activated_at is None
+    assert second.secret != first.secret
+
+    listed = await api.call("GET", path, expect=200)
+    assert first.secret not in listed.text
+    assert second.secret not in listed.text
+    keys = KeyList.model_validate(listed.json())
+    assert [(k.id, k.active) for k in keys.data] == [(first.id, True), (second.id, False)]
+    # The store holds ciphertexts that decrypt to the secrets shown once.
+    box = SecretBox(parse_master_key(MASTER_KEY))
+    stored = {k.id: k.secret_ciphertext for k in await store.list_keys(org)}
+    assert box.decrypt(stored[first.id]) == first.secret
+    assert first.secret.encode() not in stored[first.id]
+    signing = await store.signing_keys([org])
+    assert signing[org].id == first.id
+
+
+async def test_rotation_activate_then_revoke(api: Api, store: Store) -> None:
+    org = await api.organization()
+    path = f"/v1/organizations/{org}/keys"
+    one = (await api.call("POST", path, expect=201)).json()["id"]
+    two = (await api.call("POST", path, expect=201)).json()["id"]
+
+    activated = KeyOut.model_validate(
+        (await api.call("POST", f"{path}/{two}/activate", expect=200)).json()
+    )
+    assert activated.active is True
+    assert (await store.signing_keys([org]))[org].id == two
+    again = await api.call("POST", f"{path}/{two}/activate", expect=200)  # idempotent
+    assert again.json()["active"] is True
+
+    revoked = KeyOut.model_validate((await api.call("DELETE", f"{path}/{one}", expect=200)).json())
+    assert revoked.revoked_at is not None
+    assert revoked.active is False
+    assert (await api.call("DELETE", f"{path}/{one}", expect=200)).json()["revoked_at"]
+    problem = assert_problem(await api.call("POST", f"{path}/{one}/activate"), 409)
+    assert "revoked" in problem["detail"]
+
+    # The signing key cannot go while it is the only active one.
+    problem = assert_problem(await api.call("DELETE", f"{path}/{two}"), 409)
+    assert "only active key" in problem["detail"]
+    assert (await store.signing_keys([org]))[org].id == two
+
+    assert_problem(await api.call("POST", f"{path}/key_nope/activate"), 404)
+    assert_problem(await api.call("DELETE", f"{path}/key_nope"), 404)
+
+
+async def test_a_standby_key_can_be_revoked(api: Api) -> None:
+    org = await api.organization()
+    path = f"/v1/organizations/{org}/keys"
+    await api.call("POST", path, expect=201)
+    standby = (await api.call("POST", path, expect=201)).json()["id"]
+    await api.call("DELETE", f"{path}/{standby}", expect=200)
+    assert_problem(await api.call("POST", f"{path}/{standby}/activate"), 409)
+
+
+async def test_secrets_are_encrypted_at_rest_and_never_logged(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = api_settings(sqlite_url, master_key=None)  # the embedded default: a key file
+    async with running_api(settings) as api:
+        org = await api.organization()
+        secrets = [
+            (await api.call("POST", f"/v1/organizations/{org}/keys", expect=201)).json()["secret"]
+            for _ in range(2)
+        ]
+        keys = (await api.call("GET", f"/v1/organizations/{org}/keys", expect=200)).json()
+        second = keys["data"][1]["id"]
+        await api.call("POST", f"/v1/organizations/{org}/keys/{second}/activate", expect=200)
+        await api.call("DELETE", f"/v1/organizations/{org}/keys/{keys['data'][0]['id']}")
+    raw = raw_database_bytes(tmp_path)
+    assert raw  # the database is on disk
+    for secret in secrets:
+        assert secret.encode() not in raw
+        assert secret[len("whsec_") :].encode() not in raw
+        assert secret not in caplog.text
+    assert "issued webhook key" in caplog.text  # the log speaks of keys, by id only
