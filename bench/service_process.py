@@ -13,6 +13,7 @@ skipped instead of failing the whole run.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -202,6 +203,8 @@ def running_service(
             "ASCEND_WEBHOOKS_ADMIN_TOKEN": ADMIN_TOKEN,
             "ASCEND_WEBHOOKS_ALLOW_HTTP": "1",
             "ASCEND_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "1",
+            # One key shared by serve and every worker (PostgreSQL requires it to be given).
+            "ASCEND_WEBHOOKS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode("ascii"),
             "PYTHONUNBUFFERED": "1",
         }
     )
