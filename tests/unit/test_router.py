@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +182,37 @@ def test_on_needs_a_type_and_handlers_must_be_callable() -> None:
         router.add("invoice.paid", "not a function")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
         router.fallback(42)  # type: ignore[type-var]
+
+
+# -- the receiver package's public face ----------------------------------------------------
+
+
+def test_every_public_name_is_importable_and_listed_once() -> None:
+    import ascend_webhooks.receiver as receiver
+
+    assert len(set(receiver.__all__)) == len(receiver.__all__)
+    for name in receiver.__all__:
+        assert getattr(receiver, name) is not None, name
+    public = {n for n in vars(receiver) if not n.startswith("_") and n != "annotations"}
+    modules = {"router", "idempotency", "contrib"}
+    assert public - modules - set(receiver.__all__) == set()
+
+
+def test_importing_the_receiver_imports_no_web_framework_nor_redis() -> None:
+    code = (
+        "import sys, ascend_webhooks, ascend_webhooks.receiver, ascend_webhooks.receiver.contrib\n"
+        "heavy = {'fastapi', 'starlette', 'flask', 'werkzeug', 'django', 'redis', 'anyio'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_python_blocks_of_the_receiving_guide_compile() -> None:
+    guide = Path(__file__).resolve().parents[2] / "docs" / "receiving.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 8
+    for block in blocks:
+        compile(block, str(guide), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
