@@ -264,7 +264,8 @@ def list_deliveries(
 
 def next_due_at(conn: sqlite3.Connection) -> int | None:
     row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND blocked = 0"
+        "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_ready_due"
+        " WHERE status = 'pending' AND blocked = 0"
     ).fetchone()
     return None if row[0] is None else int(row[0])
 

@@ -344,7 +344,8 @@ def _insert(
 
 def _chain_has_pending(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> bool:
     row = conn.execute(
-        "SELECT 1 FROM deliveries WHERE status = 'pending' AND endpoint_id = ?"
+        "SELECT 1 FROM deliveries INDEXED BY deliveries_ordering"
+        " WHERE status = 'pending' AND endpoint_id = ?"
         " AND ordering_key = ? LIMIT 1",
         (endpoint_id, ordering_key),
     ).fetchone()
@@ -354,7 +355,8 @@ def _chain_has_pending(conn: sqlite3.Connection, endpoint_id: str, ordering_key:
 def _unblock_head(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> None:
     """Make the oldest pending delivery of this key the only claimable one."""
     head = conn.execute(
-        "SELECT seq FROM deliveries WHERE status = 'pending' AND endpoint_id = ?"
+        "SELECT seq FROM deliveries INDEXED BY deliveries_ordering"
+        " WHERE status = 'pending' AND endpoint_id = ?"
         " AND ordering_key = ? ORDER BY seq LIMIT 1",
         (endpoint_id, ordering_key),
     ).fetchone()

@@ -1,0 +1,688 @@
+"""The one behaviour suite every store passes: it speaks only the ``Store`` interface.
+
+The ``store`` fixture (tests/conftest.py) runs each test on a fresh SQLite file and a fresh
+PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ascend_webhooks.store import EventConflictError, NotFoundError, Store, StoreError
+from ascend_webhooks.store.base import InvalidCursorError
+from ascend_webhooks.store.models import (
+    Attempt,
+    AttemptOutcome,
+    ClaimedDelivery,
+    DeliveryStatus,
+    NewEvent,
+)
+
+PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
+
+
+def new_event(
+    event_id: str,
+    event_type: str = "invoice.paid",
+    data: object = None,
+    ordering_key: str | None = None,
+) -> NewEvent:
+    data = {} if data is None else data
+    body = json.dumps({"id": event_id, "type": event_type, "data": data}).encode()
+    canonical = json.dumps([event_type, data, ordering_key], sort_keys=True).encode()
+    return NewEvent(
+        id=event_id,
+        type=event_type,
+        body=body,
+        content_hash=hashlib.sha256(canonical).digest(),
+        ordering_key=ordering_key,
+    )
+
+
+def outcome(
+    delivery_id: str,
+    status: DeliveryStatus,
+    *,
+    code: int | None = 200,
+    retry_in: float | None = None,
+) -> AttemptOutcome:
+    now = datetime.now(UTC)
+    return AttemptOutcome(
+        delivery_id=delivery_id,
+        attempt=Attempt(
+            number=0,
+            started_at=now,
+            duration_ms=12.5,
+            status_code=code,
+            error=None if code == 200 else "connect_error" if code is None else f"status_{code}",
+            response_excerpt="ok" if code == 200 else "nope",
+        ),
+        status=status,
+        next_attempt_at=None if retry_in is None else now + timedelta(seconds=retry_in),
+    )
+
+
+async def setup_org(store: Store, name: str = "acme", endpoints: int = 1) -> tuple[str, list[str]]:
+    org = await store.create_organization(name)
+    ids = []
+    for n in range(endpoints):
+        endpoint = await store.create_endpoint(org.id, f"https://e{n}.example/hook", None, None)
+        ids.append(endpoint.id)
+    return org.id, ids
+
+
+async def publish_one(store: Store, org: str, event: NewEvent) -> list[str]:
+    """Publish one event; the ids of its deliveries."""
+    (result,) = await store.publish(org, [event])
+    return [delivery.id for delivery in result.event.deliveries]
+
+
+def ids_of(claimed: Sequence[ClaimedDelivery]) -> set[str]:
+    return {c.id for c in claimed}
+
+
+# -- lifecycle, organizations, tokens ----------------------------------------------------------
+
+
+async def test_ping(store: Store) -> None:
+    assert await store.ping() is True
+
+
+async def test_organizations(store: Store) -> None:
+    created = [await store.create_organization(f"org {n}") for n in range(5)]
+    got = await store.get_organization(created[2].id)
+    assert got == created[2]
+    assert got.created_at.tzinfo is not None
+    with pytest.raises(NotFoundError):
+        await store.get_organization("org_missing")
+
+    seen, cursor = [], None
+    while True:
+        page = await store.list_organizations(limit=2, after=cursor)
+        seen.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [o.id for o in seen] == sorted(o.id for o in created)
+    only = await store.list_organizations(limit=10, only=created[3].id)
+    assert only.items == (created[3],)
+    assert only.next_cursor is None
+
+
+async def test_tokens(store: Store) -> None:
+    org, _ = await setup_org(store)
+    assert await store.count_admin_tokens() == 0
+    admin = await store.create_token(None, b"a" * 32, "bootstrap")
+    scoped = await store.create_token(org, b"b" * 32)
+    assert admin.organization_id is None
+    assert admin.name == "bootstrap"
+    assert scoped.organization_id == org
+    assert await store.count_admin_tokens() == 1
+    assert await store.find_token(b"a" * 32) == admin
+    assert await store.find_token(b"b" * 32) == scoped
+    assert await store.find_token(b"c" * 32) is None
+    with pytest.raises(NotFoundError):
+        await store.create_token("org_missing", b"d" * 32)
+
+
+# -- webhook keys --------------------------------------------------------------------------------
+
+
+async def test_keys_rotation(store: Store) -> None:
+    org, _ = await setup_org(store)
+    other, _ = await setup_org(store, "other")
+    assert await store.signing_keys([org]) == {}
+    first = await store.create_key(org, b"cipher-1", activate=True)
+    second = await store.create_key(org, b"cipher-2", activate=False)
+    assert first.activated_at is not None
+    assert second.activated_at is None
+    assert first.secret_ciphertext == b"cipher-1"
+    assert [k.id for k in await store.list_keys(org)] == [first.id, second.id]
+    assert (await store.signing_keys([org, other]))[org].id == first.id
+    assert other not in await store.signing_keys([org, other])
+
+    activated = await store.activate_key(org, second.id)
+    assert activated.activated_at is not None
+    assert (await store.signing_keys([org]))[org].id == second.id
+    revoked = await store.revoke_key(org, second.id)
+    assert revoked.revoked_at is not None
+    assert (await store.signing_keys([org]))[org].id == first.id
+
+    for call in (store.activate_key, store.revoke_key):
+        with pytest.raises(NotFoundError):
+            await call(org, "key_missing")
+        with pytest.raises(NotFoundError):
+            await call(other, first.id)  # another organization's key
+    assert await store.list_keys(other) == []
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+async def test_endpoint_crud(store: Store) -> None:
+    org, _ = await setup_org(store, endpoints=0)
+    created = await store.create_endpoint(
+        org, "https://a.example/hook", ["invoice.paid", "payout.paid"], "billing"
+    )
+    assert created.event_types == ("invoice.paid", "payout.paid")
+    assert created.enabled is True
+    assert created.description == "billing"
+    assert await store.get_endpoint(org, created.id) == created
+
+    updated = await store.update_endpoint(
+        org, created.id, url="https://b.example/hook", event_types=None, enabled=False
+    )
+    assert updated.url == "https://b.example/hook"
+    assert updated.event_types is None
+    assert updated.enabled is False
+    assert updated.description == "billing"
+    assert updated.updated_at >= created.updated_at
+    assert await store.get_endpoint(org, created.id) == updated
+
+    await store.delete_endpoint(org, created.id)
+    with pytest.raises(NotFoundError):
+        await store.get_endpoint(org, created.id)
+    with pytest.raises(NotFoundError):
+        await store.delete_endpoint(org, created.id)
+    with pytest.raises(NotFoundError):
+        await store.update_endpoint(org, created.id, enabled=True)
+
+
+async def test_list_endpoints_pages_by_id(store: Store) -> None:
+    org, made = await setup_org(store, endpoints=7)
+    seen, cursor = [], None
+    while True:
+        page = await store.list_endpoints(org, limit=3, after=cursor)
+        assert len(page.items) <= 3
+        seen.extend(e.id for e in page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(made)
+
+
+async def test_delete_endpoint_fails_its_pending_deliveries_and_keeps_history(
+    store: Store,
+) -> None:
+    org, (endpoint, kept) = await setup_org(store, endpoints=2)
+    (result,) = await store.publish(org, [new_event("evt_1")])
+    by_endpoint = {d.endpoint_id: d.id for d in result.event.deliveries}
+    await store.delete_endpoint(org, endpoint)
+    gone = await store.get_delivery(org, by_endpoint[endpoint])
+    assert gone.status is FAILED
+    assert gone.next_attempt_at is None
+    assert (await store.get_delivery(org, by_endpoint[kept])).status is PENDING
+    assert ids_of(await store.claim("w", 10, 30)) == {by_endpoint[kept]}
+    # Later events no longer go there.
+    (later,) = await store.publish(org, [new_event("evt_2")])
+    assert [d.endpoint_id for d in later.event.deliveries] == [kept]
+
+
+# -- publish -------------------------------------------------------------------------------------
+
+
+async def test_publish_fans_out_by_event_type_and_skips_disabled(store: Store) -> None:
+    org, (every,) = await setup_org(store)
+    invoices = await store.create_endpoint(org, "https://i.example", ["invoice.paid"], None)
+    payouts = await store.create_endpoint(org, "https://p.example", ["payout.paid"], None)
+    await store.create_endpoint(org, "https://off.example", None, None, enabled=False)
+
+    (result,) = await store.publish(org, [new_event("evt_1", "invoice.paid", {"n": 1})])
+    assert result.created is True
+    event = result.event
+    assert event.id == "evt_1"
+    assert event.type == "invoice.paid"
+    assert event.organization_id == org
+    assert json.loads(event.body) == {"id": "evt_1", "type": "invoice.paid", "data": {"n": 1}}
+    assert {d.endpoint_id for d in event.deliveries} == {every, invoices.id}
+    for delivery in event.deliveries:
+        assert delivery.status is PENDING
+        assert delivery.attempt_count == 0
+        assert delivery.event_id == "evt_1"
+        assert delivery.organization_id == org
+        assert delivery.next_attempt_at is not None
+
+    (other,) = await store.publish(org, [new_event("evt_2", "refund.paid")])
+    assert [d.endpoint_id for d in other.event.deliveries] == [every]
+    assert payouts.id not in {d.endpoint_id for d in other.event.deliveries}
+    assert await store.get_event(org, "evt_1") == event
+
+
+async def test_publish_is_idempotent_by_id_and_content(store: Store) -> None:
+    org, _ = await setup_org(store, endpoints=2)
+    (first,) = await store.publish(org, [new_event("evt_1", data={"a": 1})])
+    (again,) = await store.publish(org, [new_event("evt_1", data={"a": 1})])
+    assert first.created is True
+    assert again.created is False
+    assert again.event == first.event
+    assert len(again.event.deliveries) == 2
+    counts = await store.delivery_counts()
+    assert counts[PENDING] == 2
+
+    with pytest.raises(EventConflictError) as caught:
+        await store.publish(org, [new_event("evt_1", data={"a": 2})])
+    assert caught.value.event_id == "evt_1"
+    assert isinstance(caught.value, StoreError)
+    assert (await store.get_event(org, "evt_1")).body == first.event.body
+
+
+async def test_publish_batch_is_all_or_nothing(store: Store) -> None:
+    org, _ = await setup_org(store)
+    await store.publish(org, [new_event("evt_old", data={"v": 1})])
+    batch = [new_event("evt_new_1"), new_event("evt_old", data={"v": 2}), new_event("evt_new_2")]
+    with pytest.raises(EventConflictError):
+        await store.publish(org, batch)
+    for missing in ("evt_new_1", "evt_new_2"):
+        with pytest.raises(NotFoundError):
+            await store.get_event(org, missing)
+    assert (await store.delivery_counts())[PENDING] == 1
+
+    # Duplicate ids inside one batch: same content is one event, different content a conflict.
+    results = await store.publish(org, [new_event("evt_dup"), new_event("evt_dup")])
+    assert [r.event.id for r in results] == ["evt_dup", "evt_dup"]
+    assert results[0].created is True
+    assert results[1].created is False
+    assert results[0].event.deliveries == results[1].event.deliveries
+    with pytest.raises(EventConflictError):
+        await store.publish(org, [new_event("evt_x", data={"v": 1}), new_event("evt_x")])
+    with pytest.raises(NotFoundError):
+        await store.get_event(org, "evt_x")
+    assert (await store.delivery_counts())[PENDING] == 2
+
+
+async def test_concurrent_publishes_fail_alone(store: Store) -> None:
+    """A conflicting call in the same group commit does not take the others down."""
+    org, _ = await setup_org(store)
+    await store.publish(org, [new_event("evt_taken", data={"v": 1})])
+    calls = [store.publish(org, [new_event(f"evt_{n}")]) for n in range(50)]
+    calls.insert(25, store.publish(org, [new_event("evt_taken", data={"v": 2})]))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1
+    assert isinstance(errors[0], EventConflictError)
+    assert (await store.delivery_counts())[PENDING] == 51
+
+
+async def test_publish_to_missing_organization(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        await store.publish("org_missing", [new_event("evt_1")])
+
+
+# -- reading events and deliveries --------------------------------------------------------------
+
+
+async def test_events_list_newest_first_with_type_filter_and_cursor(store: Store) -> None:
+    org, _ = await setup_org(store)
+    types = ["invoice.paid", "payout.paid", "refund.paid"]
+    for n in range(10):
+        await store.publish(org, [new_event(f"evt_{n}", types[n % 3])])
+    seen, cursor = [], None
+    while True:
+        page = await store.list_events(org, limit=3, after=cursor)
+        seen.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [e.id for e in seen] == [f"evt_{n}" for n in reversed(range(10))]
+    assert all(len(e.deliveries) == 1 for e in seen)
+    payouts = await store.list_events(org, limit=10, event_type="payout.paid")
+    assert [e.id for e in payouts.items] == ["evt_7", "evt_4", "evt_1"]
+    assert payouts.next_cursor is None
+    with pytest.raises(InvalidCursorError):
+        await store.list_events(org, limit=3, after="not a cursor")
+
+
+async def test_deliveries_list_filters_and_pages(store: Store) -> None:
+    org, (a, b) = await setup_org(store, endpoints=2)
+    for n in range(6):
+        await store.publish(org, [new_event(f"evt_{n}")])
+    claimed = await store.claim("w", 3, 30)
+    await store.record("w", [outcome(c.id, SUCCEEDED) for c in claimed])
+    every, cursor = [], None
+    while True:
+        page = await store.list_deliveries(org, limit=5, after=cursor)
+        every.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(every) == 12
+    assert len({d.id for d in every}) == 12
+    assert all(d.attempts == () for d in every)
+    created = [d.created_at for d in every]
+    assert created == sorted(created, reverse=True)
+    done = await store.list_deliveries(org, limit=50, status=SUCCEEDED)
+    assert {d.id for d in done.items} == ids_of(claimed)
+    to_a = await store.list_deliveries(org, limit=50, endpoint_id=a)
+    assert len(to_a.items) == 6
+    assert {d.endpoint_id for d in to_a.items} == {a}
+    pending_b = await store.list_deliveries(org, limit=50, endpoint_id=b, status=PENDING)
+    assert all(d.endpoint_id == b and d.status is PENDING for d in pending_b.items)
+    with pytest.raises(InvalidCursorError):
+        await store.list_deliveries(org, limit=3, after="-1")
+
+
+# -- claim, leases, record -----------------------------------------------------------------------
+
+
+async def test_claim_hands_out_everything_a_worker_needs(store: Store) -> None:
+    org, (endpoint,) = await setup_org(store)
+    (delivery_id,) = await publish_one(store, org, new_event("evt_1", "payout.paid", {"x": 1}))
+    before = datetime.now(UTC)
+    (claimed,) = await store.claim("w1", 10, 30)
+    assert claimed.id == delivery_id
+    assert claimed.organization_id == org
+    assert claimed.event_id == "evt_1"
+    assert claimed.event_type == "payout.paid"
+    assert claimed.endpoint_id == endpoint
+    assert claimed.url == "https://e0.example/hook"
+    assert json.loads(claimed.body)["data"] == {"x": 1}
+    assert claimed.attempt_number == 1
+    assert claimed.round_attempt == 1
+    assert before + timedelta(seconds=25) < claimed.lease_expires_at
+    assert claimed.lease_expires_at < before + timedelta(seconds=35)
+    assert await store.claim("w2", 10, 30) == []  # leased
+
+
+async def test_claim_respects_limit_due_time_and_exclusions(store: Store) -> None:
+    org, (a, b) = await setup_org(store, endpoints=2)
+    for n in range(5):
+        await store.publish(org, [new_event(f"evt_{n}")])
+    assert await store.claim("w", 0, 30) == []
+    first = await store.claim("w", 3, 30, exclude_endpoints=[a])
+    assert len(first) == 3
+    assert {c.endpoint_id for c in first} == {b}
+    rest = await store.claim("w", 100, 30)
+    assert len(rest) == 7
+    assert not ids_of(first) & ids_of(rest)
+    # A retry scheduled in the future is not due yet.
+    await store.record("w", [outcome(c.id, PENDING, code=500, retry_in=60) for c in first])
+    assert await store.claim("w", 100, 30) == []
+
+
+async def test_expired_lease_is_claimable_and_old_worker_is_ignored(store: Store) -> None:
+    org, _ = await setup_org(store)
+    (delivery_id,) = await publish_one(store, org, new_event("evt_1"))
+    (first,) = await store.claim("w1", 1, 0.2)
+    assert await store.claim("w2", 1, 0.2) == []
+    await asyncio.sleep(0.3)
+    (second,) = await store.claim("w2", 1, 30)
+    assert second.id == delivery_id
+    assert second.attempt_number == 1
+    await store.record("w1", [outcome(delivery_id, SUCCEEDED)])  # w1 lost its lease: ignored
+    delivery = await store.get_delivery(org, delivery_id)
+    assert delivery.status is PENDING
+    assert delivery.attempt_count == 0
+    assert delivery.attempts == ()
+    await store.record("w2", [outcome(delivery_id, SUCCEEDED)])
+    delivery = await store.get_delivery(org, delivery_id)
+    assert delivery.status is SUCCEEDED
+    assert delivery.attempt_count == 1
+    assert first.id == second.id
+
+
+async def test_concurrent_claimers_never_share_a_delivery(store: Store) -> None:
+    org, _ = await setup_org(store, endpoints=3)
+    await store.publish(org, [new_event(f"evt_{n}") for n in range(40)])
+    batches = await asyncio.gather(*(store.claim(f"w{n}", 7, 30) for n in range(25)))
+    claimed = [c.id for batch in batches for c in batch]
+    assert len(claimed) == 120
+    assert len(set(claimed)) == 120
+
+
+async def test_record_success_failure_and_retry(store: Store) -> None:
+    org, _ = await setup_org(store)
+    ok, retry, dead = [(await publish_one(store, org, new_event(f"evt_{n}")))[0] for n in range(3)]
+    await store.claim("w", 10, 30)
+    await store.record(
+        "w",
+        [
+            outcome(ok, SUCCEEDED),
+            outcome(retry, PENDING, code=503, retry_in=0),
+            outcome(dead, FAILED, code=None),
+        ],
+    )
+    succeeded = await store.get_delivery(org, ok)
+    assert succeeded.status is SUCCEEDED
+    assert succeeded.next_attempt_at is None
+    (attempt,) = succeeded.attempts
+    assert attempt.number == 1
+    assert attempt.status_code == 200
+    assert attempt.duration_ms == 12.5
+    assert attempt.response_excerpt == "ok"
+    assert attempt.started_at.tzinfo is not None
+    failed = await store.get_delivery(org, dead)
+    assert failed.status is FAILED
+    assert failed.attempts[0].status_code is None
+    assert failed.attempts[0].error == "connect_error"
+
+    (again,) = await store.claim("w", 10, 30)
+    assert again.id == retry
+    assert again.attempt_number == 2
+    assert again.round_attempt == 2
+    await store.record("w", [outcome(retry, SUCCEEDED)])
+    done = await store.get_delivery(org, retry)
+    assert [a.number for a in done.attempts] == [1, 2]
+    assert [a.status_code for a in done.attempts] == [503, 200]
+    # A second record of the same delivery (lease already gone) changes nothing.
+    await store.record("w", [outcome(retry, FAILED)])
+    assert (await store.get_delivery(org, retry)).status is SUCCEEDED
+    counts = await store.delivery_counts()
+    assert counts == {PENDING: 0, SUCCEEDED: 2, FAILED: 1}
+
+
+async def test_extend_leases_and_release(store: Store) -> None:
+    org, _ = await setup_org(store)
+    first, second = [(await publish_one(store, org, new_event(f"evt_{n}")))[0] for n in range(2)]
+    await store.claim("w1", 10, 0.3)
+    await store.extend_leases("w1", [first], 30)
+    await store.extend_leases("w2", [second], 30)  # not its lease: ignored
+    await asyncio.sleep(0.4)
+    assert ids_of(await store.claim("w2", 10, 30)) == {second}
+
+    await store.release("w3", [first])  # not its lease: ignored
+    assert await store.claim("w3", 10, 30) == []
+    await store.release("w1", [first])
+    (back,) = await store.claim("w3", 10, 30)
+    assert back.id == first
+    assert back.attempt_number == 1
+
+
+async def test_retry_delivery_starts_a_new_round(store: Store) -> None:
+    org, _ = await setup_org(store)
+    (delivery_id,) = await publish_one(store, org, new_event("evt_1"))
+    with pytest.raises(StoreError):
+        await store.retry_delivery(org, delivery_id)  # pending: nothing to retry
+    for attempt in range(3):
+        (claimed,) = await store.claim("w", 1, 30)
+        assert claimed.round_attempt == attempt + 1
+        final = attempt == 2
+        await store.record(
+            "w", [outcome(delivery_id, FAILED if final else PENDING, code=500, retry_in=0)]
+        )
+    assert (await store.get_delivery(org, delivery_id)).status is FAILED
+    retried = await store.retry_delivery(org, delivery_id)
+    assert retried.status is PENDING
+    assert retried.attempt_count == 3
+    assert retried.next_attempt_at is not None
+    assert retried.next_attempt_at <= datetime.now(UTC) + timedelta(seconds=1)
+    (claimed,) = await store.claim("w", 1, 30)
+    assert claimed.attempt_number == 4
+    assert claimed.round_attempt == 1
+    await store.record("w", [outcome(delivery_id, SUCCEEDED)])
+    with pytest.raises(StoreError):
+        await store.retry_delivery(org, delivery_id)  # succeeded
+    with pytest.raises(NotFoundError):
+        await store.retry_delivery(org, "dlv_missing")
+
+
+async def test_next_due_at_and_wait_for_work(store: Store) -> None:
+    assert await store.next_due_at() is None
+    org, _ = await setup_org(store)
+    start = time.monotonic()
+    await store.wait_for_work(0.05)  # nothing to wait for: returns after max_wait
+    assert time.monotonic() - start < 1
+
+    waiter = asyncio.create_task(store.wait_for_work(5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    (delivery_id,) = await publish_one(store, org, new_event("evt_1"))
+    await asyncio.wait_for(waiter, 1)  # woken by the publish, not by the 5 s timeout
+
+    due = await store.next_due_at()
+    assert due is not None
+    assert due <= datetime.now(UTC)
+    await store.claim("w", 1, 30)
+    await store.record("w", [outcome(delivery_id, PENDING, code=500, retry_in=60)])
+    due = await store.next_due_at()
+    assert due is not None
+    assert datetime.now(UTC) + timedelta(seconds=50) < due
+    assert due < datetime.now(UTC) + timedelta(seconds=70)
+
+
+async def test_disabled_endpoint_holds_its_pending_deliveries(store: Store) -> None:
+    org, (endpoint,) = await setup_org(store)
+    (delivery_id,) = await publish_one(store, org, new_event("evt_1"))
+    await store.update_endpoint(org, endpoint, enabled=False)
+    assert await store.claim("w", 10, 30) == []
+    assert (await store.get_delivery(org, delivery_id)).status is PENDING
+    await store.update_endpoint(org, endpoint, enabled=True)
+    assert ids_of(await store.claim("w", 10, 30)) == {delivery_id}
+
+
+# -- fairness and ordering keys ------------------------------------------------------------------
+
+
+async def test_one_organizations_backlog_does_not_delay_another(store: Store) -> None:
+    busy, _ = await setup_org(store, "busy")
+    quiet, _ = await setup_org(store, "quiet")
+    for start in range(0, 5000, 1000):
+        await store.publish(busy, [new_event(f"evt_{n}") for n in range(start, start + 1000)])
+    (late,) = await publish_one(store, quiet, new_event("evt_quiet"))
+    batch = await store.claim("w", 10, 30)
+    assert len(batch) == 10
+    assert late in ids_of(batch)
+    # And the backlog keeps its own order: its oldest deliveries go first.
+    from_busy = [c.event_id for c in batch if c.organization_id == busy]
+    assert from_busy == [f"evt_{n}" for n in range(len(from_busy))]
+
+
+async def test_claim_cost_does_not_grow_with_the_backlog(store: Store) -> None:
+    org, (slow,) = await setup_org(store)
+    for start in range(0, 100_000, 5000):
+        await store.publish(org, [new_event(f"evt_{n}") for n in range(start, start + 5000)])
+    other = (await store.create_endpoint(org, "https://other.example", None, None)).id
+    await publish_one(store, org, new_event("evt_last"))  # to both endpoints
+
+    timings = []
+    started = time.perf_counter()
+    claimed = await store.claim("w", 10, 30, exclude_endpoints=[slow])
+    timings.append(time.perf_counter() - started)
+    assert [c.endpoint_id for c in claimed] == [other]
+    for n in range(5):
+        started = time.perf_counter()
+        claimed = await store.claim(f"w{n}", 10, 30)
+        timings.append(time.perf_counter() - started)
+        assert len(claimed) == 10
+        assert {c.endpoint_id for c in claimed} == {slow}
+    assert sorted(timings)[len(timings) // 2] < 0.05, timings
+
+
+async def test_ordering_key_serializes_deliveries(store: Store) -> None:
+    org, (_endpoint,) = await setup_org(store)
+    keyed = [
+        (await publish_one(store, org, new_event(f"evt_k{n}", ordering_key="customer-1")))[0]
+        for n in range(3)
+    ]
+    (other_key,) = await publish_one(store, org, new_event("evt_o", ordering_key="customer-2"))
+    free = [(await publish_one(store, org, new_event(f"evt_f{n}")))[0] for n in range(2)]
+
+    first = await store.claim("w", 100, 30)
+    assert ids_of(first) == {keyed[0], other_key, *free}
+    assert await store.claim("w", 100, 30) == []
+
+    # A head that will be retried later still holds its key.
+    await store.record("w", [outcome(keyed[0], PENDING, code=500, retry_in=60)])
+    assert await store.claim("w", 100, 30) == []
+    await store.record("w", [outcome(other_key, SUCCEEDED)])
+    assert await store.claim("w", 100, 30) == []
+    await store.release("w", [keyed[0]])  # not leased any more: ignored, still waits 60 s
+    assert await store.claim("w", 100, 30) == []
+
+
+async def test_ordering_key_head_releases_the_next_when_it_ends(store: Store) -> None:
+    org, (_endpoint,) = await setup_org(store)
+    k = [
+        (await publish_one(store, org, new_event(f"evt_{n}", ordering_key="k")))[0]
+        for n in range(3)
+    ]
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[0]
+    await store.record("w", [outcome(k[0], PENDING, code=500, retry_in=0)])
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[0]
+    assert head.attempt_number == 2
+    await store.record("w", [outcome(k[0], FAILED, code=500)])
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[1]
+    await store.record("w", [outcome(k[1], SUCCEEDED)])
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[2]
+
+    # A manual retry of the failed first one puts it back at the head of its key.
+    await store.record("w", [outcome(k[2], PENDING, code=500, retry_in=0)])
+    await store.retry_delivery(org, k[0])
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[0]
+    assert head.round_attempt == 1
+    await store.record("w", [outcome(k[0], SUCCEEDED)])
+    (head,) = await store.claim("w", 10, 30)
+    assert head.id == k[2]
+
+
+async def test_ordering_keys_are_per_endpoint(store: Store) -> None:
+    org, (a, b) = await setup_org(store, endpoints=2)
+    await store.publish(org, [new_event(f"evt_{n}", ordering_key="k") for n in range(3)])
+    claimed = await store.claim("w", 10, 30)
+    assert sorted(c.endpoint_id for c in claimed) == sorted([a, b])
+    assert {c.event_id for c in claimed} == {"evt_0"}
+
+
+# -- tenant isolation ----------------------------------------------------------------------------
+
+
+async def test_organizations_cannot_see_each_other(store: Store) -> None:
+    mine, (endpoint,) = await setup_org(store, "mine")
+    theirs = (await store.create_organization("theirs")).id
+    (delivery_id,) = await publish_one(store, mine, new_event("evt_1"))
+    key = await store.create_key(mine, b"cipher", activate=True)
+
+    with pytest.raises(NotFoundError):
+        await store.get_endpoint(theirs, endpoint)
+    with pytest.raises(NotFoundError):
+        await store.update_endpoint(theirs, endpoint, enabled=False)
+    with pytest.raises(NotFoundError):
+        await store.delete_endpoint(theirs, endpoint)
+    with pytest.raises(NotFoundError):
+        await store.get_event(theirs, "evt_1")
+    with pytest.raises(NotFoundError):
+        await store.get_delivery(theirs, delivery_id)
+    with pytest.raises(NotFoundError):
+        await store.retry_delivery(theirs, delivery_id)
+    with pytest.raises(NotFoundError):
+        await store.activate_key(theirs, key.id)
+    assert (await store.list_events(theirs, limit=10)).items == ()
+    assert (await store.list_deliveries(theirs, limit=10)).items == ()
+    assert (await store.list_endpoints(theirs, limit=10)).items == ()
+    assert await store.list_keys(theirs) == []
+    # The same event id is free in another organization.
+    (result,) = await store.publish(theirs, [new_event("evt_1", data={"other": True})])
+    assert result.created is True
+    assert result.event.deliveries == ()
+    assert (await store.get_endpoint(mine, endpoint)).enabled is True
