@@ -1,0 +1,513 @@
+"""The delivery worker: claim due deliveries, sign, POST, decide, record — many at once.
+
+One :class:`Worker` runs in one event loop; run as many workers (processes, machines) as
+needed against one database: the store's leases keep them from sending the same delivery
+twice while a lease is valid, and hand a delivery whose worker died to another once its lease
+expires (at-least-once, SPEC section 1).
+
+The loop, and why it looks like this:
+
+* **Claim by free capacity.** The worker claims batches sized by its free slots, telling the
+  store which endpoints it has no room for (``exclude_endpoints``): each endpoint may hold at
+  most ``per_endpoint_limit`` attempts of this worker. Deliveries of one batch beyond that
+  limit are released at once, unattempted.
+* **A dead endpoint occupies only its own slots.** ``concurrency`` bounds the attempts that
+  are *working*; an attempt that has been waiting for its receiver longer than ``slow_after``
+  seconds stops counting against it (it costs a socket and a coroutine, not CPU), so even many
+  hanging endpoints cannot starve healthy ones. A hard ceiling (``concurrency *
+  SLOW_HEADROOM``) still bounds sockets; every attempt ends at the attempt timeout anyway.
+* **Signing.** The organization's current signing key comes from ``store.signing_keys`` and is
+  cached for ``key_cache_seconds`` (2 s): a key rotation takes effect within that time. The
+  secret is decrypted with the ``decrypt`` callable (the master key never reaches this module)
+  and never logged. Each attempt is signed with a fresh timestamp; the body is the stored
+  bytes, identical on every attempt. An organization without a signing key gets an attempt
+  recorded with error ``no_signing_key`` and retried on schedule: nothing is sent unsigned.
+* **Decide and record in batches.** The :class:`RetryPolicy` turns each response into
+  succeeded / retry-at / failed; outcomes are buffered and written with one ``store.record``
+  call per ``flush_size`` outcomes or ``flush_interval`` seconds, whichever comes first, so the
+  database sees a few transactions per second instead of one per attempt.
+* **Leases.** Attempts running longer than a third of the lease get their leases extended
+  (heartbeat), so a slow but live attempt is not handed to another worker.
+* **Failures of the store** (a database restarting) are logged and retried with capped
+  exponential backoff; they never end the worker. Outcomes that cannot be written stay
+  buffered; should their leases expire meanwhile, the deliveries are simply attempted again.
+* **Stopping.** :meth:`Worker.stop` stops claiming; in-flight attempts finish (bounded by the
+  attempt timeout plus a grace), their outcomes are recorded, and anything claimed but not
+  attempted is released. :meth:`Worker.drain` is stop-and-wait.
+
+Metrics: ``ATTEMPTS{outcome=succeeded|retrying|failed}`` and ``ATTEMPT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..ids import new_id
+from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
+from ..service.settings import Settings
+from ..signature import sign
+from ..store.base import Store
+from ..store.models import Attempt, AttemptOutcome, ClaimedDelivery, DeliveryStatus
+from .retry import RetryPolicy, is_success
+from .transport import PyreqwestTransport, Response, Transport
+
+__all__ = ["SLOW_HEADROOM", "Decrypt", "Worker"]
+
+logger = logging.getLogger(__name__)
+
+#: Turns a key's ``secret_ciphertext`` into the secret string.
+Decrypt = Callable[[bytes], str]
+
+#: In-flight attempts, slow ones included, are capped at concurrency times this.
+SLOW_HEADROOM = 8
+
+_OUTCOME_LABEL = {
+    DeliveryStatus.SUCCEEDED: "succeeded",
+    DeliveryStatus.PENDING: "retrying",
+    DeliveryStatus.FAILED: "failed",
+}
+
+
+@dataclass(slots=True)
+class _InFlight:
+    delivery: ClaimedDelivery
+    started: float  # time.monotonic()
+
+
+@dataclass(slots=True)
+class _CachedKey:
+    fetched_at: float
+    key_id: str | None
+    secret: str | None
+    error: str | None  # why there is no secret: no_signing_key or key_error
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter, for retrying the store."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, 0.0
+
+    def next(self) -> float:
+        self.current = min(self.cap, self.current * 2 if self.current else self.first)
+        return self.current * random.uniform(0.5, 1.0)  # noqa: S311 - spreads retries only
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class Worker:
+    """Delivers pending deliveries from ``store`` until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        decrypt: Decrypt,
+        *,
+        transport: Transport | None = None,
+        worker_id: str | None = None,
+        concurrency: int | None = None,
+        per_endpoint_limit: int | None = None,
+        lease_seconds: float | None = None,
+        slow_after: float = 1.0,
+        key_cache_seconds: float = 2.0,
+        poll_interval: float = 1.0,
+        flush_size: int = 64,
+        flush_interval: float = 0.005,
+        drain_grace: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.decrypt = decrypt
+        self.policy = RetryPolicy(settings.retry_schedule, settings.retry_jitter)
+        self._owns_transport = transport is None
+        self.transport: Transport = transport or PyreqwestTransport(
+            allow_http=settings.allow_http,
+            allow_private=settings.allow_private_networks,
+            ca_file=settings.ca_file,
+        )
+        self.worker_id = worker_id or new_id("wrk")
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.per_endpoint_limit = min(
+            per_endpoint_limit or settings.endpoint_concurrency, self.concurrency
+        )
+        self.lease_seconds = lease_seconds or settings.lease_seconds
+        self.slow_after = slow_after
+        self.key_cache_seconds = key_cache_seconds
+        self.poll_interval = poll_interval
+        self.flush_size = flush_size
+        self.flush_interval = flush_interval
+        self.drain_grace = drain_grace
+
+        self._inflight: dict[str, _InFlight] = {}
+        self._per_endpoint: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes: list[AttemptOutcome] = []
+        self._keys: dict[str, _CachedKey] = {}
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()  # a slot freed, or stop()
+        self._outcome_ready = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._closing = False
+        self._done = asyncio.Event()
+        self._running = False
+
+    # -- public control --------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts currently being made."""
+        return len(self._inflight)
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` returns once in-flight attempts are recorded."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def drain(self) -> None:
+        """Stop, and wait until :meth:`run` has finished (no-op if it is not running)."""
+        self.stop()
+        if self._running:
+            await self._done.wait()
+
+    async def run(self) -> None:
+        """Deliver until :meth:`stop` (or cancellation); never ends on a store error."""
+        if self._running:
+            raise RuntimeError("this worker is already running")
+        self._running = True
+        self._done.clear()
+        self._closing = False
+        flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
+        logger.info("worker %s started", self.worker_id)
+        try:
+            await self._claim_loop()
+        finally:
+            await self._finish(flusher, heartbeat)
+
+    async def _finish(self, flusher: asyncio.Task[None], heartbeat: asyncio.Task[None]) -> None:
+        try:
+            abandoned = await self._drain_attempts()
+            self._closing = True
+            self._outcome_ready.set()
+            self._flush_now.set()
+            await flusher
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            if abandoned:
+                await self._release(abandoned)
+            if self._owns_transport:
+                await self.transport.close()
+        finally:
+            self._running = False
+            self._done.set()
+            logger.info("worker %s stopped", self.worker_id)
+
+    # -- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            free, recheck = self._capacity()
+            if free <= 0:
+                await self._pause(recheck, store=False)
+                continue
+            exclude = [e for e, n in self._per_endpoint.items() if n >= self.per_endpoint_limit]
+            try:
+                claimed = await self.store.claim(
+                    self.worker_id, free, self.lease_seconds, exclude_endpoints=exclude
+                )
+                if claimed:
+                    await self._start(claimed)
+                else:
+                    await self._idle(excluding=bool(exclude))
+            except Exception:  # the database may be restarting: wait and try again
+                delay = backoff.next()
+                logger.warning(
+                    "worker %s: store error, retrying in %.2fs",
+                    self.worker_id,
+                    delay,
+                    exc_info=True,
+                )
+                await self._sleep(delay)
+            else:
+                backoff.reset()
+
+    def _capacity(self) -> tuple[int, float]:
+        """Free slots, and in how many seconds a slot frees by an attempt turning slow."""
+        now = time.monotonic()
+        working = [f.started for f in self._inflight.values() if now - f.started < self.slow_after]
+        free = min(
+            self.concurrency - len(working),
+            self.concurrency * SLOW_HEADROOM - len(self._inflight),
+        )
+        recheck = self.poll_interval
+        if working:
+            recheck = max(0.001, min(recheck, min(working) + self.slow_after - now))
+        return free, recheck
+
+    async def _idle(self, *, excluding: bool) -> None:
+        """Nothing claimable: sleep until work may be due (or a slot frees)."""
+        due = await self.store.next_due_at()
+        wait = self.poll_interval
+        if due is not None:
+            until_due = (due - datetime.now(UTC)).total_seconds()
+            if until_due > 0:
+                wait = min(wait, until_due)
+            elif not excluding:
+                wait = 0.01  # became due just after the claim: claim again shortly
+            # else: what is due belongs to endpoints at their limit; a freed slot wakes us
+        await self._pause(wait, store=True)
+
+    async def _pause(self, seconds: float, *, store: bool) -> None:
+        """Wait ``seconds`` or until a slot frees / stop(); with ``store``, also new work."""
+        waiters: list[asyncio.Task[object]] = [asyncio.create_task(self._wakeup.wait())]
+        if store:
+            waiters.append(asyncio.create_task(self.store.wait_for_work(seconds)))
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    raise exc
+        finally:
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but return at once on stop()."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _start(self, claimed: Sequence[ClaimedDelivery]) -> None:
+        if self._stopping.is_set():
+            await self._release(d.id for d in claimed)
+            return
+        try:
+            await self._refresh_keys({d.organization_id for d in claimed})
+        except Exception:
+            await self._release(d.id for d in claimed)
+            raise
+        excess: list[str] = []
+        for delivery in claimed:
+            if (
+                self._per_endpoint[delivery.endpoint_id] >= self.per_endpoint_limit
+                or delivery.id in self._inflight
+            ):
+                excess.append(delivery.id)
+                continue
+            self._per_endpoint[delivery.endpoint_id] += 1
+            self._inflight[delivery.id] = _InFlight(delivery, time.monotonic())
+            task = asyncio.create_task(self._attempt(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if excess:
+            await self._release(excess)
+
+    async def _release(self, delivery_ids: Iterable[str]) -> None:
+        ids = list(delivery_ids)
+        try:
+            await self.store.release(self.worker_id, ids)
+        except Exception:  # their leases expire on their own: they are attempted again then
+            logger.warning(
+                "worker %s: could not release %d deliveries",
+                self.worker_id,
+                len(ids),
+                exc_info=True,
+            )
+
+    # -- signing keys ----------------------------------------------------------------------
+
+    async def _refresh_keys(self, organization_ids: set[str]) -> None:
+        now = time.monotonic()
+        stale = [
+            org
+            for org in organization_ids
+            if (cached := self._keys.get(org)) is None
+            or now - cached.fetched_at >= self.key_cache_seconds
+        ]
+        if not stale:
+            return
+        keys = await self.store.signing_keys(stale)
+        for org in stale:
+            key = keys.get(org)
+            previous = self._keys.get(org)
+            if key is None:
+                self._keys[org] = _CachedKey(now, None, None, "no_signing_key")
+            elif previous is not None and previous.key_id == key.id and previous.secret:
+                previous.fetched_at = now  # same key: keep the decrypted secret
+            else:
+                try:
+                    secret = self.decrypt(key.secret_ciphertext)
+                except Exception as exc:
+                    # The exception may quote key material: log its type only.
+                    logger.error(
+                        "worker %s: cannot decrypt key %s of %s (%s)",
+                        self.worker_id,
+                        key.id,
+                        org,
+                        type(exc).__name__,
+                    )
+                    self._keys[org] = _CachedKey(now, key.id, None, "key_error")
+                else:
+                    self._keys[org] = _CachedKey(now, key.id, secret, None)
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> None:
+        try:
+            outcome = await self._make_attempt(delivery)
+        except asyncio.CancelledError:
+            self._free_slot(delivery, abandoned=True)
+            raise
+        except Exception:  # a bug: record it as a failed attempt rather than lose the worker
+            logger.exception("worker %s: attempt of %s crashed", self.worker_id, delivery.id)
+            outcome = self._outcome(
+                delivery, datetime.now(UTC), Response(None, "internal_error", None, 0.0)
+            )
+        self._outcomes.append(outcome)
+        self._outcome_ready.set()
+        if len(self._outcomes) >= self.flush_size:
+            self._flush_now.set()
+        self._free_slot(delivery, abandoned=False)
+
+    def _free_slot(self, delivery: ClaimedDelivery, *, abandoned: bool) -> None:
+        if abandoned:
+            return  # _drain_attempts releases it; the slot bookkeeping ends with the worker
+        self._inflight.pop(delivery.id, None)
+        self._per_endpoint[delivery.endpoint_id] -= 1
+        if self._per_endpoint[delivery.endpoint_id] <= 0:
+            del self._per_endpoint[delivery.endpoint_id]
+        self._wakeup.set()
+
+    async def _make_attempt(self, delivery: ClaimedDelivery) -> AttemptOutcome:
+        started_at = datetime.now(UTC)
+        key = self._keys.get(delivery.organization_id)
+        if key is None or key.secret is None:
+            error = key.error if key is not None else "no_signing_key"
+            return self._outcome(delivery, started_at, Response(None, error, None, 0.0))
+        headers = sign(delivery.body, key.secret)  # a fresh timestamp for every attempt
+        headers["Content-Type"] = "application/json"
+        headers["X-Ascend-Event-Id"] = delivery.event_id
+        headers["X-Ascend-Event-Type"] = delivery.event_type
+        headers["X-Ascend-Delivery-Id"] = delivery.id
+        headers["X-Ascend-Attempt"] = str(delivery.attempt_number)
+        response = await self.transport.post(
+            delivery.url, delivery.body, headers, self.settings.attempt_timeout
+        )
+        ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
+        return self._outcome(delivery, started_at, response)
+
+    def _outcome(
+        self, delivery: ClaimedDelivery, started_at: datetime, response: Response
+    ) -> AttemptOutcome:
+        succeeded = is_success(response.status_code, response.error)
+        status, next_attempt_at = self.policy.decide(
+            delivery.round_attempt, succeeded, datetime.now(UTC)
+        )
+        error = response.error
+        if error is None and not succeeded and response.status_code is not None:
+            error = f"status_{response.status_code}"
+        ATTEMPTS.labels(outcome=_OUTCOME_LABEL[status]).inc()
+        if not succeeded:
+            logger.info(
+                "delivery %s to endpoint %s: attempt %d failed (%s), %s",
+                delivery.id,
+                delivery.endpoint_id,
+                delivery.attempt_number,
+                error,
+                "retrying" if status is DeliveryStatus.PENDING else "giving up",
+            )
+        attempt = Attempt(
+            number=delivery.attempt_number,
+            started_at=started_at,
+            duration_ms=round(response.duration_ms, 3),
+            status_code=response.status_code,
+            error=error,
+            response_excerpt=response.excerpt,
+        )
+        return AttemptOutcome(delivery.id, attempt, status, next_attempt_at)
+
+    # -- recording -------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        backoff = _Backoff()
+        give_up_at: float | None = None
+        while True:
+            await self._outcome_ready.wait()
+            if len(self._outcomes) < self.flush_size and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+            self._flush_now.clear()
+            self._outcome_ready.clear()
+            if self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    # Shielded: an outcome the database has accepted must not be half-written
+                    # because the worker was cancelled.
+                    await asyncio.shield(self.store.record(self.worker_id, batch))
+                except Exception:
+                    self._outcomes[:0] = batch
+                    self._outcome_ready.set()
+                    if self._closing:
+                        give_up_at = give_up_at or time.monotonic() + self.drain_grace
+                        if time.monotonic() >= give_up_at:
+                            logger.error(
+                                "worker %s: %d outcomes not recorded; those deliveries will "
+                                "be attempted again",
+                                self.worker_id,
+                                len(self._outcomes),
+                            )
+                            return
+                    delay = backoff.next()
+                    logger.warning(
+                        "worker %s: cannot record outcomes, retrying in %.2fs",
+                        self.worker_id,
+                        delay,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+            if self._closing and not self._outcomes:
+                return
+
+    async def _heartbeat_loop(self) -> None:
+        third = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(third / 2)
+            now = time.monotonic()
+            long_running = [i for i, f in self._inflight.items() if now - f.started >= third]
+            if long_running:
+                try:
+                    await self.store.extend_leases(self.worker_id, long_running, self.lease_seconds)
+                except Exception:
+                    logger.warning("worker %s: cannot extend leases", self.worker_id, exc_info=True)
+
+    async def _drain_attempts(self) -> list[str]:
+        """Let in-flight attempts end (bounded); return the ids of those cut short."""
+        if not self._tasks:
+            return []
+        _, pending = await asyncio.wait(
+            set(self._tasks), timeout=self.settings.attempt_timeout + self.drain_grace
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        abandoned = list(self._inflight)
+        self._inflight.clear()
+        self._per_endpoint.clear()
+        return abandoned

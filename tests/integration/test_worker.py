@@ -1,0 +1,472 @@
+"""The delivery worker end to end: the real SQLite store, real transport, real receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from ascend_webhooks.delivery.worker import Worker
+from ascend_webhooks.ids import new_id
+from ascend_webhooks.service.settings import Settings
+from ascend_webhooks.store import Store, open_store
+from ascend_webhooks.store.models import (
+    AttemptOutcome,
+    ClaimedDelivery,
+    Delivery,
+    DeliveryStatus,
+    NewEvent,
+)
+from tests.support import receivers as receiver_fixtures
+from tests.support.receivers import Close, Hang, Receiver, ReceiverFactory, Reply
+
+receivers = receiver_fixtures.receivers
+
+SECRET = "whsec_integration_secret"
+TINY = (0.01,) * 10  # ten retries, right away
+
+
+def decrypt(ciphertext: bytes) -> str:
+    # The store keeps whatever bytes it is given; these tests store the secret as is.
+    return ciphertext.decode("utf-8")
+
+
+def make_settings(**changes: Any) -> Settings:
+    base: dict[str, Any] = {
+        "retry_schedule": (0.01,),
+        "retry_jitter": 0.0,
+        "attempt_timeout": 2.0,
+        "allow_http": True,
+        "allow_private_networks": True,
+    }
+    base.update(changes)
+    return Settings(**base)
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[Store]:
+    opened = open_store(sqlite_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def new_organization(store: Store, secret: str | None = SECRET) -> str:
+    organization = await store.create_organization(f"org {new_id('t')}")
+    if secret is not None:
+        await store.create_key(organization.id, secret.encode(), activate=True)
+    return organization.id
+
+
+async def publish(store: Store, organization_id: str, count: int = 1) -> list[Delivery]:
+    events = []
+    for _ in range(count):
+        event_id = new_id("evt")
+        body = json.dumps(
+            {"id": event_id, "type": "invoice.paid", "data": {"amount": 1200, "note": "café"}},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        events.append(NewEvent(event_id, "invoice.paid", body, hashlib.sha256(body).digest()))
+    results = await store.publish(organization_id, events)
+    return [d for result in results for d in result.event.deliveries]
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], within: float = 10.0, every: float = 0.02
+) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(every)
+
+
+async def wait_terminal(
+    store: Store, organization_id: str, delivery_ids: Sequence[str], within: float = 10.0
+) -> list[Delivery]:
+    async def all_done() -> bool:
+        for delivery_id in delivery_ids:
+            delivery = await store.get_delivery(organization_id, delivery_id)
+            if delivery.status is DeliveryStatus.PENDING:
+                return False
+        return True
+
+    await wait_until(all_done, within)
+    return [await store.get_delivery(organization_id, i) for i in delivery_ids]
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        await worker.drain()
+        await task
+
+
+def attempts_counter(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("ascend_webhooks_attempts_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def test_a_signed_delivery_verifies_on_the_receiver(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    succeeded_before = attempts_counter("succeeded")
+
+    async with running(Worker(store, make_settings(), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert done.attempt_count == 1
+    (attempt,) = done.attempts
+    assert (attempt.number, attempt.status_code, attempt.error) == (1, 200, None)
+    (request,) = receiver.requests
+    assert request.verified, request.verify_error
+    event = await store.get_event(org, delivery.event_id)
+    assert request.body == event.body
+    assert request.event is not None
+    assert request.event.id == event.id
+    assert request.header("content-type") == "application/json"
+    assert request.header("x-ascend-event-id") == event.id
+    assert request.header("x-ascend-event-type") == "invoice.paid"
+    assert request.header("x-ascend-delivery-id") == delivery.id
+    assert request.header("x-ascend-attempt") == "1"
+    assert (request.header("user-agent") or "").startswith("ascend-webhooks/")
+    assert done.endpoint_id == endpoint.id
+    assert attempts_counter("succeeded") == succeeded_before + 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error"),
+    [
+        (Reply(201), "status_201"),
+        (Reply(202), "status_202"),
+        (Reply(204), "status_204"),
+        (Reply(301, headers={"Location": "http://127.0.0.1:9/"}), "status_301"),
+        (Reply(302, headers={"Location": "http://127.0.0.1:9/"}), "status_302"),
+        (Reply(400), "status_400"),
+        (Reply(404), "status_404"),
+        (Reply(500), "status_500"),
+        (Reply(503), "status_503"),
+        (Hang(), "timeout"),
+        (Close(), "connection_reset"),
+    ],
+    ids=lambda value: type(value).__name__ + str(getattr(value, "status", "")),
+)
+async def test_anything_but_200_fails_and_is_retried(
+    store: Store, receivers: ReceiverFactory, behaviour: Any, error: str
+) -> None:
+    receiver = await receivers(secret=SECRET, behaviour=behaviour)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    settings = make_settings(retry_schedule=(0.01, 0.01), attempt_timeout=0.3)
+
+    async with running(Worker(store, settings, decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.FAILED
+    assert [a.error for a in done.attempts] == [error] * 3
+    assert len(receiver.requests) == 3
+    assert all(r.verified for r in receiver.requests)
+
+
+async def test_connection_refused_fails_and_is_retried(store: Store) -> None:
+    receiver = await Receiver().start()
+    url = receiver.url
+    await receiver.close()  # nothing listens there any more
+    org = await new_organization(store)
+    await store.create_endpoint(org, url, None, None)
+    (delivery,) = await publish(store, org)
+
+    async with running(Worker(store, make_settings(retry_schedule=(0.01,)), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.FAILED
+    assert [a.error for a in done.attempts] == ["connect_refused"] * 2
+
+
+async def test_ten_retries_then_failed_with_identical_bodies(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET, behaviour=Reply(500, body=b"down"))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    async with running(Worker(store, make_settings(retry_schedule=TINY), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+        await asyncio.sleep(0.1)  # nothing more may arrive after the failure
+
+    assert done.status is DeliveryStatus.FAILED
+    assert done.attempt_count == 11
+    assert done.next_attempt_at is None
+    assert [a.number for a in done.attempts] == list(range(1, 12))
+    assert {a.response_excerpt for a in done.attempts} == {"down"}
+    assert len(receiver.requests) == 11
+    assert len({r.body for r in receiver.requests}) == 1
+    assert [r.header("x-ascend-attempt") for r in receiver.requests] == [
+        str(n) for n in range(1, 12)
+    ]
+    assert all(r.verified for r in receiver.requests)
+
+
+async def test_each_attempt_is_signed_with_a_fresh_timestamp(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    receiver.fail_times(1)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    # The timestamp has whole seconds: wait a little over one between the two attempts.
+    async with running(Worker(store, make_settings(retry_schedule=(1.05,)), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    first, second = receiver.requests
+    assert first.body == second.body
+    assert first.verified
+    assert second.verified
+    t1 = int(first.header("x-ascend-request-timestamp") or 0)
+    t2 = int(second.header("x-ascend-request-timestamp") or 0)
+    assert t2 >= t1 + 1
+    assert first.header("x-ascend-signature") != second.header("x-ascend-signature")
+
+
+async def test_a_receiver_that_recovers_gets_the_event(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    receiver.fail_times(3, Reply(503))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    async with running(Worker(store, make_settings(retry_schedule=TINY), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert [a.status_code for a in done.attempts] == [503, 503, 503, 200]
+    assert len(receiver.verified_requests) == 4
+
+
+async def test_hanging_endpoints_do_not_delay_a_healthy_one(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    dead = [await receivers(behaviour=Hang()) for _ in range(3)]
+    healthy = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    for receiver in dead:
+        await store.create_endpoint(org, receiver.url, None, None)
+    healthy_endpoint = await store.create_endpoint(org, healthy.url, None, None)
+    deliveries = await publish(store, org, 30)
+    healthy_ids = [d.id for d in deliveries if d.endpoint_id == healthy_endpoint.id]
+    assert len(healthy_ids) == 30
+    # Three dead endpoints with two slots each could fill a worker of concurrency 4 if it
+    # counted them; they time out only after 10 s, far past the bound asserted below.
+    worker = Worker(
+        store,
+        make_settings(attempt_timeout=10.0),
+        decrypt,
+        concurrency=4,
+        per_endpoint_limit=2,
+        slow_after=0.2,
+    )
+    started = time.monotonic()
+    async with running(worker):
+        await wait_terminal(store, org, healthy_ids, within=8.0)
+        elapsed = time.monotonic() - started
+        stuck = sum(len(r.requests) for r in dead)
+        for receiver in dead:  # cut the hanging connections so that draining is quick
+            await receiver.close()
+
+    assert elapsed < 3.0, f"healthy deliveries took {elapsed:.2f}s"
+    assert len(healthy.verified_requests) == 30
+    assert stuck == 6  # each dead endpoint held exactly its own two slots
+
+
+async def test_per_endpoint_limit_bounds_concurrent_attempts(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.1))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 12)
+    active = 0
+    peak = 0
+    original = receiver._answer
+
+    async def counting(*args: Any) -> bool:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            return await original(*args)
+        finally:
+            active -= 1
+
+    receiver._answer = counting  # type: ignore[method-assign]
+    worker = Worker(store, make_settings(), decrypt, concurrency=16, per_endpoint_limit=3)
+    async with running(worker):
+        await wait_terminal(store, org, [d.id for d in deliveries])
+
+    assert peak == 3
+
+
+async def test_a_delivery_whose_worker_died_is_attempted_again(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    # A worker claims it and dies without recording anything.
+    claimed = await store.claim("dead-worker", 10, 0.5)
+    assert [c.id for c in claimed] == [delivery.id]
+    died_at = time.monotonic()
+
+    async with running(Worker(store, make_settings(), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    (request,) = receiver.requests
+    assert request.received_at - died_at >= 0.45  # not before the dead worker's lease ended
+    assert request.verified
+
+
+async def test_stop_drains_in_flight_attempts_and_releases_the_rest(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET, behaviour=Reply(200, delay=0.4))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 3)
+    worker = Worker(store, make_settings(), decrypt, per_endpoint_limit=1)
+    task = asyncio.create_task(worker.run())
+    await receiver.wait_for_requests(1)
+
+    stopped_at = time.monotonic()
+    await worker.drain()
+    await task
+    drain_seconds = time.monotonic() - stopped_at
+
+    assert drain_seconds < 1.0
+    assert worker.in_flight == 0
+    states = [await store.get_delivery(org, d.id) for d in deliveries]
+    assert sorted(s.status for s in states) == [
+        DeliveryStatus.PENDING,
+        DeliveryStatus.PENDING,
+        DeliveryStatus.SUCCEEDED,
+    ]
+    assert len(receiver.requests) == 1
+    # Nothing is left leased to the stopped worker: another worker can claim the rest now.
+    reclaimed = await store.claim("next-worker", 10, 30)
+    assert {c.id for c in reclaimed} == {s.id for s in states if s.status == "pending"}
+
+
+async def test_no_signing_key_is_recorded_and_retried_never_sent_unsigned(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store, secret=None)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    settings = make_settings(retry_schedule=(0.01, 0.5, 0.5))
+
+    async with running(Worker(store, settings, decrypt, key_cache_seconds=0.05)):
+
+        async def first_attempt_recorded() -> bool:
+            return (await store.get_delivery(org, delivery.id)).attempt_count >= 1
+
+        await wait_until(first_attempt_recorded)
+        await store.create_key(org, SECRET.encode(), activate=True)
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert done.attempts[0].error == "no_signing_key"
+    assert done.attempts[0].status_code is None
+    assert done.attempts[-1].status_code == 200
+    assert all(r.verified for r in receiver.requests)
+    assert len(receiver.requests) == 1
+
+
+async def test_key_rotation_takes_effect_within_the_cache_time(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret="whsec_new")
+    org = await new_organization(store, secret="whsec_old")
+    await store.create_endpoint(org, receiver.url, None, None)
+    worker = Worker(store, make_settings(), decrypt, key_cache_seconds=0.1)
+
+    async with running(worker):
+        (first,) = await publish(store, org)
+        await wait_terminal(store, org, [first.id])
+        await store.create_key(org, b"whsec_new", activate=True)
+        await asyncio.sleep(0.15)
+        (second,) = await publish(store, org)
+        await wait_terminal(store, org, [second.id])
+
+    old, new = receiver.requests
+    assert not old.verified  # signed with the old key
+    assert new.verified
+
+
+class FlakyStore:
+    """Wraps a store; its claim and record fail a few times, like a restarting database."""
+
+    def __init__(self, inner: Store, failures: int) -> None:
+        self._inner = inner
+        self.claim_failures = failures
+        self.record_failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
+        if self.claim_failures > 0:
+            self.claim_failures -= 1
+            raise ConnectionError("database restarting")
+        return await self._inner.claim(*args, **kwargs)
+
+    async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        if self.record_failures > 0:
+            self.record_failures -= 1
+            raise ConnectionError("database restarting")
+        await self._inner.record(worker_id, outcomes)
+
+
+async def test_store_errors_are_retried_and_do_not_kill_the_worker(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    flaky = FlakyStore(store, failures=3)
+
+    worker = Worker(flaky, make_settings(), decrypt)  # type: ignore[arg-type]
+    async with running(worker) as task:
+        (done,) = await wait_terminal(store, org, [delivery.id])
+        assert not task.done()
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert flaky.claim_failures == flaky.record_failures == 0
+    assert len(receiver.requests) == 1
