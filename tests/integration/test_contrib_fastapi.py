@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -292,3 +294,66 @@ def test_the_fastapi_example_receives_a_signed_event(monkeypatch: pytest.MonkeyP
     assert client.post("/webhooks", content=other, headers=signed(other, "whsec_new")).is_success
     assert example.failed_payouts == ["evt_po"]
     assert client.post("/webhooks", content=body, headers=signed(body, "wrong")).status_code == 401
+
+
+# -- the example, run as a script ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def example_process(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """Run an example script as its README says, until it accepts connections."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            cwd=log.parent,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def post_until_duplicate(url: str, body: bytes, headers: Callable[[], dict[str, str]]) -> None:
+    """The first POST is accepted; a redelivery is a duplicate once the handler finished."""
+    status, answer = post(url, body, headers())
+    assert (status, json.loads(answer)["status"]) == (200, "accepted")
+    deadline = time.monotonic() + 5
+    while True:
+        status, answer = post(url, body, headers())
+        if status == 200:
+            assert json.loads(answer)["status"] == "duplicate"
+            return
+        assert status == 409  # still being handled
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_the_fastapi_example_runs_as_a_script(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"ASCEND_WEBHOOK_SECRETS": f"whsec_new,{SECRET}", "PORT": str(port)}
+    args = [str(EXAMPLES / "fastapi_app.py")]
+    with example_process(args, env, port, tmp_path / "server.log") as base:
+        body = event_body("evt_script")
+        post_until_duplicate(base + "/webhooks", body, lambda: signed(body))
+        status, _ = post(base + "/webhooks", body, signed(body, "wrong"))
+        assert status == 401
