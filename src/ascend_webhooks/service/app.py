@@ -8,7 +8,6 @@ uvicorn) it stops the worker, lets in-flight attempts finish, and closes the sto
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -16,14 +15,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
+from ..delivery.worker import Worker
 from ..store import Store, open_store
 from .crypto import SecretBox, load_secret_box
 from .limits import BodyLimitMiddleware, RequestLimits
 from .problems import CatchAllMiddleware, install_problem_handlers
 from .responses import JSONResponse
 from .routes import system_router, v1_router
+from .schemas import ProblemOut
 from .settings import Settings
 from .state import Services
 from .tokens import hash_token, new_token
@@ -59,10 +61,8 @@ async def ensure_admin_token(store: Store, settings: Settings) -> bytes | None:
     return None
 
 
-async def _stop_worker(worker: Any, task: asyncio.Task[Any]) -> None:
-    stopped = worker.stop()
-    if inspect.isawaitable(stopped):
-        await stopped
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    worker.stop()  # stop claiming; in-flight attempts finish and are recorded
     try:
         await task
     except asyncio.CancelledError:
@@ -71,9 +71,26 @@ async def _stop_worker(worker: Any, task: asyncio.Task[Any]) -> None:
         log.exception("the delivery worker failed while stopping")
 
 
-def _log_worker_exit(task: asyncio.Task[Any]) -> None:
+def _log_worker_exit(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("the delivery worker stopped with an error", exc_info=task.exception())
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the problem schema every error response refers to."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ProblemOut"] = ProblemOut.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def create_app(
@@ -92,22 +109,20 @@ def create_app(
         active = open_store(settings.database_url) if store is None else store
         if owned:
             await active.open()
-        worker_task: asyncio.Task[Any] | None = None
-        worker: Any = None
+        worker_task: asyncio.Task[None] | None = None
+        worker: Worker | None = None
         try:
             services = Services(store=active, settings=settings, box=box)
             services.admin_token_hash = await ensure_admin_token(active, settings)
             app.state.services = services
             if run_delivery:
-                from ..delivery.worker import Worker
-
                 worker = Worker(active, settings, box.decrypt)
                 worker_task = asyncio.create_task(worker.run(), name="delivery-worker")
                 worker_task.add_done_callback(_log_worker_exit)
                 log.info("delivery worker started")
             yield
         finally:
-            if worker_task is not None:
+            if worker is not None and worker_task is not None:
                 log.info("stopping the delivery worker (finishing attempts in flight)")
                 await _stop_worker(worker, worker_task)
             if owned:
@@ -120,6 +135,7 @@ def create_app(
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_problem_handlers(app)
     app.include_router(v1_router)
     app.include_router(system_router)

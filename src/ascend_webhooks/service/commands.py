@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import inspect
 import logging
 import signal
 import sys
@@ -177,20 +176,15 @@ async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | Non
             kwargs["concurrency"] = concurrency
         worker = Worker(store, settings, box.decrypt, **kwargs)
         loop = asyncio.get_running_loop()
-        stopping: list[object] = []
 
         def request_stop() -> None:
-            if not stopping:
-                log.info("stopping: finishing the attempts in flight")
-                stopping.append(worker.stop())
+            log.info("stopping: finishing the attempts in flight")
+            worker.stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, request_stop)
         log.info("delivery worker running on %s", _redacted(settings.database_url))
         await worker.run()
-        for pending in stopping:
-            if inspect.isawaitable(pending):
-                await pending
     finally:
         await store.close()
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette import responses
 
 __all__ = ["JSONResponse"]
 
 
-class JSONResponse(Response):
+class JSONResponse(responses.JSONResponse):
     """``application/json`` rendered by orjson (aware datetimes as ISO 8601 with ``Z``)."""
 
     media_type = "application/json"

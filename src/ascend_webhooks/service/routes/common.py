@@ -6,10 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query
 
-from ..schemas import ProblemOut
 from ..state import Services, get_services
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "After", "Limit", "Svc", "problems"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "PROBLEM_SCHEMA", "After", "Limit", "Svc", "problems"]
+
+# The app adds ProblemOut to the OpenAPI components (see app.py): FastAPI's ``model=`` would
+# document problems as ``application/json``, and they are ``application/problem+json``.
+PROBLEM_SCHEMA = {"$ref": "#/components/schemas/ProblemOut"}
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -37,9 +40,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     wanted = sorted({401, 422, *statuses})
     return {
         status: {
-            "model": ProblemOut,
             "description": _DESCRIPTIONS[status],
-            "content": {"application/problem+json": {}},
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
         }
         for status in wanted
     }

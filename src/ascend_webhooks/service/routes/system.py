@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_lat
 from ...store.models import DeliveryStatus
 from ..problems import Problem
 from ..responses import JSONResponse
-from ..schemas import Health, ProblemOut
-from .common import Svc
+from ..schemas import Health
+from .common import PROBLEM_SCHEMA, Svc
 
 __all__ = ["DELIVERIES", "router"]
 
@@ -26,7 +26,12 @@ DELIVERIES = Gauge(
 @router.get(
     "/healthz",
     response_model=Health,
-    responses={503: {"model": ProblemOut, "description": "The database does not answer"}},
+    responses={
+        503: {
+            "description": "The database does not answer",
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        }
+    },
     summary="200 when the database answers",
 )
 async def healthz(services: Svc) -> JSONResponse:

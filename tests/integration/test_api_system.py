@@ -1,0 +1,158 @@
+"""Health, metrics, the OpenAPI document, and errors as problem documents everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from ascend_webhooks.service.schemas import Health
+from ascend_webhooks.store import Store, open_store
+from tests.support.api import Api, api_settings, assert_problem, running_api
+
+ORG = "/v1/organizations/{org}"
+EVERY_ROUTE = {
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("post", "/v1/organizations"),
+    ("get", "/v1/organizations"),
+    ("get", ORG),
+    ("post", f"{ORG}/tokens"),
+    ("post", f"{ORG}/keys"),
+    ("get", f"{ORG}/keys"),
+    ("post", f"{ORG}/keys/{{key}}/activate"),
+    ("delete", f"{ORG}/keys/{{key}}"),
+    ("post", f"{ORG}/endpoints"),
+    ("get", f"{ORG}/endpoints"),
+    ("get", f"{ORG}/endpoints/{{endpoint}}"),
+    ("patch", f"{ORG}/endpoints/{{endpoint}}"),
+    ("delete", f"{ORG}/endpoints/{{endpoint}}"),
+    ("post", f"{ORG}/events"),
+    ("post", f"{ORG}/events/batch"),
+    ("get", f"{ORG}/events"),
+    ("get", f"{ORG}/events/{{event}}"),
+    ("get", f"{ORG}/deliveries"),
+    ("get", f"{ORG}/deliveries/{{delivery}}"),
+    ("post", f"{ORG}/deliveries/{{delivery}}/retry"),
+}
+
+
+@pytest.fixture
+async def api(store: Store, database_url: str) -> AsyncIterator[Api]:
+    async with running_api(api_settings(database_url), store=store) as running:
+        yield running
+
+
+async def test_healthz_needs_no_token(api: Api) -> None:
+    response = await api.call("GET", "/healthz", token=None, expect=200)
+    assert Health.model_validate(response.json()).status == "ok"
+
+
+async def test_healthz_is_503_when_the_database_does_not_answer(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
+    await store.open()
+    async with running_api(api_settings(sqlite_url), store=store) as api:
+        await store.close()
+        response = await api.client.get("/healthz")
+        assert_problem(response, 503)
+
+
+async def test_metrics_parse_and_count_deliveries(api: Api) -> None:
+    org = await api.organization()
+    await api.endpoint(org)
+    await api.publish(org, id="e1")
+    response = await api.call("GET", "/metrics", token=None, expect=200)
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    gauge = families["ascend_webhooks_deliveries"]
+    by_status = {s.labels["status"]: s.value for s in gauge.samples}
+    assert by_status == {"pending": 1.0, "succeeded": 0.0, "failed": 0.0}
+    assert "ascend_webhooks_events_published" in families
+    assert "ascend_webhooks_attempts" in families
+
+
+async def test_openapi_is_valid_and_describes_every_route(api: Api) -> None:
+    response = await api.call("GET", "/openapi.json", token=None, expect=200)
+    document: dict[str, Any] = response.json()
+    validate(document)
+    paths = document["paths"]
+    described = {(m, p) for p, ops in paths.items() for m in ops}
+    assert described == EVERY_ROUTE
+    for method, path in EVERY_ROUTE:
+        operation = paths[path][method]
+        assert operation["summary"]
+        responses = operation["responses"]
+        if path.startswith("/v1"):
+            assert operation["security"] == [{"HTTPBearer": []}]
+            assert "401" in responses
+        for code, response in responses.items():
+            if code.startswith(("4", "5")):
+                problem = response["content"]["application/problem+json"]["schema"]
+                assert problem == {"$ref": "#/components/schemas/ProblemOut"}
+        ok = [code for code in responses if code.startswith("2")]
+        assert ok, path
+        if path != "/metrics" and ok != ["204"]:
+            schema = responses[ok[0]]["content"]["application/json"]["schema"]
+            assert "$ref" in schema, (path, schema)
+    schemas = document["components"]["schemas"]
+    assert {"DeliveryOut", "EventPublished", "ProblemOut", "KeyCreated"} <= schemas.keys()
+    assert "attempts" in schemas["DeliveryOut"]["properties"]
+
+
+async def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
+    assert_problem(await api.call("GET", "/nowhere"), 404)
+    assert_problem(await api.call("GET", "/v1/nowhere"), 404)
+    assert_problem(await api.call("DELETE", "/v1/organizations"), 405)
+    assert_problem(await api.call("PUT", "/healthz"), 405)
+
+
+async def test_an_unexpected_error_is_a_logged_500_problem(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    api.app.add_api_route("/boom", boom)
+    response = await api.client.get("/boom")
+    problem = assert_problem(response, 500)
+    assert "kaboom" not in problem["detail"]  # no internals leak
+    assert "kaboom" in caplog.text  # but they are logged
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        ("POST", "/v1/organizations", b"{"),
+        ("POST", "/v1/organizations", b'{"name": null}'),
+        ("POST", "/v1/organizations", b"\xff\xfe"),
+        ("POST", "/v1/organizations/{org}/endpoints", b'{"url": "http://[::1"}'),
+        ("POST", "/v1/organizations/{org}/endpoints", b'{"url": "http://127.0.0.1:99999/"}'),
+        ("POST", "/v1/organizations/{org}/endpoints", b'{"url": "http://\\u0000/"}'),
+        ("PATCH", "/v1/organizations/{org}/endpoints/x", b"[1]"),
+        ("POST", "/v1/organizations/{org}/events/batch", b'{"events": {}}'),
+        ("POST", "/v1/organizations/{org}/events/batch", b'{"events": [null]}'),
+        ("POST", "/v1/organizations/{org}/tokens", b'{"name": []}'),
+        ("GET", "/v1/organizations/{org}/deliveries?status=&limit=-1", b""),
+        ("GET", "/v1/organizations/{org}/events?after=%00", b""),
+    ],
+)
+async def test_garbage_never_causes_a_5xx(api: Api, method: str, path: str, raw: bytes) -> None:
+    org = await api.organization()
+    response = await api.call(
+        method,
+        path.replace("{org}", org),
+        content=raw,
+        headers={"Content-Type": "application/json"},
+    )
+    assert 400 <= response.status_code < 500
+    assert_problem(response, response.status_code)
+
+
+async def test_bad_content_length_is_400(api: Api) -> None:
+    response = await api.client.post(
+        "/v1/organizations", content=b"{}", headers={"Content-Length": "nope"}
+    )
+    assert_problem(response, 400)
