@@ -1,0 +1,162 @@
+"""The embedded store under process death: what ``publish`` returned survives ``kill -9``.
+
+Real subprocesses on a real file: one publishes and prints each event id once ``publish``
+returned, and is killed with SIGKILL mid-stream; others open the same fresh file at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ascend_webhooks.store import NotFoundError
+from ascend_webhooks.store.models import DeliveryStatus
+from ascend_webhooks.store.sqlite import SQLiteStore
+
+PUBLISHER = textwrap.dedent(
+    """
+    import asyncio, hashlib, sys
+    from ascend_webhooks.store.sqlite import SQLiteStore
+    from ascend_webhooks.store.models import NewEvent
+
+    async def main(url):
+        store = SQLiteStore(url)
+        await store.open()
+        org = await store.create_organization("durable")
+        await store.create_endpoint(org.id, "https://example.com/hook", None, None)
+        print("org", org.id, flush=True)
+
+        async def one(n):
+            body = b'{"id":"evt_%d","type":"t","data":{}}' % n
+            event = NewEvent(f"evt_{n}", "t", body, hashlib.sha256(body).digest())
+            await store.publish(org.id, [event])
+            print("published", event.id, flush=True)  # only after publish returned
+
+        n = 0
+        while True:  # publish until killed, in concurrent groups (group commit)
+            await asyncio.gather(*(one(n + k) for k in range(8)))
+            n += 8
+            if n == 16:
+                (claimed,) = await store.claim("doomed-worker", 1, 0.3)
+                print("claimed", claimed.id, flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+OPENER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from ascend_webhooks.store.sqlite import SQLiteStore
+
+    async def main(url, start):
+        time.sleep(max(0.0, start - time.time()))  # all processes open at the same moment
+        store = SQLiteStore(url)
+        await store.open()
+        org = await store.create_organization(sys.argv[3])
+        await store.close()
+        print(org.id)
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+async def test_published_events_survive_sigkill(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PUBLISHER, url, stdout=asyncio.subprocess.PIPE, env=_env()
+    )
+    assert child.stdout is not None
+    published: list[str] = []
+    org = claimed = None
+    try:
+        async with asyncio.timeout(30):
+            while len(published) < 300:
+                line = (await child.stdout.readline()).decode()
+                if not line:
+                    break
+                kind, value = line.split()
+                if kind == "org":
+                    org = value
+                elif kind == "claimed":
+                    claimed = value
+                else:
+                    published.append(value)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert org is not None
+    assert claimed is not None
+    assert len(published) >= 300
+
+    store = SQLiteStore(url)
+    await store.open()
+    try:
+        for event_id in published:
+            event = await store.get_event(org, event_id)
+            assert len(event.deliveries) == 1
+        # The attempt that died with its worker is handed out again once its lease ran out.
+        await asyncio.sleep(0.4)
+        again = await store.claim("survivor", 100_000, 30)
+        assert claimed in {c.id for c in again}
+        assert len(again) >= len(published)
+        counts = await store.delivery_counts()
+        assert counts[DeliveryStatus.PENDING] >= len(published)
+        with pytest.raises(NotFoundError):
+            await store.get_event(org, "evt_never")
+    finally:
+        await store.close()
+
+
+def test_concurrent_open_from_several_processes_is_safe(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    start = time.time() + 1.0
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, url, str(start), f"org-{n}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for n in range(4)
+    ]
+    outputs = [child.communicate(timeout=60) for child in children]
+    for child, (_out, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+    conn = sqlite3.connect(tmp_path / "aw.db")
+    try:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+        assert sorted(versions) == list(range(1, len(versions) + 1))
+        assert conn.execute("SELECT COUNT(*) FROM organizations").fetchone()[0] == 4
+    finally:
+        conn.close()
+
+
+async def test_reopening_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    for name in ("first", "second", "third"):
+        store = SQLiteStore(url)
+        await store.open()
+        try:
+            await store.create_organization(name)
+            page = await store.list_organizations(limit=10)
+        finally:
+            await store.close()
+    assert sorted(o.name for o in page.items) == ["first", "second", "third"]
