@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ascend_webhooks import WebhookError, verify
 from ascend_webhooks.service.crypto import SecretBox, parse_master_key
 from ascend_webhooks.service.schemas import KeyCreated, KeyList, KeyOut
 from ascend_webhooks.store import Store
@@ -20,6 +22,7 @@ from tests.support.api import (
     raw_database_bytes,
     running_api,
 )
+from tests.support.receivers import Receiver, RecordedRequest
 
 
 @pytest.fixture
@@ -115,3 +118,73 @@ async def test_secrets_are_encrypted_at_rest_and_never_logged(
         assert secret[len("whsec_") :].encode() not in raw
         assert secret not in caplog.text
     assert "issued webhook key" in caplog.text  # the log speaks of keys, by id only
+
+
+async def _deliver(api: Api, org: str, receiver: Receiver, event_id: str) -> RecordedRequest:
+    """Publish one event and wait for its (single) delivery to succeed."""
+    event = (await api.publish(org, id=event_id, data={"n": event_id})).json()
+    (summary,) = event["deliveries"]
+    path = f"/v1/organizations/{org}/deliveries/{summary['id']}"
+    for _ in range(200):
+        delivery = (await api.call("GET", path, expect=200)).json()
+        if delivery["status"] != "pending":
+            break
+        await asyncio.sleep(0.025)
+    assert delivery["status"] == "succeeded", delivery
+    assert delivery["attempt_count"] == 1  # no attempt failed
+    (request,) = [r for r in receiver.requests if r.event is not None and r.event.id == event_id]
+    return request
+
+
+async def test_rotation_loses_no_delivery(
+    store: Store, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = api_settings(database_url, retry_schedule=(0.05,))
+    async with (
+        running_api(settings, store=store, run_delivery=True) as api,
+        Receiver() as receiver,
+    ):
+        org = await api.organization()
+        keys = f"/v1/organizations/{org}/keys"
+        one = (await api.call("POST", keys, expect=201)).json()
+        await api.endpoint(org, receiver.url)
+        receiver.secret = one["secret"]
+        signed_by: list[str] = []
+
+        async def deliver(event_id: str) -> None:
+            request = await _deliver(api, org, receiver, event_id)
+            assert request.verified, request.verify_error
+            header = request.header("X-Ascend-Signature") or ""
+            assert header.count("v1=") == 1  # exactly one signature, always
+            for name, secret in (("one", one["secret"]), ("two", two.get("secret", ""))):
+                if secret:
+                    try:
+                        verify(request.body, request.headers, secret)
+                    except WebhookError:
+                        continue
+                    signed_by.append(name)
+
+        two: dict[str, str] = {}
+        await deliver("before")
+        # 1. Issue key 2: it does not sign yet.
+        two = (await api.call("POST", keys, expect=201)).json()
+        await deliver("issued")
+        # 2. The receiver accepts both secrets.
+        receiver.secret = [one["secret"], two["secret"]]
+        await deliver("both")
+        # 3. Activate key 2; deliveries move to it (workers cache keys for a moment).
+        await api.call("POST", f"{keys}/{two['id']}/activate", expect=200)
+        for n in range(200):
+            await deliver(f"moving-{n}")
+            if signed_by[-1] == "two":
+                break
+        # 4. The receiver drops key 1, and key 1 is revoked.
+        receiver.secret = two["secret"]
+        await api.call("DELETE", f"{keys}/{one['id']}", expect=200)
+        await deliver("after")
+        assert signed_by[:3] == ["one", "one", "one"]
+        assert signed_by[-2:] == ["two", "two"]
+        assert all(r.verified for r in receiver.requests)
+    for secret in (one["secret"], two["secret"]):
+        assert secret not in caplog.text
