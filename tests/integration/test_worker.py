@@ -470,3 +470,23 @@ async def test_store_errors_are_retried_and_do_not_kill_the_worker(
     assert done.status is DeliveryStatus.SUCCEEDED
     assert flaky.claim_failures == flaky.record_failures == 0
     assert len(receiver.requests) == 1
+
+
+async def test_long_attempts_keep_their_lease(store: Store, receivers: ReceiverFactory) -> None:
+    """An attempt longer than the lease is not handed to a second worker meanwhile."""
+    receiver = await receivers(secret=SECRET, behaviour=Reply(200, delay=1.2))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    settings = make_settings(attempt_timeout=5.0)
+    first = Worker(store, settings, decrypt, lease_seconds=0.6, poll_interval=0.05)
+    second = Worker(store, settings, decrypt, lease_seconds=0.6, poll_interval=0.05)
+
+    async with running(first):
+        await receiver.wait_for_requests(1)
+        async with running(second):
+            (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert done.attempt_count == 1
+    assert len(receiver.requests) == 1
