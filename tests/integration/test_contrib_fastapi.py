@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,12 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from ascend_webhooks import Event, sign
-from ascend_webhooks.receiver import MEMORY, Router, SQLiteIdempotencyStore
+from ascend_webhooks.receiver import (
+    MEMORY,
+    AsyncRedisIdempotencyStore,
+    Router,
+    SQLiteIdempotencyStore,
+)
 from ascend_webhooks.receiver.contrib.fastapi import (
     ascend_api_router,
     ascend_endpoint,
@@ -357,3 +363,42 @@ def test_the_fastapi_example_runs_as_a_script(tmp_path: Path) -> None:
         post_until_duplicate(base + "/webhooks", body, lambda: signed(body))
         status, _ = post(base + "/webhooks", body, signed(body, "wrong"))
         assert status == 401
+
+
+# -- a shared Redis store ----------------------------------------------------------------------
+
+
+async def test_two_apps_sharing_async_redis_handle_an_event_once() -> None:
+    import httpx
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    probe = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        probe.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"no Redis at {url}: {exc}")
+        pytest.skip(f"no Redis at {url}: {exc}")
+    prefix = f"ascend-webhooks-test:{uuid.uuid4().hex}:"
+    stores = [AsyncRedisIdempotencyStore.from_url(url, prefix=prefix) for _ in range(2)]
+    try:
+        apps = [make_app(store=store, mode="inline") for store in stores]
+        body = event_body()
+        answers = []
+        for app, _ in apps:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as c:
+                answers.append(
+                    (await c.post("/webhooks", content=body, headers=signed(body))).json()
+                )
+        assert [a["status"] for a in answers] == ["processed", "duplicate"]
+        assert [len(seen) for _, seen in apps] == [1, 0]
+        assert probe.get(prefix + "evt_1") == b"d"
+    finally:
+        for store in stores:
+            await store.aclose()
+        keys = list(probe.scan_iter(match=prefix + "*"))
+        if keys:
+            probe.delete(*keys)
+        probe.close()

@@ -239,7 +239,7 @@ print(json.dumps(won))
 
 def test_sqlite_processes_sharing_a_file_never_claim_one_id_twice(tmp_path: Path) -> None:
     path, go = tmp_path / "shared.db", tmp_path / "go"
-    SQLiteIdempotencyStore(path).close()  # create the schema once, like a deploy step would
+    # No store has opened the file yet: the three also race to create it.
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CLAIMER, str(path), str(go), "150"],

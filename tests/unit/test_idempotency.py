@@ -312,3 +312,54 @@ def test_receiver_options_are_checked() -> None:
         WebhookReceiver(SECRET, object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="secret"):
         WebhookReceiver("", Router())
+
+
+class AsyncMemoryStore:
+    """An async store (the shape of AsyncRedisIdempotencyStore) over the memory store."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryIdempotencyStore()
+        self.calls: list[str] = []
+
+    async def claim(self, event_id: str) -> Claim:
+        self.calls.append("claim")
+        return self.inner.claim(event_id)
+
+    async def complete(self, event_id: str) -> None:
+        self.calls.append("complete")
+        self.inner.complete(event_id)
+
+    async def release(self, event_id: str) -> None:
+        self.calls.append("release")
+        self.inner.release(event_id)
+
+
+async def test_an_async_store_is_awaited_on_the_async_path() -> None:
+    store = AsyncMemoryStore()
+    failing, _ = make_receiver(store=store, fail=True)
+    raw = body()
+    assert (await failing.handle(raw, sign(raw, SECRET))).status == 500
+    assert store.calls == ["claim", "release"]
+    receiver, seen = make_receiver(store=store)
+    assert (await receiver.handle(raw, sign(raw, SECRET))).status == 200
+    assert len(seen) == 1
+    assert store.calls[2:] == ["claim", "complete"]
+    assert store.inner.claim("evt_1") is Claim.DONE
+
+
+def test_an_async_store_is_refused_on_the_blocking_path() -> None:
+    receiver, _ = make_receiver(store=AsyncMemoryStore())
+    with pytest.raises(TypeError, match="blocking idempotency store"):
+        receiver.require_blocking_store()
+    raw = body()
+    with pytest.raises(TypeError, match="blocking idempotency store"):
+        receiver.handle_sync(raw, sign(raw, SECRET))
+
+
+def test_the_default_pool_is_created_once_and_shut_down() -> None:
+    receiver, seen = make_receiver(mode="background")
+    raw = body()
+    assert receiver.handle_sync(raw, sign(raw, SECRET)).status == 200
+    receiver.shutdown()  # waits for the queued handler
+    assert len(seen) == 1
+    receiver.shutdown()  # twice is harmless

@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -157,6 +158,7 @@ class WebhookReceiver:
         )
         self._executor = executor
         self._owns_executor = False
+        self._executor_lock = threading.Lock()
         self._on_error = on_error or _log_failure
 
     # -- the blocking path (WSGI: Flask, Django) -------------------------------------------
@@ -166,8 +168,7 @@ class WebhookReceiver:
         event = self._authenticate(body, headers)
         if isinstance(event, Reply):
             return event
-        if self._store_is_async:
-            raise TypeError("an async idempotency store needs the async path: use handle()")
+        self.require_blocking_store()
         store = cast(IdempotencyStore | None, self.store)
         try:
             claim = Claim.ACQUIRED if store is None else store.claim(event.id)
@@ -201,17 +202,30 @@ class WebhookReceiver:
         return True
 
     def _pool(self) -> Executor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ascend-webhooks")
-            self._owns_executor = True
-        return self._executor
+        with self._executor_lock:  # two first requests at once must not make two pools
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=4, thread_name_prefix="ascend-webhooks"
+                )
+                self._owns_executor = True
+            return self._executor
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop the thread pool this receiver created (handlers already queued still run)."""
-        if self._owns_executor and self._executor is not None:
-            self._executor.shutdown(wait=wait)
-            self._executor = None
-            self._owns_executor = False
+        with self._executor_lock:
+            executor, owned = self._executor, self._owns_executor
+            if owned:
+                self._executor, self._owns_executor = None, False
+        if owned and executor is not None:
+            executor.shutdown(wait=wait)
+
+    def require_blocking_store(self) -> None:
+        """Raise TypeError now if the store is async (the blocking path cannot await it)."""
+        if self._store_is_async:
+            raise TypeError(
+                "this adapter runs in threads and needs a blocking idempotency store: "
+                "use RedisIdempotencyStore rather than AsyncRedisIdempotencyStore"
+            )
 
     # -- the async path (ASGI: Starlette, FastAPI) -----------------------------------------
 

@@ -70,6 +70,7 @@ def ascend_view(
     receiver = WebhookReceiver(
         webhook, router, store=store, mode=mode, executor=executor, on_error=on_error
     )
+    receiver.require_blocking_store()
 
     @csrf_exempt
     def ascend_webhook(request: HttpRequest) -> HttpResponse:

@@ -66,6 +66,7 @@ def ascend_view(
     receiver = WebhookReceiver(
         webhook, router, store=store, mode=mode, executor=executor, on_error=on_error
     )
+    receiver.require_blocking_store()
 
     def ascend_webhook() -> Response:
         body = request.get_data(cache=True)
