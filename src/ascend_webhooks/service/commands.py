@@ -127,7 +127,15 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    server.run()  # handles SIGINT/SIGTERM: stop accepting, finish requests, run the shutdown
+    # Uvicorn handles SIGINT/SIGTERM (stop accepting, finish requests, run the shutdown, which
+    # drains the worker), then re-raises the signal to the handlers it found at start. A
+    # graceful stop is a success, so those handlers only note it: the exit status stays 0.
+    stopped_by: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, _frame: stopped_by.append(number))
+    server.run()
+    if stopped_by:
+        log.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     return 0 if server.started else 1
 
 

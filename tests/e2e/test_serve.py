@@ -1,0 +1,217 @@
+"""``ascend-webhooks serve``, ``worker`` and ``migrate`` as real processes on a temporary DB."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.receivers import Receiver
+
+CLI = [sys.executable, "-m", "ascend_webhooks.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def service_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_WEBHOOKS_")}
+    env.update(
+        ASCEND_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path / 'service.db'}",
+        ASCEND_WEBHOOKS_ALLOW_HTTP="1",
+        ASCEND_WEBHOOKS_ALLOW_PRIVATE_NETWORKS="1",
+        ASCEND_WEBHOOKS_RETRY_SCHEDULE="0.2,0.2",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Service:
+    process: asyncio.subprocess.Process
+    base_url: str
+    stderr: Path
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit status (within 15 s)."""
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 15)
+
+
+@asynccontextmanager
+async def serve(tmp_path: Path, env: dict[str, str], *args: str) -> AsyncIterator[Service]:
+    port = free_port()
+    stderr = tmp_path / f"serve-{port}.log"
+    with stderr.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            *CLI, "serve", "--port", str(port), *args,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=log,
+        )  # fmt: skip
+    service = Service(process, f"http://127.0.0.1:{port}", stderr)
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                if process.returncode is not None:
+                    pytest.fail(f"serve exited {process.returncode}: {stderr.read_text()}")
+                try:
+                    if (await client.get(f"{service.base_url}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"serve did not answer: {stderr.read_text()}")
+        yield service
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def admin_token_from(service: Service) -> str:
+    assert service.process.stdout is not None
+    line = await asyncio.wait_for(service.process.stdout.readline(), 10)
+    assert line.startswith(b"Admin token"), line
+    return line.decode().strip().rsplit(" ", 1)[1]
+
+
+async def setup_organization(
+    client: httpx.AsyncClient, base: str, token: str, receiver: Receiver
+) -> tuple[str, str]:
+    """An organization with a key and an endpoint at the receiver: (organization id, secret)."""
+    auth = {"Authorization": f"Bearer {token}"}
+    org = await client.post(f"{base}/v1/organizations", json={"name": "Acme"}, headers=auth)
+    assert org.status_code == 201, org.text
+    org_id = org.json()["id"]
+    key = await client.post(f"{base}/v1/organizations/{org_id}/keys", headers=auth)
+    assert key.status_code == 201, key.text
+    endpoint = await client.post(
+        f"{base}/v1/organizations/{org_id}/endpoints", json={"url": receiver.url}, headers=auth
+    )
+    assert endpoint.status_code == 201, endpoint.text
+    return org_id, key.json()["secret"]
+
+
+async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Path) -> None:
+    async with (
+        serve(tmp_path, service_env(tmp_path)) as service,
+        Receiver() as receiver,
+        httpx.AsyncClient() as client,
+    ):
+        token = await admin_token_from(service)
+        org, secret = await setup_organization(client, service.base_url, token, receiver)
+        receiver.secret = secret
+        published = await client.post(
+            f"{service.base_url}/v1/organizations/{org}/events",
+            json={"id": "evt_e2e", "type": "invoice.paid", "data": {"amount": 4200}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert published.status_code == 202, published.text
+        (request,) = await receiver.wait_for_requests(1)
+        assert request.verified, request.verify_error
+        assert request.event is not None
+        assert request.event.id == "evt_e2e"
+        assert request.event.data == {"amount": 4200}
+        assert request.body == b'{"id":"evt_e2e","type":"invoice.paid","data":{"amount":4200}}'
+        assert await service.stop() == 0
+    log = service.stderr.read_text()
+    assert "Traceback" not in log
+    assert secret not in log
+    assert token not in log
+    assert (tmp_path / "service.db.key").stat().st_mode & 0o077 == 0
+
+
+async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN="e2e-admin")
+    migrate = await asyncio.create_subprocess_exec(*CLI, "migrate", env=env)
+    assert await asyncio.wait_for(migrate.wait(), 30) == 0
+    async with (
+        serve(tmp_path, env, "--no-delivery") as service,
+        Receiver() as receiver,
+        httpx.AsyncClient() as client,
+    ):
+        org, secret = await setup_organization(client, service.base_url, "e2e-admin", receiver)
+        receiver.secret = secret
+        published = await client.post(
+            f"{service.base_url}/v1/organizations/{org}/events",
+            json={"type": "payout.paid", "data": {}},
+            headers={"Authorization": "Bearer e2e-admin"},
+        )
+        assert published.status_code == 202
+        await asyncio.sleep(0.5)
+        assert receiver.requests == []  # --no-delivery: the API process sends nothing
+        worker_log = tmp_path / "worker.log"
+        with worker_log.open("wb") as log:
+            worker = await asyncio.create_subprocess_exec(
+                *CLI, "worker", "--concurrency", "4", env=env, stderr=log
+            )
+        try:
+            (request,) = await receiver.wait_for_requests(1, within=20)
+            assert request.verified, request.verify_error
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(worker.wait(), 15) == 0
+        assert "Traceback" not in worker_log.read_text()
+        assert await service.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "soon"}, "ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT"),
+        ({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": "1,2,3,4,5,6,7,8,9,10,11"}, "RETRY_SCHEDULE"),
+        ({"ASCEND_WEBHOOKS_DATABASE_URL": "mysql://db"}, "unsupported database URL"),
+        ({"ASCEND_WEBHOOKS_MASTER_KEY": "short"}, "ASCEND_WEBHOOKS_MASTER_KEY"),
+        ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x"}, "MASTER_KEY is required"),
+    ],
+)
+async def test_bad_configuration_is_one_line_and_nonzero(
+    tmp_path: Path, env: dict[str, str], reason: str
+) -> None:
+    await assert_refused("serve", tmp_path, env, reason)
+
+
+@pytest.mark.parametrize("command", ["worker", "migrate"])
+async def test_other_commands_refuse_bad_configuration_too(tmp_path: Path, command: str) -> None:
+    env = {"ASCEND_WEBHOOKS_ALLOW_HTTP": "perhaps"}
+    await assert_refused(command, tmp_path, env, "ASCEND_WEBHOOKS_ALLOW_HTTP")
+
+
+async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reason: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, command, env=service_env(tmp_path, **env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, err
+    assert reason in lines[0]
+    assert lines[0].startswith("ascend-webhooks: error:")
+
+
+async def test_a_key_file_readable_by_others_stops_serve(tmp_path: Path) -> None:
+    key_file = tmp_path / "service.db.key"
+    key_file.write_text("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+    key_file.chmod(0o644)
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--port", str(free_port()), env=service_env(tmp_path),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert "chmod 600" in err.decode()
+    assert "Traceback" not in err.decode()
