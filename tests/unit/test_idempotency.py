@@ -363,3 +363,16 @@ def test_the_default_pool_is_created_once_and_shut_down() -> None:
     receiver.shutdown()  # waits for the queued handler
     assert len(seen) == 1
     receiver.shutdown()  # twice is harmless
+
+
+def test_after_shutdown_a_background_request_is_503_and_the_claim_released() -> None:
+    store = MemoryIdempotencyStore()
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    receiver, seen = make_receiver(mode="background", store=store, executor=pool)
+    raw = body()
+    reply = receiver.handle_sync(raw, sign(raw, SECRET))
+    assert reply.status == 503
+    assert json.loads(reply.body)["code"] == "shutting_down"
+    assert store.claim("evt_1") is Claim.ACQUIRED  # released: the retry will run it
+    assert seen == []

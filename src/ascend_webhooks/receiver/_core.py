@@ -100,11 +100,17 @@ class Reply:
         return self.headers["Content-Type"]
 
 
-def problem(status: int, title: str, code: str, detail: str, **headers: str) -> Reply:
-    """An RFC 9457 problem document."""
-    body = {"type": "about:blank", "title": title, "status": status, "code": code}
-    body["detail"] = detail
-    return Reply(status, _dumps(body), {"Content-Type": _PROBLEM, **headers})
+def problem(
+    status: int,
+    title: str,
+    code: str,
+    detail: str,
+    event: Event | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """An RFC 9457 problem document; ``code`` is a stable, machine-readable reason."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+    return Reply(status, _dumps(body), {"Content-Type": _PROBLEM, **(headers or {})}, event)
 
 
 def _ack(event: Event, status: str) -> Reply:
@@ -116,17 +122,28 @@ def _dumps(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-_IN_PROGRESS_DETAIL = "this event is being handled by another delivery; retry later"
-_STORE_DETAIL = "the idempotency store is unavailable; retry later"
-_HANDLER_DETAIL = "a handler failed; retry later"
+# The sender keeps its own retry schedule; Retry-After is a hint for other clients and people.
+_RETRY = {"Retry-After": "30"}
 
 
 def _in_progress(event: Event) -> Reply:
-    reply = problem(409, "Conflict", "event_in_progress", _IN_PROGRESS_DETAIL, **_RETRY)
-    return Reply(reply.status, reply.body, reply.headers, event)
+    detail = "this event is being handled by another delivery; retry later"
+    return problem(409, "Conflict", "event_in_progress", detail, event, _RETRY)
 
 
-_RETRY = {"Retry-After": "30"}
+def _store_unavailable(event: Event) -> Reply:
+    detail = "the idempotency store is unavailable; retry later"
+    return problem(503, "Service Unavailable", "store_unavailable", detail, event, _RETRY)
+
+
+def _shutting_down(event: Event) -> Reply:
+    detail = "the receiver is shutting down; retry later"
+    return problem(503, "Service Unavailable", "shutting_down", detail, event, _RETRY)
+
+
+def _handler_failed(event: Event) -> Reply:
+    detail = "a handler failed; retry later"
+    return problem(500, "Internal Server Error", "handler_failed", detail, event)
 
 
 class WebhookReceiver:
@@ -174,17 +191,22 @@ class WebhookReceiver:
             claim = Claim.ACQUIRED if store is None else store.claim(event.id)
         except Exception:
             logger.exception("idempotency store failed to claim event %s", event.id)
-            return problem(503, "Service Unavailable", "store_unavailable", _STORE_DETAIL, **_RETRY)
+            return _store_unavailable(event)
         if claim is Claim.DONE:
             return _ack(event, "duplicate")
         if claim is Claim.IN_PROGRESS:
             return _in_progress(event)
         if self.mode == "background":
-            self._pool().submit(self._run_sync, event)
+            try:
+                self._pool().submit(self._run_sync, event)
+            except RuntimeError:  # the pool was shut down: the process is stopping
+                if store is not None:
+                    _quietly(store.release, event.id, "release")
+                return _shutting_down(event)
             return _ack(event, "accepted")
         if self._run_sync(event):
             return _ack(event, "processed")
-        return problem(500, "Internal Server Error", "handler_failed", _HANDLER_DETAIL)
+        return _handler_failed(event)
 
     def _run_sync(self, event: Event) -> bool:
         store = cast(IdempotencyStore | None, self.store)
@@ -238,7 +260,7 @@ class WebhookReceiver:
             claim = await self._store_call("claim", event.id)
         except Exception:
             logger.exception("idempotency store failed to claim event %s", event.id)
-            return problem(503, "Service Unavailable", "store_unavailable", _STORE_DETAIL, **_RETRY)
+            return _store_unavailable(event)
         if claim is Claim.DONE:
             return _ack(event, "duplicate")
         if claim is Claim.IN_PROGRESS:
@@ -248,12 +270,13 @@ class WebhookReceiver:
             return Reply(200, accepted.body, accepted.headers, event, partial(self._run, event))
         if await self._run(event):
             return _ack(event, "processed")
-        return problem(500, "Internal Server Error", "handler_failed", _HANDLER_DETAIL)
+        return _handler_failed(event)
 
     async def _run(self, event: Event) -> bool:
         try:
             await self.router.dispatch(event)
         except BaseException as exc:
+            # Also on cancellation; should this await be cancelled too, the lease runs out.
             try:
                 await self._store_call("release", event.id)
             except Exception:
