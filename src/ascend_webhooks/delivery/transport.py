@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -206,16 +207,12 @@ class PyreqwestTransport:
 
     async def _client_for(self, url: str) -> Client:
         try:
-            parts = validate_url(url, allow_http=self.allow_http, allow_private=self.allow_private)
+            scheme, host, port, is_ip = _target(url, self.allow_http, self.allow_private)
         except ForbiddenURLError as exc:
             raise _AttemptRefused(exc.code, str(exc)) from None
-        host = parts.hostname
-        assert host is not None  # validate_url guarantees a host
-        if self.allow_private or parse_ip_host(host) is not None:
+        if self.allow_private or is_ip:
             return self._shared_client()
-        if not host.isascii():
-            host = host.encode("idna").decode("ascii")
-        return await self._pinned_client(parts.scheme, host.rstrip("."), default_port(parts))
+        return await self._pinned_client(scheme, host, port)
 
     def _shared_client(self) -> Client:
         if self._shared is None:
@@ -309,6 +306,22 @@ class PyreqwestTransport:
         for client in clients:
             with contextlib.suppress(PyreqwestError):
                 await client.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(url: str, allow_http: bool, allow_private: bool) -> tuple[str, str, int, bool]:
+    """(scheme, ASCII host, port, host is an IP literal) of a valid URL; raises otherwise.
+
+    Cached: validation is pure, and the same endpoint URLs come back attempt after attempt
+    (a ForbiddenURLError is not cached, so refused URLs are checked every time).
+    """
+    parts = validate_url(url, allow_http=allow_http, allow_private=allow_private)
+    host = parts.hostname
+    assert host is not None  # validate_url guarantees a host
+    is_ip = parse_ip_host(host) is not None
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    return parts.scheme, host.rstrip("."), default_port(parts), is_ip
 
 
 def classify_error(exc: PyreqwestError) -> str:
