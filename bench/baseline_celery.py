@@ -30,7 +30,7 @@ import requests
 from celery import Celery, Task  # type: ignore[import-untyped]
 
 from ascend_webhooks import sign
-from harness import SECRET, event_body, events_from, parser, write_result
+from harness import SECRET, event_body, events_from, parser, warn_if_busy, write_result
 from sink import Sink, SinkError, nginx_sink
 
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start a sink, drain N events through Celery, print the rate, write the result file."""
     cli = parser("Celery (prefork, 4 processes) + Redis + requests.", 20_000, 2_000)
     args = cli.parse_args(argv)
+    warn_if_busy("baseline")
     events = events_from(args)
     try:
         with nginx_sink() as sink:

@@ -21,7 +21,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ascend_webhooks import sign
-from harness import SECRET, event_body, events_from, loop_name, parser, run_async, write_result
+from harness import (
+    SECRET,
+    event_body,
+    events_from,
+    loop_name,
+    parser,
+    run_async,
+    warn_if_busy,
+    write_result,
+)
 from sink import Sink, SinkError, nginx_sink
 
 CONCURRENCY = 256
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Start a sink, measure the ceiling, print it and write ``bench/results/ceiling.json``."""
     cli = parser("Signed POSTs to a local nginx, nothing stored.", 50_000, 5_000)
     args = cli.parse_args(argv)
+    warn_if_busy("ceiling")
     events = events_from(args)
     try:
         with nginx_sink() as sink:

@@ -33,6 +33,7 @@ __all__ = [
     "parser",
     "percentile",
     "run_async",
+    "warn_if_busy",
     "write_result",
 ]
 
@@ -119,7 +120,21 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "os": f"{platform.system()} {platform.release()}",
+        # Other work on the same 2 cores moves every figure: say how busy the machine was.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def warn_if_busy(name: str) -> None:
+    """Print a warning when other processes already keep the cores busy before a run."""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores:
+        print(
+            f"{name}: WARNING: load average {load:.1f} on {cores} cores before the run; "
+            "other work on this machine will lower every figure",
+            file=sys.stderr,
+        )
 
 
 def write_result(name: str, figures: dict[str, Any]) -> Path:

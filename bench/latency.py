@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import orjson
 
-from harness import percentile, run_async, run_tag, write_result
+from harness import percentile, run_async, run_tag, warn_if_busy, write_result
 from service_process import (
     ADMIN_TOKEN,
     Service,
@@ -260,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--rate", type=float, default=RATE, help=f"events/s (default {RATE:g})")
     cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
     args = cli.parse_args(argv)
+    warn_if_busy("latency")
     seconds = args.seconds or (2.0 if args.quick else SECONDS)
     results: dict[str, Any] = {"rate": args.rate, "seconds": seconds}
     names = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]

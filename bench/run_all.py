@@ -33,7 +33,7 @@ import orjson
 
 from baseline_celery import measure_baseline
 from ceiling import measure_ceiling
-from harness import events_from, parser, run_async, run_tag, write_result
+from harness import events_from, parser, run_async, run_tag, warn_if_busy, write_result
 from service_process import (
     ADMIN_TOKEN,
     Service,
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--baseline-events", type=int, default=None, help="default 10,000")
     cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
     args = cli.parse_args(argv)
+    warn_if_busy("run_all")
     events = events_from(args)
     baseline_events = args.baseline_events or (2_000 if args.quick else 10_000)
     results: dict[str, Any] = {}
