@@ -96,7 +96,6 @@ CREATE INDEX deliveries_event ON deliveries (event_seq);
 CREATE INDEX deliveries_organization_seq ON deliveries (organization_id, seq);
 CREATE INDEX deliveries_organization_status_seq ON deliveries (organization_id, status, seq);
 CREATE INDEX deliveries_endpoint_seq ON deliveries (endpoint_id, seq);
-CREATE INDEX deliveries_status ON deliveries (status);
 
 CREATE TABLE attempts (
     delivery_seq      INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
