@@ -186,12 +186,17 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 
 @contextlib.contextmanager
 def running_service(
-    database_url: str | None = None, workers: int = 0, extra_env: dict[str, str] | None = None
+    database_url: str | None = None,
+    workers: int = 0,
+    *,
+    delivery: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Service]:
     """Start the service on a fresh database and yield it once ``/healthz`` answers 200.
 
     With ``workers == 0`` one ``serve`` does everything (the embedded default); otherwise
     ``serve --no-delivery`` answers the API and ``workers`` separate ``worker`` processes deliver.
+    ``delivery=False`` with no workers runs the API alone (nothing is delivered).
     ``database_url`` defaults to a new SQLite file in a temporary directory.
     """
     check_installed()
@@ -227,7 +232,7 @@ def running_service(
 
     try:
         serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-        spawn("serve", [*serve, "--no-delivery"] if workers else serve)
+        spawn("serve", [*serve, "--no-delivery"] if workers or not delivery else serve)
         service = Service(f"http://127.0.0.1:{port}", workdir, processes)
         try:
             _wait_healthy(service, STARTUP_TIMEOUT)  # serve applies the migrations first
