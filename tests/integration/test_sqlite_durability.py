@@ -1,4 +1,4 @@
-"""The embedded store under process death: what ``publish`` returned survives ``kill -9``.
+"""The embedded store's durability: group commit; what ``publish`` returned survives kill -9.
 
 Real subprocesses on a real file: one publishes and prints each event id once ``publish``
 returned, and is killed with SIGKILL mid-stream; others open the same fresh file at once.
@@ -15,12 +15,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ascend_webhooks.store import NotFoundError
-from ascend_webhooks.store.models import DeliveryStatus
+from ascend_webhooks.store import EventConflictError, NotFoundError
+from ascend_webhooks.store.models import DeliveryStatus, NewEvent
 from ascend_webhooks.store.sqlite import SQLiteStore
+from ascend_webhooks.store.sqlite._engine import Engine
 
 PUBLISHER = textwrap.dedent(
     """
@@ -160,3 +162,37 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
         finally:
             await store.close()
     assert sorted(o.name for o in page.items) == ["first", "second", "third"]
+
+
+async def test_concurrent_writes_share_one_commit_and_fail_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    run_batch = Engine._run_batch
+
+    def counting(conn: sqlite3.Connection, batch: list[Any]) -> None:
+        batches.append(len(batch))
+        run_batch(conn, batch)
+
+    monkeypatch.setattr(Engine, "_run_batch", staticmethod(counting))
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'aw.db'}")
+    await store.open()
+    try:
+        org = await store.create_organization("busy")
+        await store.create_endpoint(org.id, "https://example.com/hook", None, None)
+        taken = NewEvent("evt_taken", "t", b"{}", b"one")
+        await store.publish(org.id, [taken])
+        batches.clear()
+        calls = [
+            store.publish(org.id, [NewEvent(f"evt_{n}", "t", b"{}", b"h")]) for n in range(200)
+        ]
+        calls.insert(100, store.publish(org.id, [NewEvent("evt_taken", "t", b"{}", b"two")]))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await store.close()
+    assert sum(batches) == 201
+    assert len(batches) < 20, batches  # many callers per transaction, one fsync each
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], EventConflictError)
+    assert sum(1 for r in results if isinstance(r, list) and r[0].created) == 200

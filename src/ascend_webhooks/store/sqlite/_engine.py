@@ -340,9 +340,13 @@ class Engine:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             results = [(False, exc)] * len(batch)
+        # One wake-up per event loop for the whole batch, not one per caller.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_job, future, loop), (ok, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, outcomes in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-                loop.call_soon_threadsafe(_resolve, future, ok, value)
+                loop.call_soon_threadsafe(_resolve_all, outcomes)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -380,12 +384,13 @@ class Engine:
             return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    elif value is None:
-        future.cancel()
-    else:
-        future.set_exception(value)
+def _resolve_all(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        elif value is None:
+            future.cancel()
+        else:
+            future.set_exception(value)
