@@ -44,6 +44,7 @@ class WorkSignal:
         self._event = asyncio.Event()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.sessions = 0  # how many times the listener has connected (for health and tests)
 
     @property
     def connected(self) -> bool:
@@ -95,6 +96,7 @@ class WorkSignal:
                 lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(CHANNEL, self._on_notify)
+                self.sessions += 1
                 self._connected.set()
                 self._event.set()  # notifications sent while we were away are gone
                 backoff = 0.05

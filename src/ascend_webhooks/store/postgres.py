@@ -835,7 +835,8 @@ class PostgresStore(Store):
         if limit < 1:
             return []
         start_org, start_ep = self._claim_from
-        async with self._connection() as conn:
+        async with self._transaction() as conn:
+            await conn.execute(sql.CLAIM_PLANNER)
             rows = await conn.fetch(
                 sql.CLAIM,
                 worker_id,

@@ -1,0 +1,435 @@
+"""What only the PostgreSQL store must do: many processes, one database.
+
+Each store here has its own pool (as separate API and worker processes would), on a fresh
+database copied from a migrated template. The shared behaviour suite (test_store.py) covers
+the contract both backends keep; these tests cover concurrency, wake-ups, fairness at scale,
+ordering keys under load, and surviving a server restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import asyncpg
+import pytest
+
+from ascend_webhooks.store import StoreError
+from ascend_webhooks.store.base import EventConflictError, StoreUnavailableError
+from ascend_webhooks.store.models import (
+    Attempt,
+    AttemptOutcome,
+    ClaimedDelivery,
+    DeliveryStatus,
+    NewEvent,
+)
+from ascend_webhooks.store.postgres import PostgresStore, parse_url
+from tests.support import postgres as pg
+
+pytestmark = pytest.mark.postgres
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    url = await pg.create_database()
+    try:
+        yield url
+    finally:
+        await pg.drop_database(url)
+
+
+@pytest.fixture
+async def stores(pg_url: str) -> AsyncIterator[Callable[[], Awaitable[PostgresStore]]]:
+    """Open as many stores (each with its own pool and listener) as a test wants."""
+    opened: list[PostgresStore] = []
+
+    async def make() -> PostgresStore:
+        store = PostgresStore(pg_url)
+        await store.open()
+        opened.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def event(event_id: str, event_type: str = "invoice.paid", key: str | None = None) -> NewEvent:
+    body = f'{{"id":"{event_id}","type":"{event_type}","data":{{}}}}'.encode()
+    return NewEvent(event_id, event_type, body, hashlib.sha256(body).digest(), key)
+
+
+def outcome(claimed: ClaimedDelivery, status: DeliveryStatus, later: float = 0) -> AttemptOutcome:
+    now = datetime.now(UTC)
+    attempt = Attempt(claimed.attempt_number, now, 3.0, 200 if status == "succeeded" else 500,
+                      None if status == "succeeded" else "status_500", None)  # fmt: skip
+    due = datetime.fromtimestamp(now.timestamp() + later, UTC)
+    return AttemptOutcome(claimed.id, attempt, status, due if status == "pending" else None)
+
+
+async def org_with_endpoint(store: PostgresStore, name: str = "acme") -> tuple[str, str]:
+    org = await store.create_organization(name)
+    endpoint = await store.create_endpoint(org.id, "https://example.test/hook", None, None)
+    return org.id, endpoint.id
+
+
+async def eventually(call: Callable[[], Awaitable[T]], within: float = 20.0) -> T:
+    """Retry a call that may meet StoreUnavailableError until the database is back."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await call()
+        except StoreUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# -- startup ----------------------------------------------------------------------------------
+
+
+async def test_concurrent_open_migrates_once() -> None:
+    url = await pg.create_database(migrated=False)
+    try:
+        many = [PostgresStore(url) for _ in range(4)]
+        await asyncio.gather(*(store.open() for store in many))
+        try:
+            org = await many[3].create_organization("after a racing start")
+            assert (await many[0].get_organization(org.id)).name == "after a racing start"
+        finally:
+            await asyncio.gather(*(store.close() for store in many))
+        conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+        try:
+            versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+        finally:
+            await conn.close()
+        assert versions == [1]
+    finally:
+        await pg.drop_database(url)
+
+
+def test_url_options_are_ours_and_validated() -> None:
+    options = parse_url("postgresql://u@h:5433/db?pool_size=3&sslmode=disable")
+    assert options.pool_size == 3
+    assert options.dsn == "postgresql://u@h:5433/db?sslmode=disable"
+    with pytest.raises(ValueError, match="pool_size"):
+        parse_url("postgresql:///db?pool_size=0")
+
+
+async def test_calls_on_an_unopened_store_say_so(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="open"):
+        await PostgresStore(pg_url).create_organization("x")
+
+
+async def test_an_unreachable_server_is_a_store_unavailable_error() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StoreUnavailableError):
+        await store.open()
+    assert await store.ping() is False
+
+
+# -- claiming from many processes ---------------------------------------------------------------
+
+
+async def test_concurrent_claimers_on_separate_pools_never_share(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    workers = [await stores() for _ in range(4)]
+    org_id, _ = await org_with_endpoint(workers[0])
+    _, second = await org_with_endpoint(workers[0], "globex")
+    await workers[0].publish(org_id, [event(f"evt_{i}") for i in range(300)])
+    seen: list[str] = []
+
+    async def drain(store: PostgresStore, name: str) -> None:
+        while batch := await store.claim(name, 7, 60):
+            seen.extend(c.id for c in batch)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drain(w, f"w{i}-{j}") for i, w in enumerate(workers) for j in range(3)))
+    assert len(seen) == 300
+    assert len(set(seen)) == 300
+    assert second  # another organization's endpoint without work does not disturb the walk
+
+
+async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    a, b = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(a)
+    [published] = await a.publish(org_id, [event("evt_1")])
+    [first] = await a.claim("a", 10, 0.2)
+    assert await b.claim("b", 10, 30) == []
+    await asyncio.sleep(0.3)
+    [second] = await b.claim("b", 10, 30)
+    assert second.id == first.id
+    assert second.attempt_number == 1
+    await a.record("a", [outcome(first, DeliveryStatus.SUCCEEDED)])  # lost its lease: ignored
+    delivery = await b.get_delivery(org_id, first.id)
+    assert delivery.status == "pending"
+    assert delivery.attempts == ()
+    await b.record("b", [outcome(second, DeliveryStatus.SUCCEEDED)])
+    delivery = await b.get_delivery(org_id, first.id)
+    assert delivery.status == "succeeded"
+    assert len(delivery.attempts) == 1
+    assert published.event.deliveries[0].id == first.id
+
+
+async def test_excluded_endpoints_are_skipped_not_starved(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    store = await stores()
+    org_id, slow = await org_with_endpoint(store)
+    fast = (await store.create_endpoint(org_id, "https://fast.test/", None, None)).id
+    await store.publish(org_id, [event(f"evt_{i}") for i in range(5)])
+    batch = await store.claim("w", 100, 30, exclude_endpoints=[slow])
+    assert {c.endpoint_id for c in batch} == {fast}
+    assert len(batch) == 5
+    assert len(await store.claim("w", 100, 30)) == 5
+
+
+# -- wake-ups -------------------------------------------------------------------------------------
+
+
+async def test_a_publish_in_another_pool_wakes_a_waiter_within_milliseconds(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    worker, api = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(api)
+    assert await worker._signal.wait_connected(5)
+    await worker.wait_for_work(0)  # drop the wake-up the fresh connection gives
+    delays = []
+    for i in range(5):
+        waiter = asyncio.create_task(worker.wait_for_work(10))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        started = time.perf_counter()
+        await api.publish(org_id, [event(f"evt_{i}")])
+        await waiter
+        delays.append(time.perf_counter() - started)
+    assert sorted(delays)[2] < 0.05, delays  # the median, from commit to wake-up
+    assert max(delays) < 0.5, delays
+
+
+async def test_without_work_the_wait_lasts_max_wait(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    store = await stores()
+    assert await store._signal.wait_connected(5)
+    await store.wait_for_work(0)
+    started = time.perf_counter()
+    await store.wait_for_work(0.3)
+    assert 0.25 < time.perf_counter() - started < 2
+
+
+# -- fairness -------------------------------------------------------------------------------------
+
+
+async def _bulk_backlog(url: str, org_id: str, endpoint_id: str, count: int) -> None:
+    """A backlog of ``count`` due deliveries, inserted in two statements."""
+    conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+    try:
+        await conn.execute(
+            "INSERT INTO events (id, organization_id, type, body, content_hash)"
+            " SELECT 'bulk_' || g, $1, 'invoice.paid', '{}', '\\x00' FROM generate_series(1, $2) g",
+            org_id,
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id,"
+            " next_attempt_at) SELECT 'dlv_bulk_' || e.seq, $1, e.seq, $2,"
+            " now() - interval '1 hour' FROM events e WHERE e.organization_id = $1",
+            org_id,
+            endpoint_id,
+        )
+        await conn.execute("ANALYZE deliveries")
+    finally:
+        await conn.close()
+
+
+async def test_a_huge_backlog_does_not_delay_another_organization(
+    pg_url: str, stores: Callable[[], Awaitable[PostgresStore]]
+) -> None:
+    store = await stores()
+    big_org, big_endpoint = await org_with_endpoint(store, "big")
+    small_org, _ = await org_with_endpoint(store, "small")
+    await _bulk_backlog(pg_url, big_org, big_endpoint, 20_000)
+    await store.publish(small_org, [event("evt_small")])
+    started = time.perf_counter()
+    batch = await store.claim("w", 10, 30)
+    elapsed = time.perf_counter() - started
+    assert len(batch) == 10
+    assert "evt_small" in {c.event_id for c in batch}
+    assert elapsed < 0.5, f"claim took {elapsed:.3f}s over a backlog of 20k"
+    # A fair share, in turns: with two organizations waiting, the small one comes first or second.
+    assert [c.event_id for c in batch].index("evt_small") <= 1
+
+
+async def test_organizations_take_turns_within_a_batch(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    store = await stores()
+    orgs = [await org_with_endpoint(store, f"org{i}") for i in range(3)]
+    for i, (org_id, _) in enumerate(orgs):
+        await store.publish(org_id, [event(f"evt_{i}_{n}") for n in range(20)])
+    batch = await store.claim("w", 9, 30)
+    per_org: dict[str, int] = {}
+    for claimed in batch:
+        per_org[claimed.organization_id] = per_org.get(claimed.organization_id, 0) + 1
+    assert per_org == {org_id: 3 for org_id, _ in orgs}
+
+
+async def test_a_small_walk_still_reaches_every_pair_in_turn(pg_url: str) -> None:
+    store = PostgresStore(pg_url, claim_pairs=2)
+    await store.open()
+    try:
+        orgs = [await org_with_endpoint(store, f"org{i}") for i in range(5)]
+        for i, (org_id, _) in enumerate(orgs):
+            await store.publish(org_id, [event(f"evt_{i}_{n}") for n in range(3)])
+        served: set[str] = set()
+        for _ in range(3):
+            served.update(c.organization_id for c in await store.claim("w", 2, 30))
+        assert served == {org_id for org_id, _ in orgs}
+    finally:
+        await store.close()
+
+
+# -- ordering keys --------------------------------------------------------------------------------
+
+
+async def test_an_ordering_key_goes_one_at_a_time_keyless_in_parallel(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    await store.publish(
+        org_id,
+        [event("k1", key="cust_1"), event("free1"), event("k2", key="cust_1"),
+         event("other", key="cust_2"), event("k3", key="cust_1"), event("free2")],
+    )  # fmt: skip
+    first = await store.claim("w", 100, 30)
+    assert sorted(c.event_id for c in first) == ["free1", "free2", "k1", "other"]
+    by_event = {c.event_id: c for c in first}
+    # A retry later keeps the head (and its lease is gone, so it waits for its time).
+    await store.record("w", [outcome(by_event["k1"], DeliveryStatus.PENDING, later=0.3)])
+    assert await store.claim("w", 100, 30) == []
+    await asyncio.sleep(0.35)
+    [again] = await store.claim("w", 100, 30)
+    assert (again.event_id, again.attempt_number) == ("k1", 2)
+    await store.record("w", [outcome(again, DeliveryStatus.FAILED)])
+    [second] = await store.claim("w", 100, 30)
+    assert second.event_id == "k2"
+    # A manual retry of the older one makes it the head again, ahead of k3.
+    await store.retry_delivery(org_id, again.id)
+    await store.record("w", [outcome(second, DeliveryStatus.SUCCEEDED)])
+    [retried] = await store.claim("w", 100, 30)
+    assert (retried.event_id, retried.round_attempt, retried.attempt_number) == ("k1", 1, 3)
+    await store.record("w", [outcome(retried, DeliveryStatus.SUCCEEDED)])
+    [last] = await store.claim("w", 100, 30)
+    assert last.event_id == "k3"
+
+
+async def test_concurrent_publishers_of_one_key_keep_commit_order(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    a, b = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(a)
+    await asyncio.gather(
+        *(s.publish(org_id, [event(f"e{s is a}{i}", key="k")]) for i in range(20) for s in (a, b))
+    )
+    order = []
+    while True:
+        batch = await a.claim("w", 100, 30)
+        if not batch:
+            break
+        assert len(batch) == 1  # only ever the head of the key
+        order.append(batch[0].id)
+        await a.record("w", [outcome(batch[0], DeliveryStatus.SUCCEEDED)])
+    newest_first = (await a.list_deliveries(org_id, limit=100)).items
+    assert order == [d.id for d in reversed(newest_first)]  # one at a time, oldest first
+
+
+# -- publish races ---------------------------------------------------------------------------
+
+
+async def test_the_same_event_id_from_two_processes_is_stored_once(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    a, b = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(a)
+    for i in range(10):
+        results = await asyncio.gather(
+            a.publish(org_id, [event(f"evt_{i}")]), b.publish(org_id, [event(f"evt_{i}")])
+        )
+        created = [r[0].created for r in results]
+        assert sorted(created) == [False, True]
+        assert results[0][0].event.deliveries == results[1][0].event.deliveries
+    other = event("evt_0", "invoice.voided")
+    outcomes = await asyncio.gather(
+        a.publish(org_id, [event("evt_x")]),
+        b.publish(org_id, [NewEvent("evt_x", other.type, other.body, other.content_hash)]),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, EventConflictError) for o in outcomes) == 1
+    assert len((await a.list_deliveries(org_id, limit=100)).items) == 11
+
+
+async def test_a_deleted_endpoint_racing_a_publish_leaves_nothing_pending(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    a, b = await stores(), await stores()
+    org_id, endpoint_id = await org_with_endpoint(a)
+    await asyncio.gather(
+        *(a.publish(org_id, [event(f"evt_{i}")]) for i in range(30)),
+        b.delete_endpoint(org_id, endpoint_id),
+    )
+    counts = await a.delivery_counts()
+    assert counts[DeliveryStatus.PENDING] == 0
+    assert await a.next_due_at() is None
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_server_restart_is_survived_without_losing_anything(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    found = pg.cluster()
+    if found is None:
+        pytest.skip("no local cluster that pg_ctlcluster can restart")
+    worker, api = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(api)
+    await api.publish(org_id, [event("before")])
+    assert await worker._signal.wait_connected(5)
+    try:
+        await pg.restart_server(*found)
+        # Calls in flight or right after fail clearly (or succeed); none hangs or corrupts.
+        with contextlib.suppress(StoreUnavailableError):
+            await api.publish(org_id, [event("during")])
+        await eventually(lambda: api.publish(org_id, [event("after")]))
+    finally:
+        await pg.ensure_running(*found)
+    assert await eventually(api.ping)
+    ids = {e.id for e in (await eventually(lambda: api.list_events(org_id, limit=10))).items}
+    assert {"before", "after"} <= ids
+    claimed = await eventually(lambda: worker.claim("w", 10, 30))
+    assert {"before", "after"} <= {c.event_id for c in claimed}
+    # The listener came back by itself and wakes the worker again.
+    assert await worker._signal.wait_connected(15)
+    assert worker._signal.sessions >= 2
+    await worker.wait_for_work(0)
+    waiter = asyncio.create_task(worker.wait_for_work(10))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await eventually(lambda: api.publish(org_id, [event("woken")]))
+    await waiter
+    assert time.perf_counter() - started < 0.5
