@@ -278,6 +278,8 @@ def _header(headers: Mapping[str, str] | HeadersLike, name: str, lower: str) -> 
     """Find a header by name, case-insensitively, in any headers object."""
     try:
         value = headers.get(name)
+        if value is None:
+            value = headers.get(lower)  # ASGI, HTTP/2 and many proxies lowercase names
         if value is None and isinstance(headers, Mapping):
             # A plain dict is case-sensitive: scan it (headers are few).
             for key, item in headers.items():
