@@ -76,7 +76,9 @@ async def organization_scope(
         if principal.organization_id != org:
             raise Problem(404, f"organization {org!r} not found", slug="not-found")
         return org
-    await services.store.get_organization(org)  # NotFoundError → 404
+    if org not in services.known_organizations:
+        await services.store.get_organization(org)  # NotFoundError → 404
+        services.remember_organization(org)
     return org
 
 

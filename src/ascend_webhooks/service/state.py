@@ -35,6 +35,14 @@ class Services:
     # token hash -> (principal, monotonic expiry). Tokens cannot be revoked through the API, so
     # a short positive cache only saves a database round-trip per request.
     token_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
+    # Organizations are never deleted, so one that existed once still exists: an admin's
+    # requests skip the lookup that checks the organization of the route.
+    known_organizations: set[str] = field(default_factory=set)
+
+    def remember_organization(self, organization_id: str) -> None:
+        if len(self.known_organizations) >= 100_000:
+            self.known_organizations.clear()
+        self.known_organizations.add(organization_id)
 
     def cached_principal(self, token_hash: bytes) -> Principal | None:
         hit = self.token_cache.get(token_hash)
