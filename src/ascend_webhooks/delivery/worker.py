@@ -217,12 +217,20 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         backoff = _Backoff()
+        gathered = False
         while not self._stopping.is_set():
             self._wakeup.clear()
             free, recheck = self._capacity()
             if free <= 0:
                 await self._pause(recheck, store=False)
                 continue
+            if free < self.concurrency // 4 and not gathered:
+                # Only a few slots are free and more attempts are about to end: let them, so
+                # that one claim fills many slots instead of one claim per finished attempt.
+                gathered = True
+                await asyncio.sleep(self.flush_interval)
+                continue
+            gathered = False
             exclude = [e for e, n in self._per_endpoint.items() if n >= self.per_endpoint_limit]
             try:
                 claimed = await self.store.claim(
