@@ -14,6 +14,7 @@ import argparse
 import http.client
 import json
 import math
+import os
 import socket
 import ssl
 import sys
@@ -31,6 +32,7 @@ from .signature import sign
 __all__ = ["register_tools", "send_event"]
 
 _EXCERPT = 300  # characters of the response body shown
+SECRET_ENV = "ASCEND_WEBHOOKS_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 class UsageError(Exception):
@@ -60,11 +62,15 @@ def _register_trigger(sub: Any) -> None:
     )
     parser.add_argument("type", metavar="TYPE", help="the event type, e.g. invoice.paid")
     parser.add_argument("--url", required=True, help="the endpoint, http:// or https://")
-    parser.add_argument("--secret", required=True, help="the webhook key to sign with")
+    parser.add_argument("--secret", help=f"the webhook key to sign with (default: ${SECRET_ENV})")
     parser.add_argument("--data", metavar="JSON", help="the event data (a JSON object)")
     parser.add_argument("--id", dest="event_id", metavar="ID", help="the event id (default: new)")
     parser.add_argument(
-        "--timeout", type=_positive_float, default=10.0, help="seconds to wait (default: 10)"
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for each step: connect, send, answer (default: 10)",
     )
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--insecure", action="store_true", help="do not check the TLS certificate")
@@ -73,8 +79,7 @@ def _register_trigger(sub: Any) -> None:
 
 
 def _trigger(args: argparse.Namespace) -> int:
-    if not args.secret:
-        raise UsageError("--secret must not be empty")
+    secret = _secrets([args.secret] if args.secret is not None else None)[0]
     data = sample_data(args.type) if args.data is None else _parse_data(args.data)
     if args.type not in EVENT_TYPES:
         print(
@@ -88,7 +93,7 @@ def _trigger(args: argparse.Namespace) -> int:
     print(f"POST {args.url}  event {event_id} ({args.type}), {len(body)} bytes")
     started = time.monotonic()
     status, reason, answer = send_event(
-        args.url, body, args.secret, event_id, args.type, timeout=args.timeout, context=context
+        args.url, body, secret, event_id, args.type, timeout=args.timeout, context=context
     )
     elapsed = (time.monotonic() - started) * 1000
     print(f"HTTP {status} {reason} in {elapsed:.0f} ms")
@@ -212,8 +217,7 @@ def _register_verify(sub: Any) -> None:
     parser.add_argument(
         "--secret",
         action="append",
-        required=True,
-        help="a webhook key; repeat it to try several (key rotation)",
+        help=f"a webhook key; repeat it to try several (key rotation; default: ${SECRET_ENV})",
     )
     body = parser.add_mutually_exclusive_group()
     body.add_argument("--body-file", metavar="F", help="the raw body, byte for byte ('-': stdin)")
@@ -247,9 +251,7 @@ def _register_verify(sub: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    secrets: list[str] = args.secret
-    if any(not secret for secret in secrets):
-        raise UsageError("--secret must not be empty")
+    secrets = _secrets(args.secret)
     headers: dict[str, str] = {}
     captured_body: bytes | None = None
     if args.headers_file:
@@ -325,6 +327,18 @@ def _read_file(path: Path, option: str) -> bytes:
 
 
 # -- shared --------------------------------------------------------------------------------
+
+
+def _secrets(given: list[str] | None) -> list[str]:
+    """The --secret values, or the environment's: a secret in argv shows in `ps` and history."""
+    if given is None:
+        from_env = os.environ.get(SECRET_ENV)
+        if from_env is None:
+            raise UsageError(f"give the webhook key with --secret S or ${SECRET_ENV}")
+        given = [from_env]
+    if any(not secret for secret in given):
+        raise UsageError("the webhook key (--secret) must not be empty")
+    return given
 
 
 def _run(command: Any) -> Any:

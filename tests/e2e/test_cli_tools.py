@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -24,14 +25,18 @@ SECRET = "whsec_e2e_clé"
 CLI = Path(sys.executable).with_name("ascend-webhooks")
 
 
-def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "ascend_webhooks.cli"]
+    environment = {k: v for k, v in os.environ.items() if k != "ASCEND_WEBHOOKS_SECRET"}
     result = subprocess.run(
         [*command, *args],
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**environment, **(env or {})},
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -175,6 +180,17 @@ def test_trigger_with_custom_data_and_a_generated_id(receiver: Receiver) -> None
     assert event["id"].startswith("evt_")
     assert event["id"] in result.stdout
     assert capture.verdict.startswith("ok:")
+
+
+def test_trigger_takes_the_secret_from_the_environment(receiver: Receiver) -> None:
+    env = {"ASCEND_WEBHOOKS_SECRET": SECRET}
+    result = run_cli("trigger", "payout.failed", "--url", receiver.url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert receiver.captures[0].verdict.startswith("ok:")
+    missing = run_cli("trigger", "payout.failed", "--url", receiver.url)
+    assert missing.returncode == 2
+    assert "ASCEND_WEBHOOKS_SECRET" in one_line(missing.stderr)
+    assert len(receiver.captures) == 1
 
 
 def test_trigger_unknown_type_warns_and_sends_empty_data(receiver: Receiver) -> None:
