@@ -76,3 +76,21 @@ def test_ten_retries_at_most_and_flags_spelled_many_ways() -> None:
     assert len(Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": schedule}).retry_schedule) == 10
     for word, expected in [("on", True), ("YES", True), ("0", False), ("off", False)]:
         assert Settings.from_env({"ASCEND_WEBHOOKS_ALLOW_HTTP": word}).allow_http is expected
+
+
+def test_worker_tuning_variables() -> None:
+    settings = Settings.from_env(
+        {
+            "ASCEND_WEBHOOKS_CA_FILE": "/etc/ssl/extra.pem",
+            "ASCEND_WEBHOOKS_WORKER_CONCURRENCY": "16",
+            "ASCEND_WEBHOOKS_ENDPOINT_CONCURRENCY": "2",
+            "ASCEND_WEBHOOKS_LEASE_SECONDS": "30",
+        }
+    )
+    assert settings.ca_file == "/etc/ssl/extra.pem"
+    assert settings.worker_concurrency == 16
+    assert settings.endpoint_concurrency == 2
+    assert settings.lease_seconds == 30
+    for name, value in [("WORKER_CONCURRENCY", "1.5"), ("ENDPOINT_CONCURRENCY", "0")]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({f"ASCEND_WEBHOOKS_{name}": value})
