@@ -6,8 +6,10 @@
     ├── SignatureVerificationError    the request is not authentic or not fresh: answer 401
     └── InvalidPayloadError           authentic, but not an {"id", "type", "data"} event: answer 400
 
-Programming mistakes (an empty secret, a non-positive tolerance) raise ``ValueError`` at the
-call that made them, never one of these.
+Programming mistakes (an empty secret, a non-positive tolerance) raise ``ValueError``, and
+arguments of the wrong type (a parsed dict where the raw body is meant) ``TypeError``, at the
+call that made them, never one of these. Neither error is a ``ValueError``, so that the two
+kinds of failure can be told apart by the ``except`` clause.
 """
 
 from __future__ import annotations
