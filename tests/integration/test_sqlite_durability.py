@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ascend_webhooks.store import EventConflictError, NotFoundError
+from ascend_webhooks.store.base import StoreUnavailableError
 from ascend_webhooks.store.models import DeliveryStatus, NewEvent
 from ascend_webhooks.store.sqlite import SQLiteStore
 from ascend_webhooks.store.sqlite._engine import Engine
@@ -196,3 +197,46 @@ async def test_concurrent_writes_share_one_commit_and_fail_alone(
     assert len(failures) == 1
     assert isinstance(failures[0], EventConflictError)
     assert sum(1 for r in results if isinstance(r, list) and r[0].created) == 200
+
+
+async def test_work_published_by_another_connection_wakes_a_waiting_worker(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    api, worker = SQLiteStore(url), SQLiteStore(url)  # as two processes would: own connections
+    await api.open()
+    await worker.open()
+    try:
+        org = await api.create_organization("elsewhere")
+        await api.create_endpoint(org.id, "https://example.com/hook", None, None)
+        waiting = asyncio.create_task(worker.wait_for_work(10))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        started = time.monotonic()
+        await api.publish(org.id, [NewEvent("evt_1", "t", b"{}", b"h")])
+        await asyncio.wait_for(waiting, 2)
+        assert time.monotonic() - started < 1.0  # the 0.25 s poll, not the 10 s timeout
+        assert len(await worker.claim("w", 10, 30)) == 1
+    finally:
+        await worker.close()
+        await api.close()
+
+
+async def test_a_locked_file_is_reported_unavailable_and_the_store_recovers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "aw.db"
+    store = SQLiteStore(f"sqlite:///{path}?busy_timeout=100")
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process holding the write lock too long
+        with pytest.raises(StoreUnavailableError):
+            await store.create_organization("blocked")
+        assert await store.ping() is True  # reads go on beside the writer in WAL mode
+        other.execute("ROLLBACK")
+        org = await store.create_organization("after")
+        assert (await store.get_organization(org.id)).name == "after"
+    finally:
+        other.close()
+        await store.close()
