@@ -1,4 +1,21 @@
-"""The embedded SQLite store (the default): see ``_store`` for the class, ``_engine`` for why."""
+"""The embedded SQLite store: the default database, one file, no server to run.
+
+``SQLiteStore("sqlite:///PATH")`` implements :class:`~ascend_webhooks.store.base.Store` with
+the standard library's ``sqlite3`` only. The modules:
+
+* ``_engine``: the one writer thread with group commit, the reader threads, PRAGMAs, URL
+  options and migrations (``store/migrations/sqlite/NNNN_name.sql``, applied in order under
+  the write lock and recorded with a checksum in ``schema_migrations``). Why no aiosqlite or
+  ORM is explained there.
+* ``_claim``: fair, backlog-independent claiming (a loose index scan, round robin).
+* ``_writes`` / ``_reads``: every other operation as a plain function on a connection.
+* ``_rows``: rows to records. Times are stored as INTEGER Unix milliseconds (cheap to compare
+  and index) and come back as aware UTC datetimes.
+
+Internal INTEGER ``seq`` columns order events and deliveries; list cursors are that seq as
+decimal text. Deliveries keep their endpoint's id after the endpoint is deleted (soft delete),
+so their history stays readable.
+"""
 
 from __future__ import annotations
 
