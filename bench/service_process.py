@@ -105,9 +105,9 @@ class Service:
             )
         return response.json() if response.content else None
 
-    def setup(self, sink_url: str) -> None:
+    def setup(self, sink_url: str, name: str = "bench") -> None:
         """Create an organization, its first webhook key and one endpoint on the sink."""
-        org = self.call("POST", "/v1/organizations", (200, 201), json={"name": "bench"})
+        org = self.call("POST", "/v1/organizations", (200, 201), json={"name": name})
         self.org = str(org["id"])
         self.call("POST", f"/v1/organizations/{self.org}/keys", (200, 201), json={})
         endpoint = self.call(
