@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.receivers import Receiver
+from tests.support.receivers import Receiver, Reply
 
 CLI = [sys.executable, "-m", "ascend_webhooks.cli"]
 
@@ -215,3 +215,28 @@ async def test_a_key_file_readable_by_others_stops_serve(tmp_path: Path) -> None
     assert process.returncode == 2
     assert "chmod 600" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_sigterm_lets_the_attempt_in_flight_finish(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN="e2e-admin")
+    auth = {"Authorization": "Bearer e2e-admin"}
+    async with Receiver(behaviour=Reply(200, delay=1.0)) as receiver, httpx.AsyncClient() as client:
+        async with serve(tmp_path, env) as service:
+            org, secret = await setup_organization(client, service.base_url, "e2e-admin", receiver)
+            receiver.secret = secret
+            published = await client.post(
+                f"{service.base_url}/v1/organizations/{org}/events",
+                json={"id": "slow", "type": "invoice.paid", "data": {}},
+                headers=auth,
+            )
+            delivery = published.json()["deliveries"][0]["id"]
+            await receiver.wait_for_requests(1)  # the attempt is in flight: the reply is slow
+            assert await service.stop() == 0  # waits for the reply and records it
+        async with serve(tmp_path, env, "--no-delivery") as service:
+            got = await client.get(
+                f"{service.base_url}/v1/organizations/{org}/deliveries/{delivery}", headers=auth
+            )
+            assert got.json()["status"] == "succeeded", got.json()
+            assert got.json()["attempt_count"] == 1
+            assert await service.stop() == 0
+        assert len(receiver.requests) == 1
