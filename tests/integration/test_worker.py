@@ -1,4 +1,7 @@
-"""The delivery worker end to end: the real SQLite store, real transport, real receivers."""
+"""The delivery worker end to end: real stores, the real transport, real receivers.
+
+Every test runs against each backend (the ``store`` fixture of ``tests/conftest.py``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from prometheus_client import REGISTRY
 from ascend_webhooks.delivery.worker import Worker
 from ascend_webhooks.ids import new_id
 from ascend_webhooks.service.settings import Settings
-from ascend_webhooks.store import Store, open_store
+from ascend_webhooks.store import Store
 from ascend_webhooks.store.models import (
     AttemptOutcome,
     ClaimedDelivery,
@@ -48,16 +51,6 @@ def make_settings(**changes: Any) -> Settings:
     }
     base.update(changes)
     return Settings(**base)
-
-
-@pytest.fixture
-async def store(sqlite_url: str) -> AsyncIterator[Store]:
-    opened = open_store(sqlite_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def new_organization(store: Store, secret: str | None = SECRET) -> str:

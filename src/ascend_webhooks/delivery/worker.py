@@ -153,6 +153,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[AttemptOutcome] = []
         self._keys: dict[str, _CachedKey] = {}
+        self._retry_hint: datetime | None = None  # earliest retry this worker recorded
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()  # a slot freed, or stop()
         self._outcome_ready = asyncio.Event()
@@ -269,6 +270,14 @@ class Worker:
         """Nothing claimable: sleep until work may be due (or a slot frees)."""
         due = await self.store.next_due_at()
         wait = self.poll_interval
+        hint = self._retry_hint
+        if hint is not None:
+            # Retries this worker scheduled itself: no need to wait for the store to tell us.
+            until_hint = (hint - datetime.now(UTC)).total_seconds()
+            if until_hint > 0:
+                wait = min(wait, until_hint)
+            else:
+                self._retry_hint = None
         if due is not None:
             until_due = (due - datetime.now(UTC)).total_seconds()
             if until_due > 0:
@@ -467,6 +476,7 @@ class Worker:
                     # Shielded: an outcome the database has accepted must not be half-written
                     # because the worker was cancelled.
                     await asyncio.shield(self.store.record(self.worker_id, batch))
+                    self._note_retries(batch)
                 except Exception:
                     self._outcomes[:0] = batch
                     self._outcome_ready.set()
@@ -492,6 +502,19 @@ class Worker:
                 backoff.reset()
             if self._closing and not self._outcomes:
                 return
+
+    def _note_retries(self, batch: Sequence[AttemptOutcome]) -> None:
+        """Remember the earliest retry just recorded, and have the claim loop look again."""
+        due = [
+            o.next_attempt_at
+            for o in batch
+            if o.status is DeliveryStatus.PENDING and o.next_attempt_at is not None
+        ]
+        if due:
+            earliest = min(due)
+            if self._retry_hint is None or earliest < self._retry_hint:
+                self._retry_hint = earliest
+            self._wakeup.set()
 
     async def _heartbeat_loop(self) -> None:
         third = self.lease_seconds / 3
