@@ -310,6 +310,23 @@ async def test_concurrent_publishes_fail_alone(store: Store) -> None:
     assert (await store.delivery_counts())[PENDING] == 51
 
 
+async def test_concurrent_publishes_of_one_id_store_it_once(store: Store) -> None:
+    org, _ = await setup_org(store)
+    same = await asyncio.gather(*(store.publish(org, [new_event("evt_same")]) for _ in range(10)))
+    assert [result.created for (result,) in same].count(True) == 1
+    assert len({result.event for (result,) in same}) == 1
+    assert (await store.delivery_counts())[PENDING] == 1
+
+    racing = await asyncio.gather(
+        *(store.publish(org, [new_event("evt_race", data={"n": n})]) for n in range(5)),
+        return_exceptions=True,
+    )
+    winners = [r for r in racing if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, EventConflictError) for r in racing if r not in winners)
+    assert (await store.get_event(org, "evt_race")) == winners[0][0].event
+
+
 async def test_publish_to_missing_organization(store: Store) -> None:
     with pytest.raises(NotFoundError):
         await store.publish("org_missing", [new_event("evt_1")])

@@ -32,7 +32,7 @@ from ..models import (
 )
 from . import _reads, _writes
 from ._claim import Claimer
-from ._engine import Engine, parse_url
+from ._engine import Engine, GroupJob, parse_url
 from ._rows import from_ms
 
 __all__ = ["SQLiteStore"]
@@ -179,8 +179,8 @@ class SQLiteStore(Store):
     async def publish(
         self, organization_id: str, events: Sequence[NewEvent]
     ) -> list[PublishResult]:
-        batch = tuple(events)
-        results = await self._write(lambda c: _writes.publish(c, organization_id, batch))
+        call = (organization_id, tuple(events))
+        results: list[PublishResult] = await self._write(GroupJob(_writes.publish_group, call))
         if any(result.created and result.event.deliveries for result in results):
             self._wake()
         return results

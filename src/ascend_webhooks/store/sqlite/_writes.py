@@ -39,7 +39,7 @@ __all__ = [
     "create_token",
     "delete_endpoint",
     "extend_leases",
-    "publish",
+    "publish_group",
     "record",
     "release",
     "retry_delivery",
@@ -233,66 +233,108 @@ def delete_endpoint(conn: sqlite3.Connection, organization_id: str, endpoint_id:
 # -- publish ----------------------------------------------------------------------------------
 
 
-def publish(
-    conn: sqlite3.Connection, organization_id: str, events: Sequence[NewEvent]
-) -> list[PublishResult]:
-    endpoints = [
-        _rows.endpoint(row)
-        for row in conn.execute(
-            f"SELECT {_rows.ENDPOINT_COLUMNS} FROM endpoints"  # noqa: S608
-            " WHERE organization_id = ? AND enabled = 1 AND deleted_at IS NULL",
-            (organization_id,),
-        )
-    ]
-    if not endpoints:  # an endpoint proves the organization exists: one query fewer
-        _require_organization(conn, organization_id)
-    unique: dict[str, NewEvent] = {}
-    for new in events:
-        seen = unique.setdefault(new.id, new)
-        if seen.content_hash != new.content_hash:
-            raise EventConflictError(new.id)
-    existing: dict[str, int] = {}
-    ids = list(unique)
-    for part in chunks(ids):
-        for seq, event_id, content_hash in conn.execute(
-            f"SELECT seq, id, content_hash FROM events"  # noqa: S608 (placeholders only)
-            f" WHERE organization_id = ? AND id IN ({marks(len(part))})",
-            (organization_id, *part),
-        ):
-            if bytes(content_hash) != unique[event_id].content_hash:
-                raise EventConflictError(event_id)
-            existing[event_id] = seq
-    fresh = [new for new in unique.values() if new.id not in existing]
-    created = _insert(conn, organization_id, endpoints, fresh) if fresh else {}
-    stored = _reads.events_by_seq(conn, list(existing.values())) if existing else {}
-    results: list[PublishResult] = []
-    reported: set[str] = set()
-    for new in events:
-        if new.id in created:
-            results.append(PublishResult(created[new.id], created=new.id not in reported))
-        else:
-            results.append(PublishResult(stored[existing[new.id]], created=False))
-        reported.add(new.id)
-    return results
+PublishCall = tuple[str, tuple[NewEvent, ...]]
 
 
-def _insert(
-    conn: sqlite3.Connection,
-    organization_id: str,
-    endpoints: Sequence[Endpoint],
-    fresh: Sequence[NewEvent],
-) -> dict[str, Event]:
-    now = now_ms()
-    created_at = from_ms(now)
-    # We hold the write lock, so the next seq values are ours to hand out.
-    next_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
-    event_rows = []
-    delivery_rows = []
-    chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery already
-    result: dict[str, Event] = {}
-    for offset, new in enumerate(fresh):
-        seq = next_seq + offset
-        event_rows.append(
+def publish_group(
+    conn: sqlite3.Connection, calls: list[PublishCall]
+) -> list[tuple[bool, list[PublishResult] | StoreError]]:
+    """Publish many callers' events with one insert per table; a caller's error is its own."""
+    batch = _PublishBatch(conn)
+    outcomes: list[tuple[bool, list[PublishResult] | StoreError]] = []
+    for organization_id, events in calls:
+        try:
+            outcomes.append((True, batch.add(organization_id, events)))
+        except StoreError as exc:
+            outcomes.append((False, exc))
+    batch.flush()
+    return outcomes
+
+
+class _PublishBatch:
+    """Rows staged for one transaction. ``add`` validates a call fully before staging any of
+    its rows, so a call that raises leaves the batch as it was."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._now = now_ms()
+        self._created_at = from_ms(self._now)
+        self._endpoints: dict[str, list[Endpoint]] = {}
+        self._next_seq: int | None = None
+        self._staged: dict[tuple[str, str], tuple[bytes, Event]] = {}  # (org, id) → hash, event
+        self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
+        self._event_rows: list[tuple[object, ...]] = []
+        self._delivery_rows: list[tuple[object, ...]] = []
+
+    def _endpoints_of(self, organization_id: str) -> list[Endpoint]:
+        found = self._endpoints.get(organization_id)
+        if found is None:
+            found = [
+                _rows.endpoint(row)
+                for row in self._conn.execute(
+                    f"SELECT {_rows.ENDPOINT_COLUMNS} FROM endpoints"  # noqa: S608
+                    " WHERE organization_id = ? AND enabled = 1 AND deleted_at IS NULL",
+                    (organization_id,),
+                )
+            ]
+            if not found:  # an endpoint proves the organization exists: one query fewer
+                _require_organization(self._conn, organization_id)
+            self._endpoints[organization_id] = found
+        return found
+
+    def add(self, organization_id: str, events: Sequence[NewEvent]) -> list[PublishResult]:
+        endpoints = self._endpoints_of(organization_id)
+        unique: dict[str, NewEvent] = {}
+        for new in events:
+            seen = unique.setdefault(new.id, new)
+            if seen.content_hash != new.content_hash:
+                raise EventConflictError(new.id)
+        existing: dict[str, int] = {}
+        ids = list(unique)
+        for part in chunks(ids):
+            for seq, event_id, content_hash in self._conn.execute(
+                "SELECT seq, id, content_hash FROM events"  # noqa: S608 (placeholders only)
+                f" WHERE organization_id = ? AND id IN ({marks(len(part))})",
+                (organization_id, *part),
+            ):
+                if bytes(content_hash) != unique[event_id].content_hash:
+                    raise EventConflictError(event_id)
+                existing[event_id] = seq
+        earlier: dict[str, Event] = {}  # staged by another call of this batch
+        for event_id, new in unique.items():
+            staged = self._staged.get((organization_id, event_id))
+            if staged is not None:
+                if staged[0] != new.content_hash:
+                    raise EventConflictError(event_id)
+                earlier[event_id] = staged[1]
+        # Valid: from here on nothing raises a StoreError.
+        created = {
+            new.id: self._stage(organization_id, endpoints, new)
+            for new in unique.values()
+            if new.id not in existing and new.id not in earlier
+        }
+        stored = _reads.events_by_seq(self._conn, list(existing.values())) if existing else {}
+        results: list[PublishResult] = []
+        reported: set[str] = set()
+        for new in events:
+            if new.id in created:
+                results.append(PublishResult(created[new.id], created=new.id not in reported))
+            elif new.id in earlier:
+                results.append(PublishResult(earlier[new.id], created=False))
+            else:
+                results.append(PublishResult(stored[existing[new.id]], created=False))
+            reported.add(new.id)
+        return results
+
+    def _stage(self, organization_id: str, endpoints: Sequence[Endpoint], new: NewEvent) -> Event:
+        if self._next_seq is None:
+            # We hold the write lock, so the next seq values are ours to hand out.
+            row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            self._next_seq = int(row[0]) + 1
+        seq = self._next_seq
+        self._next_seq += 1
+        now, created_at = self._now, self._created_at
+        self._event_rows.append(
             (seq, new.id, organization_id, new.type, new.body, new.content_hash,
              new.ordering_key, now)
         )  # fmt: skip
@@ -303,11 +345,11 @@ def _insert(
             blocked = 0
             if new.ordering_key is not None:
                 chain = (endpoint.id, new.ordering_key)
-                if chain in chains or _chain_has_pending(conn, *chain):
+                if chain in self._chains or _chain_has_pending(self._conn, *chain):
                     blocked = BEHIND_KEY
-                chains.add(chain)
+                self._chains.add(chain)
             delivery_id = new_id("dlv")
-            delivery_rows.append(
+            self._delivery_rows.append(
                 (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
                  now, now, now)
             )  # fmt: skip
@@ -324,7 +366,7 @@ def _insert(
                     updated_at=created_at,
                 )
             )
-        result[new.id] = Event(
+        event = Event(
             id=new.id,
             organization_id=organization_id,
             type=new.type,
@@ -333,17 +375,24 @@ def _insert(
             created_at=created_at,
             deliveries=tuple(deliveries),
         )
-    conn.executemany(
-        "INSERT INTO events (seq, id, organization_id, type, body, content_hash, ordering_key,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        event_rows,
-    )
-    conn.executemany(
-        "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,"
-        " blocked, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        delivery_rows,
-    )
-    return result
+        self._staged[(organization_id, new.id)] = (new.content_hash, event)
+        return event
+
+    def flush(self) -> None:
+        if self._event_rows:
+            self._conn.executemany(
+                "INSERT INTO events (seq, id, organization_id, type, body, content_hash,"
+                " ordering_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                self._event_rows,
+            )
+        if self._delivery_rows:
+            self._conn.executemany(
+                "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id,"
+                " ordering_key, blocked, next_attempt_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._delivery_rows,
+            )
+        self._event_rows, self._delivery_rows = [], []
 
 
 def _chain_has_pending(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> bool:
