@@ -155,6 +155,7 @@ class PyreqwestTransport:
         self._pinned: OrderedDict[tuple[str, str, int], _Pinned] = OrderedDict()
         self._locks: dict[tuple[str, str, int], asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._retired: set[Client] = set()  # replaced clients not closed yet
         self._linger = 60.0  # how long a replaced client may still serve in-flight attempts
 
     # -- the attempt -----------------------------------------------------------------------
@@ -270,8 +271,10 @@ class PyreqwestTransport:
 
         async def close_later() -> None:
             await asyncio.sleep(self._linger)
+            self._retired.discard(client)
             await client.close()
 
+        self._retired.add(client)
         task = asyncio.get_running_loop().create_task(close_later())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -306,6 +309,8 @@ class PyreqwestTransport:
             self._shared = None
         for task in list(self._retiring):
             task.cancel()
+        clients.extend(self._retired)
+        self._retired.clear()
         for client in clients:
             with contextlib.suppress(PyreqwestError):
                 await client.close()

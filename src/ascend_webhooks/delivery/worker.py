@@ -320,10 +320,11 @@ class Worker:
             raise
         excess: list[str] = []
         for delivery in claimed:
-            if (
-                self._per_endpoint[delivery.endpoint_id] >= self.per_endpoint_limit
-                or delivery.id in self._inflight
-            ):
+            if delivery.id in self._inflight:
+                # Its lease ran out during our attempt and came back to us: the attempt in
+                # flight records it (the lease is ours again); releasing it would not be.
+                continue
+            if self._per_endpoint[delivery.endpoint_id] >= self.per_endpoint_limit:
                 excess.append(delivery.id)
                 continue
             self._per_endpoint[delivery.endpoint_id] += 1
@@ -440,7 +441,8 @@ class Worker:
             error = f"status_{response.status_code}"
         ATTEMPTS.labels(outcome=_OUTCOME_LABEL[status]).inc()
         if not succeeded:
-            logger.info(
+            logger.log(
+                logging.DEBUG if status is DeliveryStatus.PENDING else logging.INFO,
                 "delivery %s to endpoint %s: attempt %d failed (%s), %s",
                 delivery.id,
                 delivery.endpoint_id,
