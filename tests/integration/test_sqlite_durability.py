@@ -240,3 +240,12 @@ async def test_a_locked_file_is_reported_unavailable_and_the_store_recovers(
     finally:
         other.close()
         await store.close()
+
+
+async def test_close_wakes_a_waiting_worker(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'aw.db'}")
+    await store.open()
+    waiting = asyncio.create_task(store.wait_for_work(30))
+    await asyncio.sleep(0.3)
+    await store.close()
+    await asyncio.wait_for(waiting, 1)

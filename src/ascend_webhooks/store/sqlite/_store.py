@@ -83,6 +83,8 @@ class SQLiteStore(Store):
         if not self._opened:
             return
         self._opened = False
+        if self._wakeup is not None:
+            self._wakeup.set()  # waiting workers return instead of polling a closed file
         await asyncio.to_thread(self._engine.stop)
 
     async def ping(self) -> bool:
@@ -274,10 +276,16 @@ class SQLiteStore(Store):
             try:
                 await asyncio.wait_for(wakeup.wait(), min(left, _POLL_SECONDS))
             except TimeoutError:
-                # Another process may have committed to the file meanwhile.
-                if await self._engine.data_version() != seen:
+                if not self._opened:
                     return
-        wakeup.clear()
+                # Another process may have committed to the file meanwhile.
+                try:
+                    if await self._engine.data_version() != seen:
+                        return
+                except RuntimeError:  # closed while we asked
+                    return
+        if self._opened:
+            wakeup.clear()
 
     async def delivery_counts(self) -> dict[DeliveryStatus, int]:
         return await self._read(_reads.delivery_counts)
