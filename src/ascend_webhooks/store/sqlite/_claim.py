@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..models import ClaimedDelivery
-from ._rows import from_ms, marks, now_ms
+from ._rows import chunks, from_ms, marks, now_ms
 
 __all__ = ["Claimer"]
 
@@ -175,7 +175,11 @@ class Claimer:
     def _details(conn: sqlite3.Connection, picked: list[int], until: int) -> list[ClaimedDelivery]:
         if not picked:
             return []
-        rows = {row[0]: row for row in conn.execute(_DETAILS.format(marks(len(picked))), picked)}
+        rows = {
+            row[0]: row
+            for part in chunks(picked)
+            for row in conn.execute(_DETAILS.format(marks(len(part))), part)
+        }
         lease_expires_at = from_ms(until)
         claimed = []
         for seq in picked:

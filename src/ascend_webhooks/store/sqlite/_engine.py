@@ -111,6 +111,8 @@ def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connec
     _set_wal(conn, options.busy_timeout_ms)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # After a checkpoint, shrink a WAL that a burst made large instead of keeping it on disk.
+    conn.execute("PRAGMA journal_size_limit = 67108864")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     return conn
@@ -306,6 +308,8 @@ class Engine:
             self._watch.close()
             self._watch = None
         if self._write_conn is not None:
+            with contextlib.suppress(sqlite3.Error):  # refresh planner statistics, cheaply
+                self._write_conn.execute("PRAGMA optimize")
             self._write_conn.close()
             self._write_conn = None
 
