@@ -78,6 +78,20 @@ async def test_a_name_is_sent_to_the_address_it_was_validated_at(
     assert dns.lookups == 1
 
 
+async def test_the_absolute_form_of_a_name_is_pinned_too(receivers: ReceiverFactory) -> None:
+    receiver = await receivers()
+    dns = FakeDNS("127.0.0.1")
+    transport = pinned_transport(dns)
+    try:
+        url = f"http://{NAME}.:{receiver.port}/hook"  # trailing dot: the same name, absolute
+        response = await transport.post(url, BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    # Had the pin missed, the system resolver would have been asked (and failed: no DNS).
+    assert (response.status_code, response.error) == (200, None)
+    assert dns.lookups == 1
+
+
 async def test_a_name_resolving_to_any_forbidden_address_is_refused(
     receivers: ReceiverFactory,
 ) -> None:

@@ -74,6 +74,7 @@ ALLOWED_HOSTS = [
     "[64:ff9b::8.8.8.8]",
     "[2002:808:808::1]",
     "1password.com",
+    "xn--bcher-kva.example",
 ]
 
 
@@ -141,6 +142,7 @@ def test_names_are_not_addresses(host: str) -> None:
         "https://",
         "https://ex..ample.com/",
         "https://-bad-.example.com/",
+        "https://bücher.example/",  # IDN: must be given in its xn-- form
         "ftp://example.com/",
         "file:///etc/passwd",
         "//example.com/",

@@ -190,10 +190,13 @@ def _check_name(host: str, *, allow_private: bool) -> None:
     name = host.rstrip(".")
     if not name or ".." in name:
         raise ForbiddenURLError(f"invalid host name {host!r}")
-    try:
-        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
-    except UnicodeError:
-        raise ForbiddenURLError(f"invalid host name {host!r}") from None
+    if not name.isascii():
+        # IDNA 2003 (Python) and UTS 46 (the HTTP client) encode some names differently; the
+        # connect-time pin must name exactly what the client looks up, so only ASCII is taken.
+        raise ForbiddenURLError(
+            f"write the internationalized host name {host!r} in its ASCII (xn--) form"
+        )
+    ascii_name = name
     if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in ascii_name.split(".")):
         raise ForbiddenURLError(f"invalid host name {host!r}")
     if not allow_private and (ascii_name == "localhost" or ascii_name.endswith(".localhost")):

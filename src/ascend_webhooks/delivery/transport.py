@@ -296,8 +296,11 @@ class PyreqwestTransport:
         if self._ca_pem is not None:
             builder = builder.add_root_certificate_pem(self._ca_pem)
         if pin is not None:
-            # Port 0: connect to the port of the URL.
-            builder = builder.resolve(pin[0], str(pin[1]), 0)
+            # Port 0: connect to the port of the URL. reqwest looks the name up as written in
+            # the URL, so the absolute form (trailing dot) is pinned too: a name that misses
+            # the pin would go to the system resolver unchecked.
+            name, address = pin
+            builder = builder.resolve(name, str(address), 0).resolve(name + ".", str(address), 0)
         return builder.build()
 
     async def close(self) -> None:
@@ -327,8 +330,6 @@ def _target(url: str, allow_http: bool, allow_private: bool) -> tuple[str, str, 
     host = parts.hostname
     assert host is not None  # validate_url guarantees a host
     is_ip = parse_ip_host(host) is not None
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")
     return parts.scheme, host.rstrip("."), default_port(parts), is_ip
 
 
