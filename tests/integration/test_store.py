@@ -590,6 +590,19 @@ async def test_one_organizations_backlog_does_not_delay_another(store: Store) ->
     assert from_busy == [f"evt_{n}" for n in range(len(from_busy))]
 
 
+async def test_small_claims_take_turns_across_many_organizations(store: Store) -> None:
+    orgs = [(await setup_org(store, f"org {n}"))[0] for n in range(15)]
+    for org in orgs:
+        await store.publish(org, [new_event(f"evt_{n}") for n in range(3)])
+    served: list[set[str]] = []
+    for _ in range(3):
+        batch = await store.claim("w", 5, 30)
+        assert len(batch) == 5
+        served.append({c.organization_id for c in batch})
+    # Three claims of five reach all fifteen organizations: nobody waits for a second turn.
+    assert set().union(*served) == set(orgs)
+
+
 async def test_claim_cost_does_not_grow_with_the_backlog(store: Store) -> None:
     org, (slow,) = await setup_org(store)
     for start in range(0, 100_000, 5000):

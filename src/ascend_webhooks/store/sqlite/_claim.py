@@ -18,10 +18,11 @@ everyone else. Instead each claim
    across its endpoints, in passes until the batch is full or the due work is exhausted;
 3. leases each fetched row at once, which moves it out of the due range.
 
-The cost is O((P + limit) · log n) for P pairs with ready work, whatever the backlog (P is
-bounded per claim by ``_MAX_PAIRS``; the round-robin cursor resumes where a capped scan
-stopped). Ordering keys cost nothing here: only the head of each key is unblocked. The queries
-say ``INDEXED BY``: a planner without statistics once preferred a scan of every pending row.
+The cost is O((P + limit) · log n) for the P pairs the walk visits, whatever the backlog: the
+walk stops once ``limit`` organizations have due work, and is capped at ``_MAX_PAIRS`` pairs
+(the round-robin cursor resumes where a capped walk stopped). Ordering keys cost nothing
+here: only the head of each key is unblocked. The queries say ``INDEXED BY``: a planner
+without statistics once preferred a scan of every pending row.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Claimer:
             return []
         now = now_ms()
         until = now + max(1, round(lease_seconds * 1000))
-        due = self._due_organizations(conn, now, frozenset(exclude_endpoints))
+        due = self._due_organizations(conn, now, frozenset(exclude_endpoints), limit)
         picked: list[int] = []
         served_first_pass: list[str] = []
         first_pass = True
@@ -108,8 +109,13 @@ class Claimer:
         return self._details(conn, picked, until)
 
     def _due_organizations(
-        self, conn: sqlite3.Connection, now: int, excluded: frozenset[str]
+        self, conn: sqlite3.Connection, now: int, excluded: frozenset[str], enough: int
     ) -> list[_Organization]:
+        """Organizations with due work, in round-robin order, each with its due endpoints.
+
+        The walk stops at ``enough`` organizations: each gets at least one delivery in the
+        first pass, so more could not change the batch (they come first in the next one).
+        """
         found: list[_Organization] = []
         visited = 0
         for org_id in self._organizations(conn):
@@ -125,6 +131,8 @@ class Claimer:
                     org.endpoints.append(endpoint)
             if org.endpoints:
                 found.append(org)
+                if len(found) >= enough:
+                    break
             if visited >= _MAX_PAIRS:
                 self._after_org = org_id  # resume after this organization next time
                 break
