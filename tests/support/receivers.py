@@ -12,7 +12,8 @@ whether the Ascend signature verifies) and answers according to its *behaviour*:
 
 Behaviours can be scripted: ``receiver.script(Reply(500), Hang(), then=Reply(200))`` plays the
 given ones for the next requests in order and ``then`` for every later one;
-``receiver.fail_times(3)`` is "recover after 3 failures".
+``receiver.fail_times(3)`` is "recover after 3 failures"; ``receiver.respond_with(fn)`` answers
+each request with ``fn(request)`` (say, 401 unless ``request.verified``).
 
 It is written on bare ``asyncio`` streams rather than a web framework on purpose: the interesting
 cases are socket-level misbehaviour (hang, half a body, close, reset) that frameworks hide.
@@ -42,7 +43,7 @@ import contextlib
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -175,6 +176,7 @@ class Receiver:
         self.connections_opened = 0
         self._default: Behaviour = behaviour or Reply(200)
         self._script: list[Behaviour] = []
+        self._chooser: Callable[[RecordedRequest], Behaviour] | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -225,6 +227,7 @@ class Receiver:
     def respond(self, behaviour: Behaviour) -> None:
         """Answer every later request this way (clears any script)."""
         self._script.clear()
+        self._chooser = None
         self._default = behaviour
 
     def script(self, *behaviours: Behaviour, then: Behaviour | None = None) -> None:
@@ -232,6 +235,11 @@ class Receiver:
         self._script = list(behaviours)
         if then is not None:
             self._default = then
+
+    def respond_with(self, choose: Callable[[RecordedRequest], Behaviour]) -> None:
+        """Answer each later request with ``choose(request)``, e.g. 401 unless verified."""
+        self._script.clear()
+        self._chooser = choose
 
     def fail_times(self, count: int, failure: Behaviour | None = None) -> None:
         """Fail the next ``count`` requests (default: 500), then answer 200."""
@@ -290,8 +298,13 @@ class Receiver:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         body = await self._read_body(reader, headers)
-        await self._record(method, target, headers, body)
-        behaviour = self._script.pop(0) if self._script else self._default
+        request = await self._record(method, target, headers, body)
+        if self._script:
+            behaviour = self._script.pop(0)
+        elif self._chooser is not None:
+            behaviour = self._chooser(request)
+        else:
+            behaviour = self._default
         return await self._answer(behaviour, writer, headers)
 
     @staticmethod
@@ -306,7 +319,9 @@ class Receiver:
                 chunks.append(chunk[:-2])
         return await reader.readexactly(int(headers.get("content-length", "0")))
 
-    async def _record(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
+    async def _record(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> RecordedRequest:
         verified: bool | None = None
         error: str | None = None
         event: Event | None = None
@@ -322,6 +337,7 @@ class Receiver:
         async with self._arrived:
             self.requests.append(request)
             self._arrived.notify_all()
+        return request
 
     async def _answer(
         self, behaviour: Behaviour, writer: asyncio.StreamWriter, headers: Mapping[str, str]

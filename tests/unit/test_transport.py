@@ -228,3 +228,16 @@ async def test_unresolvable_name_is_a_dns_error() -> None:
     finally:
         await transport.close()
     assert (response.status_code, response.error) == (None, "dns_error")
+
+
+async def test_receiver_can_answer_by_request(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    from ascend_webhooks import sign
+
+    receiver = await receivers(secret="whsec_k")
+    receiver.respond_with(lambda request: Reply(200 if request.verified else 401))
+    good = await transport.post(receiver.url, BODY, sign(BODY, "whsec_k"), 5.0)
+    bad = await transport.post(receiver.url, BODY, sign(BODY, "whsec_other"), 5.0)
+    assert (good.status_code, bad.status_code) == (200, 401)
+    assert [r.verified for r in receiver.requests] == [True, False]
