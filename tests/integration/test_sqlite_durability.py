@@ -242,10 +242,16 @@ async def test_a_locked_file_is_reported_unavailable_and_the_store_recovers(
         await store.close()
 
 
-async def test_close_wakes_a_waiting_worker(tmp_path: Path) -> None:
+async def test_close_wakes_waiting_workers_and_refuses_later_calls(tmp_path: Path) -> None:
     store = SQLiteStore(f"sqlite:///{tmp_path / 'aw.db'}")
     await store.open()
     waiting = asyncio.create_task(store.wait_for_work(30))
     await asyncio.sleep(0.3)
     await store.close()
     await asyncio.wait_for(waiting, 1)
+    # A request still running during shutdown gets a clear "unavailable", never a hang.
+    with pytest.raises(StoreUnavailableError):
+        await store.create_organization("too late")
+    with pytest.raises(StoreUnavailableError):
+        await store.list_organizations(limit=1)
+    assert await store.ping() is False

@@ -46,6 +46,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
     "Engine",
+    "EngineClosedError",
     "GroupJob",
     "Migration",
     "SQLiteOptions",
@@ -61,6 +62,10 @@ _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTR
 _DEFAULT_BUSY_TIMEOUT_MS = 30_000
 _MAX_BATCH = 2_000  # closures per transaction: bounds the latency one commit adds to others
 _READERS = 2
+
+
+class EngineClosedError(RuntimeError):
+    """A call reached the store before ``open()`` or after ``close()``."""
 
 
 class SchemaError(RuntimeError):
@@ -293,13 +298,23 @@ class Engine:
 
     def stop(self) -> None:
         """Finish queued writes, then close every connection (call in a thread)."""
-        if self._writer is not None:
+        writer, self._writer = self._writer, None  # new writes fail from here on
+        if writer is not None:
             self._jobs.put(None)
-            self._writer.join()
-            self._writer = None
-        if self._readers is not None:
-            self._readers.shutdown(wait=True)
-            self._readers = None
+            writer.join()
+            # A write queued in the instant between its check and the stop: fail it, never hang.
+            closed = EngineClosedError("the SQLite store closed before this write ran")
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    with contextlib.suppress(RuntimeError):
+                        job[2].call_soon_threadsafe(_resolve_all, [(job[1], False, closed)])
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -318,7 +333,7 @@ class Engine:
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue ``job`` for the writer; the future resolves after its transaction commits."""
         if self._writer is None:
-            raise RuntimeError("the SQLite store is not open")
+            raise EngineClosedError("the SQLite store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((job, future, loop))
@@ -384,10 +399,14 @@ class Engine:
 
     async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``query`` in one read transaction (one consistent snapshot) on a reader thread."""
-        if self._readers is None:
-            raise RuntimeError("the SQLite store is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read, query)
+        readers = self._readers
+        if readers is None:
+            raise EngineClosedError("the SQLite store is not open")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(readers, self._read, query)
+        except RuntimeError as exc:  # shut down between the check and here
+            raise EngineClosedError("the SQLite store is closing") from exc
+        return await future
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -404,10 +423,14 @@ class Engine:
 
     async def data_version(self) -> int:
         """``PRAGMA data_version`` of one dedicated connection: it changes on others' commits."""
-        if self._readers is None:
-            raise RuntimeError("the SQLite store is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._data_version)
+        readers = self._readers
+        if readers is None:
+            raise EngineClosedError("the SQLite store is not open")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(readers, self._data_version)
+        except RuntimeError as exc:  # shut down between the check and here
+            raise EngineClosedError("the SQLite store is closing") from exc
+        return await future
 
     def _data_version(self) -> int:
         with self._watch_lock:

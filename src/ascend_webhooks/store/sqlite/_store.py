@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from ..base import Store, StoreUnavailableError
+from ..base import Store, StoreError, StoreUnavailableError
 from ..models import (
     ApiToken,
     AttemptOutcome,
@@ -32,7 +32,7 @@ from ..models import (
 )
 from . import _reads, _writes
 from ._claim import Claimer
-from ._engine import Engine, GroupJob, parse_url
+from ._engine import Engine, EngineClosedError, GroupJob, parse_url
 from ._rows import from_ms
 
 __all__ = ["SQLiteStore"]
@@ -59,12 +59,16 @@ class SQLiteStore(Store):
             return await self._engine.submit(job)
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
+        except EngineClosedError as exc:  # e.g. a request still running during shutdown
+            raise StoreUnavailableError(str(exc)) from exc
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return await self._engine.read(query)
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
+        except EngineClosedError as exc:  # e.g. a request still running during shutdown
+            raise StoreUnavailableError(str(exc)) from exc
 
     def _wake(self) -> None:
         if self._wakeup is not None:
@@ -150,6 +154,8 @@ class SQLiteStore(Store):
         description: str | None,
         enabled: bool = True,
     ) -> Endpoint:
+        if isinstance(event_types, str):  # a lone type would become a tuple of letters
+            raise StoreError("event_types must be a list of strings or None")
         types = None if event_types is None else tuple(event_types)
         return await self._write(
             lambda c: _writes.create_endpoint(c, organization_id, url, types, description, enabled)
@@ -266,7 +272,7 @@ class SQLiteStore(Store):
     async def wait_for_work(self, max_wait: float) -> None:
         wakeup = self._wakeup
         if wakeup is None:
-            raise RuntimeError("the SQLite store is not open")
+            raise StoreUnavailableError("the SQLite store is not open")
         deadline = time.monotonic() + max(0.0, max_wait)
         seen = await self._engine.data_version()
         while not wakeup.is_set():
@@ -282,7 +288,7 @@ class SQLiteStore(Store):
                 try:
                     if await self._engine.data_version() != seen:
                         return
-                except RuntimeError:  # closed while we asked
+                except EngineClosedError:  # closed while we asked
                     return
         if self._opened:
             wakeup.clear()
