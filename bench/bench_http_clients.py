@@ -221,6 +221,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="best of N per client")
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop (the service runs on uvloop when it is installed)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -229,10 +235,18 @@ def main() -> None:
     with sink() as (url, kind):
         print(f"sink: {kind} at {url}; {args.concurrency} in flight, {args.requests} requests")
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+        run = asyncio.run
+        if args.loop == "uvloop":
+            try:
+                import uvloop
+
+                run = uvloop.run
+            except ImportError:
+                args.loop = "asyncio (uvloop is not installed)"
+        print(f"event loop: {args.loop}")
         for name in args.clients.split(","):
             rates = [
-                asyncio.run(measure(name, url, args.requests, args.concurrency))
-                for _ in range(args.rounds)
+                run(measure(name, url, args.requests, args.concurrency)) for _ in range(args.rounds)
             ]
             print(
                 f"{name:>10}: {max(rates):9,.0f} signed POSTs/s  (rounds: "
