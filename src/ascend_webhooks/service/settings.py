@@ -30,7 +30,7 @@ class Settings:
     max_payload_bytes: int = 262_144
     master_key: str | None = None  # base64 AES key; default: a file beside the SQLite database
     ca_file: str | None = None  # extra PEM CA bundle trusted for HTTPS endpoints
-    worker_concurrency: int = 64  # attempts in flight per worker process
+    worker_concurrency: int = 128  # attempts working at once per worker process
     endpoint_concurrency: int = 8  # of which at most this many to one endpoint
     lease_seconds: float = 60.0  # a claimed delivery's lease; renewed while in flight
     extra: Mapping[str, str] = field(default_factory=dict)
