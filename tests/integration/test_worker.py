@@ -483,3 +483,42 @@ async def test_long_attempts_keep_their_lease(store: Store, receivers: ReceiverF
     assert done.status is DeliveryStatus.SUCCEEDED
     assert done.attempt_count == 1
     assert len(receiver.requests) == 1
+
+
+async def test_an_undecryptable_key_is_recorded_never_sent_and_never_logged(
+    store: Store, receivers: ReceiverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    def broken_decrypt(ciphertext: bytes) -> str:
+        raise ValueError(f"bad tag for {ciphertext!r}")  # quotes the key material
+
+    caplog.set_level("DEBUG", logger="ascend_webhooks")
+    async with running(Worker(store, make_settings(), broken_decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.FAILED
+    assert [a.error for a in done.attempts] == ["key_error", "key_error"]
+    assert receiver.requests == []
+    assert "key_error" in caplog.text or "cannot decrypt" in caplog.text
+    assert SECRET not in caplog.text
+
+
+async def test_secrets_never_reach_the_logs(
+    store: Store, receivers: ReceiverFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = await receivers(secret=SECRET, behaviour=Reply(500))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    caplog.set_level("DEBUG")
+    async with running(Worker(store, make_settings(retry_schedule=(0.01, 0.01)), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.attempt_count == 3
+    assert delivery.id in caplog.text  # failures are logged...
+    assert SECRET not in caplog.text  # ...without the key

@@ -69,10 +69,10 @@ Decrypt = Callable[[bytes], str]
 #: In-flight attempts, slow ones included, are capped at concurrency times this.
 SLOW_HEADROOM = 8
 
-_OUTCOME_LABEL = {
-    DeliveryStatus.SUCCEEDED: "succeeded",
-    DeliveryStatus.PENDING: "retrying",
-    DeliveryStatus.FAILED: "failed",
+_ATTEMPTS_BY_STATUS = {
+    DeliveryStatus.SUCCEEDED: ATTEMPTS.labels(outcome="succeeded"),
+    DeliveryStatus.PENDING: ATTEMPTS.labels(outcome="retrying"),
+    DeliveryStatus.FAILED: ATTEMPTS.labels(outcome="failed"),
 }
 
 
@@ -439,7 +439,7 @@ class Worker:
         error = response.error
         if error is None and not succeeded and response.status_code is not None:
             error = f"status_{response.status_code}"
-        ATTEMPTS.labels(outcome=_OUTCOME_LABEL[status]).inc()
+        _ATTEMPTS_BY_STATUS[status].inc()
         if not succeeded:
             logger.log(
                 logging.DEBUG if status is DeliveryStatus.PENDING else logging.INFO,
