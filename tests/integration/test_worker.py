@@ -522,3 +522,26 @@ async def test_secrets_never_reach_the_logs(
     assert done.attempt_count == 3
     assert delivery.id in caplog.text  # failures are logged...
     assert SECRET not in caplog.text  # ...without the key
+
+
+async def test_ids_and_types_that_are_no_header_values_are_still_delivered(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    body = '{"id":"évt\\n1","type":"facture.payée","data":{}}'.encode()
+    (result,) = await store.publish(
+        org, [NewEvent("évt\n1", "facture.payée", body, hashlib.sha256(body).digest())]
+    )
+    (delivery,) = result.event.deliveries
+
+    async with running(Worker(store, make_settings(), decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    (request,) = receiver.requests
+    assert request.body == body
+    assert request.verified
+    assert request.header("x-ascend-event-type") is None
+    assert request.header("x-ascend-event-id") is None

@@ -90,6 +90,10 @@ class _CachedKey:
     error: str | None  # why there is no secret: no_signing_key or key_error
 
 
+def _header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and len(value) <= 1024
+
+
 class _Backoff:
     """Capped exponential backoff with jitter, for retrying the store."""
 
@@ -419,8 +423,13 @@ class Worker:
             return self._outcome(delivery, started_at, Response(None, error, None, 0.0))
         headers = sign(delivery.body, key.secret)  # a fresh timestamp for every attempt
         headers["Content-Type"] = "application/json"
-        headers["X-Ascend-Event-Id"] = delivery.event_id
-        headers["X-Ascend-Event-Type"] = delivery.event_type
+        # Informational copies of what the signed body says; a publisher-chosen id or type
+        # that is no valid header value (non-ASCII, control characters) is left out rather
+        # than failing every attempt.
+        if _header_safe(delivery.event_id):
+            headers["X-Ascend-Event-Id"] = delivery.event_id
+        if _header_safe(delivery.event_type):
+            headers["X-Ascend-Event-Type"] = delivery.event_type
         headers["X-Ascend-Delivery-Id"] = delivery.id
         headers["X-Ascend-Attempt"] = str(delivery.attempt_number)
         response = await self.transport.post(
