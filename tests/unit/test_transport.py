@@ -241,3 +241,13 @@ async def test_receiver_can_answer_by_request(
     bad = await transport.post(receiver.url, BODY, sign(BODY, "whsec_other"), 5.0)
     assert (good.status_code, bad.status_code) == (200, 401)
     assert [r.verified for r in receiver.requests] == [True, False]
+
+
+def test_a_bad_ca_file_is_refused_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match=r"missing\.pem"):
+        PyreqwestTransport(ca_file=missing)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=r"garbage\.pem"):
+        PyreqwestTransport(ca_file=garbage)

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -149,8 +150,7 @@ class PyreqwestTransport:
         # Seams for tests (a fake DNS) and for deployments with their own address policy.
         self._resolver = resolver
         self._is_forbidden = is_forbidden
-        # Read once, at start: a missing or unreadable CA file is a configuration error.
-        self._ca_pem = Path(ca_file).read_bytes() if ca_file else None
+        self._ca_pem = _read_ca_file(ca_file) if ca_file else None
         self._shared: Client | None = None
         self._pinned: OrderedDict[tuple[str, str, int], _Pinned] = OrderedDict()
         self._locks: dict[tuple[str, str, int], asyncio.Lock] = {}
@@ -317,6 +317,20 @@ class PyreqwestTransport:
         for client in clients:
             with contextlib.suppress(PyreqwestError):
                 await client.close()
+
+
+def _read_ca_file(path: str | Path) -> bytes:
+    """The PEM bundle at ``path``; ValueError naming the file if it is missing or no CA bundle.
+
+    Checked at start: reqwest silently ignores a bundle it cannot parse, which would only show
+    later as every HTTPS attempt failing with ``tls_error``.
+    """
+    try:
+        pem = Path(path).read_bytes()
+        ssl.create_default_context().load_verify_locations(cadata=pem.decode("ascii"))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise ValueError(f"the CA file {str(path)!r} is not a readable PEM bundle: {exc}") from None
+    return pem
 
 
 @functools.lru_cache(maxsize=4096)
