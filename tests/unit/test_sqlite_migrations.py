@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from ascend_webhooks.store.sqlite import SchemaError, SQLiteStore
-from ascend_webhooks.store.sqlite._engine import (
+from ascend_webhooks.store.sqlite._engine import parse_url
+from ascend_webhooks.store.sqlite._migrate import (
     Migration,
     apply_migrations,
     load_migrations,
-    parse_url,
     split_statements,
 )
 

@@ -19,22 +19,22 @@ Why this shape, and not aiosqlite or an ORM:
 * Reads run on a small pool of reader threads, each with its own connection. In WAL mode they
   read the last committed snapshot beside the writer without waiting for it.
 
-PRAGMAs: ``journal_mode=WAL`` (readers beside the writer, sequential appends),
-``synchronous=FULL`` by default: the WAL is fsynced at every commit, so an accepted event
-survives a power cut, not just a process crash. ``?synchronous=normal`` in the URL trades that
-for speed (still safe against a crashed process, an OS crash may lose the last commits).
-``busy_timeout`` makes a second process wait for the file lock instead of failing, and
-``foreign_keys`` keeps references honest.
+Migrations are in ``_migrate``. PRAGMAs:
+
+* ``journal_mode=WAL``: readers beside the writer, sequential appends.
+* ``synchronous=FULL`` by default: the WAL is fsynced at every commit, so an accepted event
+  survives a power cut, not just a process crash. ``?synchronous=normal`` in the URL trades
+  that for speed (still safe when a process crashes; an OS crash or power cut may lose the
+  last commits). Group commit is what keeps FULL affordable: one fsync per batch.
+* ``busy_timeout`` (``?busy_timeout=MS``, default 30 s) makes a second process wait for the
+  file lock instead of failing; ``foreign_keys`` keeps references honest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import importlib.resources
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -44,15 +44,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from ._migrate import apply_migrations, load_migrations
+
 __all__ = [
     "Engine",
     "EngineClosedError",
     "GroupJob",
-    "Migration",
     "SQLiteOptions",
-    "SchemaError",
-    "apply_migrations",
-    "load_migrations",
+    "connect",
     "parse_url",
 ]
 
@@ -66,10 +65,6 @@ _READERS = 2
 
 class EngineClosedError(RuntimeError):
     """A call reached the store before ``open()`` or after ``close()``."""
-
-
-class SchemaError(RuntimeError):
-    """The database file was migrated by a different (newer or edited) version of the code."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,103 +133,6 @@ def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch the database to WAL mode ({mode})")
         return
-
-
-# -- migrations ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
-
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-def load_migrations() -> list[Migration]:
-    """The SQL files of ``store/migrations/sqlite``, in version order."""
-    folder = importlib.resources.files("ascend_webhooks.store").joinpath("migrations", "sqlite")
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            sql = entry.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), match.group(2), sql))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise SchemaError(f"two SQLite migrations share a version: {versions}")
-    return found
-
-
-def split_statements(sql: str) -> list[str]:
-    """Split a script into statements (``executescript`` would COMMIT our transaction)."""
-    statements, current = [], ""
-    for line in sql.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            if current.strip():
-                statements.append(current.strip())
-            current = ""
-    if current.strip() and not all(
-        part.strip().startswith("--") or not part.strip() for part in current.splitlines()
-    ):
-        raise SchemaError(f"incomplete SQL statement at the end of a migration: {current!r}")
-    return statements
-
-
-def apply_migrations(conn: sqlite3.Connection, migrations: list[Migration]) -> list[int]:
-    """Apply the missing migrations in one IMMEDIATE transaction; return the versions applied.
-
-    The write lock is taken before reading ``schema_migrations``, so two processes opening the
-    same file at once serialize here: the second finds everything applied and does nothing.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
-            " applied_at INTEGER NOT NULL)"
-        )
-        applied = {
-            row[0]: (row[1], row[2])
-            for row in conn.execute("SELECT version, name, checksum FROM schema_migrations")
-        }
-        known = {m.version: m for m in migrations}
-        unknown = sorted(set(applied) - set(known))
-        if unknown:
-            raise SchemaError(
-                f"the database has schema versions {unknown} that this release does not know: "
-                "it was opened by a newer version of ascend-webhooks"
-            )
-        done = []
-        for migration in migrations:
-            if migration.version in applied:
-                if applied[migration.version][1] != migration.checksum:
-                    raise SchemaError(
-                        f"migration {migration.version} ({migration.name}) changed after it was "
-                        "applied to this database"
-                    )
-                continue
-            for statement in split_statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at)"
-                " VALUES (?, ?, ?, ?)",
-                (migration.version, migration.name, migration.checksum, int(time.time() * 1000)),
-            )
-            done.append(migration.version)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return done
 
 
 # -- the engine ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..base import NotFoundError
+from ..base import NotFoundError, StoreError
 from ..models import (
     ApiToken,
     Delivery,
@@ -247,7 +247,10 @@ def list_deliveries(
         params.append(before)
     if status is not None:
         clauses.append("d.status = ?")
-        params.append(DeliveryStatus(status).value)
+        try:
+            params.append(DeliveryStatus(status).value)
+        except ValueError:
+            raise StoreError(f"unknown delivery status {status!r}") from None
     if endpoint_id is not None:
         clauses.append("d.endpoint_id = ?")
         params.append(endpoint_id)

@@ -30,7 +30,7 @@ from ..models import (
     PublishResult,
     WebhookKey,
 )
-from . import _reads, _writes
+from . import _publish, _reads, _writes
 from ._claim import Claimer
 from ._engine import Engine, EngineClosedError, GroupJob, parse_url
 from ._rows import from_ms
@@ -188,7 +188,7 @@ class SQLiteStore(Store):
         self, organization_id: str, events: Sequence[NewEvent]
     ) -> list[PublishResult]:
         call = (organization_id, tuple(events))
-        results: list[PublishResult] = await self._write(GroupJob(_writes.publish_group, call))
+        results: list[PublishResult] = await self._write(GroupJob(_publish.publish_group, call))
         if any(result.created and result.event.deliveries for result in results):
             self._wake()
         return results

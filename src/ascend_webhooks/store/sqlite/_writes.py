@@ -15,23 +15,22 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...ids import new_id
-from ..base import EventConflictError, NotFoundError, StoreError
+from ..base import NotFoundError, StoreError
 from ..models import (
     ApiToken,
     AttemptOutcome,
     Delivery,
     DeliveryStatus,
     Endpoint,
-    Event,
-    NewEvent,
     Organization,
-    PublishResult,
     WebhookKey,
 )
 from . import _reads, _rows
 from ._rows import chunks, from_ms, marks, now_ms, to_ms
 
 __all__ = [
+    "BEHIND_KEY",
+    "ENDPOINT_DISABLED",
     "activate_key",
     "create_endpoint",
     "create_key",
@@ -39,9 +38,9 @@ __all__ = [
     "create_token",
     "delete_endpoint",
     "extend_leases",
-    "publish_group",
     "record",
     "release",
+    "require_organization",
     "retry_delivery",
     "revoke_key",
     "update_endpoint",
@@ -53,7 +52,7 @@ ENDPOINT_DISABLED = 2
 _ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
 
 
-def _require_organization(conn: sqlite3.Connection, organization_id: str) -> None:
+def require_organization(conn: sqlite3.Connection, organization_id: str) -> None:
     row = conn.execute("SELECT 1 FROM organizations WHERE id = ?", (organization_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"organization {organization_id!r} not found")
@@ -75,7 +74,7 @@ def create_token(
     conn: sqlite3.Connection, organization_id: str | None, token_hash: bytes, name: str | None
 ) -> ApiToken:
     if organization_id is not None:
-        _require_organization(conn, organization_id)
+        require_organization(conn, organization_id)
     now = now_ms()
     token = ApiToken(
         id=new_id("tok"), organization_id=organization_id, name=name, created_at=from_ms(now)
@@ -94,7 +93,7 @@ def create_token(
 def create_key(
     conn: sqlite3.Connection, organization_id: str, ciphertext: bytes, activate: bool
 ) -> WebhookKey:
-    _require_organization(conn, organization_id)
+    require_organization(conn, organization_id)
     now = now_ms()
     key_id = new_id("key")
     conn.execute(
@@ -148,7 +147,7 @@ def create_endpoint(
     description: str | None,
     enabled: bool,
 ) -> Endpoint:
-    _require_organization(conn, organization_id)
+    require_organization(conn, organization_id)
     now = now_ms()
     endpoint_id = new_id("ep")
     conn.execute(
@@ -228,181 +227,6 @@ def delete_endpoint(conn: sqlite3.Connection, organization_id: str, endpoint_id:
         " WHERE endpoint_id = ? AND status = 'pending'",
         (now, endpoint_id),
     )
-
-
-# -- publish ----------------------------------------------------------------------------------
-
-
-PublishCall = tuple[str, tuple[NewEvent, ...]]
-
-
-def publish_group(
-    conn: sqlite3.Connection, calls: list[PublishCall]
-) -> list[tuple[bool, list[PublishResult] | StoreError]]:
-    """Publish many callers' events with one insert per table; a caller's error is its own."""
-    batch = _PublishBatch(conn)
-    outcomes: list[tuple[bool, list[PublishResult] | StoreError]] = []
-    for organization_id, events in calls:
-        try:
-            outcomes.append((True, batch.add(organization_id, events)))
-        except StoreError as exc:
-            outcomes.append((False, exc))
-    batch.flush()
-    return outcomes
-
-
-class _PublishBatch:
-    """Rows staged for one transaction. ``add`` validates a call fully before staging any of
-    its rows, so a call that raises leaves the batch as it was."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._now = now_ms()
-        self._created_at = from_ms(self._now)
-        self._endpoints: dict[str, list[Endpoint]] = {}
-        self._next_seq: int | None = None
-        self._staged: dict[tuple[str, str], tuple[bytes, Event]] = {}  # (org, id) → hash, event
-        self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
-        self._event_rows: list[tuple[object, ...]] = []
-        self._delivery_rows: list[tuple[object, ...]] = []
-
-    def _endpoints_of(self, organization_id: str) -> list[Endpoint]:
-        found = self._endpoints.get(organization_id)
-        if found is None:
-            found = [
-                _rows.endpoint(row)
-                for row in self._conn.execute(
-                    f"SELECT {_rows.ENDPOINT_COLUMNS} FROM endpoints"  # noqa: S608
-                    " WHERE organization_id = ? AND enabled = 1 AND deleted_at IS NULL",
-                    (organization_id,),
-                )
-            ]
-            if not found:  # an endpoint proves the organization exists: one query fewer
-                _require_organization(self._conn, organization_id)
-            self._endpoints[organization_id] = found
-        return found
-
-    def add(self, organization_id: str, events: Sequence[NewEvent]) -> list[PublishResult]:
-        endpoints = self._endpoints_of(organization_id)
-        unique: dict[str, NewEvent] = {}
-        for new in events:
-            seen = unique.setdefault(new.id, new)
-            if seen.content_hash != new.content_hash:
-                raise EventConflictError(new.id)
-        existing: dict[str, int] = {}
-        ids = list(unique)
-        for part in chunks(ids):
-            for seq, event_id, content_hash in self._conn.execute(
-                "SELECT seq, id, content_hash FROM events"  # noqa: S608 (placeholders only)
-                f" WHERE organization_id = ? AND id IN ({marks(len(part))})",
-                (organization_id, *part),
-            ):
-                if bytes(content_hash) != unique[event_id].content_hash:
-                    raise EventConflictError(event_id)
-                existing[event_id] = seq
-        earlier: dict[str, Event] = {}  # staged by another call of this batch
-        for event_id, new in unique.items():
-            staged = self._staged.get((organization_id, event_id))
-            if staged is not None:
-                if staged[0] != new.content_hash:
-                    raise EventConflictError(event_id)
-                earlier[event_id] = staged[1]
-        # Valid: from here on nothing raises a StoreError.
-        created = {
-            new.id: self._stage(organization_id, endpoints, new)
-            for new in unique.values()
-            if new.id not in existing and new.id not in earlier
-        }
-        stored = _reads.events_by_seq(self._conn, list(existing.values())) if existing else {}
-        results: list[PublishResult] = []
-        reported: set[str] = set()
-        for new in events:
-            if new.id in created:
-                results.append(PublishResult(created[new.id], created=new.id not in reported))
-            elif new.id in earlier:
-                results.append(PublishResult(earlier[new.id], created=False))
-            else:
-                results.append(PublishResult(stored[existing[new.id]], created=False))
-            reported.add(new.id)
-        return results
-
-    def _stage(self, organization_id: str, endpoints: Sequence[Endpoint], new: NewEvent) -> Event:
-        if self._next_seq is None:
-            # We hold the write lock, so the next seq values are ours to hand out.
-            row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            self._next_seq = int(row[0]) + 1
-        seq = self._next_seq
-        self._next_seq += 1
-        now, created_at = self._now, self._created_at
-        self._event_rows.append(
-            (seq, new.id, organization_id, new.type, new.body, new.content_hash,
-             new.ordering_key, now)
-        )  # fmt: skip
-        deliveries = []
-        for endpoint in endpoints:
-            if not endpoint.wants(new.type):
-                continue
-            blocked = 0
-            if new.ordering_key is not None:
-                chain = (endpoint.id, new.ordering_key)
-                if chain in self._chains or _chain_has_pending(self._conn, *chain):
-                    blocked = BEHIND_KEY
-                self._chains.add(chain)
-            delivery_id = new_id("dlv")
-            self._delivery_rows.append(
-                (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
-                 now, now, now)
-            )  # fmt: skip
-            deliveries.append(
-                Delivery(
-                    id=delivery_id,
-                    organization_id=organization_id,
-                    event_id=new.id,
-                    endpoint_id=endpoint.id,
-                    status=DeliveryStatus.PENDING,
-                    attempt_count=0,
-                    next_attempt_at=created_at,
-                    created_at=created_at,
-                    updated_at=created_at,
-                )
-            )
-        event = Event(
-            id=new.id,
-            organization_id=organization_id,
-            type=new.type,
-            body=new.body,
-            ordering_key=new.ordering_key,
-            created_at=created_at,
-            deliveries=tuple(deliveries),
-        )
-        self._staged[(organization_id, new.id)] = (new.content_hash, event)
-        return event
-
-    def flush(self) -> None:
-        if self._event_rows:
-            self._conn.executemany(
-                "INSERT INTO events (seq, id, organization_id, type, body, content_hash,"
-                " ordering_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                self._event_rows,
-            )
-        if self._delivery_rows:
-            self._conn.executemany(
-                "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id,"
-                " ordering_key, blocked, next_attempt_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                self._delivery_rows,
-            )
-        self._event_rows, self._delivery_rows = [], []
-
-
-def _chain_has_pending(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM deliveries INDEXED BY deliveries_ordering"
-        " WHERE status = 'pending' AND endpoint_id = ?"
-        " AND ordering_key = ? LIMIT 1",
-        (endpoint_id, ordering_key),
-    ).fetchone()
-    return row is not None
 
 
 def _unblock_head(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> None:
