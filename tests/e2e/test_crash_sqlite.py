@@ -1,0 +1,191 @@
+"""Crash safety on the embedded database: ``kill -9`` of ``serve`` loses no accepted event.
+
+SPEC section 3: an event answered 202 is never lost, not on ``kill -9`` of any process; a
+delivery interrupted mid-attempt is attempted again. Here ``ascend-webhooks serve`` (API and
+worker in one process, SQLite) runs as a real subprocess and is killed with SIGKILL while
+publishers are sending and attempts are in flight at a real receiver that verifies every
+signature; it is restarted on the same database file each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import (
+    ADMIN,
+    Publisher,
+    delivery_counts,
+    event_ids,
+    eventually,
+    processes,
+    service_env,
+    setup_organization,
+)
+from tests.support.receivers import Hang, Receiver, Reply
+
+CONCURRENCY = 8  # attempts in flight in the serve process: bounds the duplicates per kill
+
+
+async def test_every_accepted_event_arrives_across_repeated_kill_9_of_serve(
+    tmp_path: Path,
+) -> None:
+    env = service_env(
+        f"sqlite:///{tmp_path / 'crash.db'}",
+        WORKER_CONCURRENCY=str(CONCURRENCY),
+        ENDPOINT_CONCURRENCY=str(CONCURRENCY),
+        LEASE_SECONDS="1",  # deliveries leased by a killed process are due again soon
+    )
+    # Slowish on purpose (10 ms per request): attempts are in flight whenever serve is killed.
+    async with (
+        processes(tmp_path) as group,
+        Receiver(behaviour=Reply(200, delay=0.01)) as receiver,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        serve = await group.serve(env)
+        org = await setup_organization(client, serve.base_url, receiver.url)
+        receiver.secret = org.secret
+        publisher = Publisher(client, serve.base_url, org.id)
+        numbers = itertools.count()
+        stop = asyncio.Event()
+
+        async def single() -> None:
+            while not stop.is_set():
+                n = next(numbers)
+                await publisher.publish({"id": f"e{n}", "type": "invoice.paid", "data": {"n": n}})
+
+        async def batches() -> None:
+            while not stop.is_set():
+                ids = [next(numbers) for _ in range(25)]
+                await publisher.publish_batch(
+                    [{"id": f"e{n}", "type": "payout.paid", "data": {"n": n}} for n in ids]
+                )
+                await asyncio.sleep(0.02)
+
+        publishing = [asyncio.create_task(single()) for _ in range(4)]
+        publishing.append(asyncio.create_task(batches()))
+        kills: list[float] = []
+        try:
+            await asyncio.sleep(1.0)
+            for _ in range(3):
+                arrived = len(receiver.requests)
+                # Deliveries flow again since the last restart: attempts are in flight.
+                await receiver.wait_for_requests(arrived + 20, within=10)
+                await serve.kill()
+                kills.append(time.monotonic())
+                await asyncio.sleep(0.2)  # publishers meet a dead port meanwhile
+                await serve.restart()
+                await asyncio.sleep(0.5)
+        except BaseException:
+            for task in publishing:
+                task.cancel()
+            raise
+        finally:
+            stop.set()
+            await asyncio.gather(*publishing, return_exceptions=True)
+        for task in publishing:
+            task.result()  # a publisher that failed fails the test
+
+        accepted = set(publisher.accepted)
+        assert publisher.connection_errors > 0, "no publish ever met the killed process"
+        assert len(publisher.answered_202) > 300, len(publisher.answered_202)
+        assert publisher.answered_202 <= accepted
+        await eventually(
+            lambda: accepted <= {r.event.id for r in receiver.requests if r.event},
+            within=30,
+            what="every accepted event at the receiver",
+        )
+        await asyncio.sleep(0.3)  # let any late duplicate arrive before counting
+
+        received = Counter(event_ids(receiver.requests))
+        assert set(received) == accepted  # every accepted event, and nothing else
+        assert_duplicates_only_across_kills(receiver, kills)
+        duplicates = sum(received.values()) - len(received)
+        # Loose bound on the number: the attempts in flight plus the outcomes not yet written
+        # when the process died, per kill.
+        assert duplicates <= len(kills) * 3 * CONCURRENCY, (duplicates, len(kills))
+        counts = await delivery_counts(client, serve.base_url)
+        assert counts.get("pending", 0) == 0, counts
+        assert counts.get("failed", 0) == 0, counts
+        assert counts["succeeded"] == len(accepted), counts
+        log = serve.output()
+        assert org.secret not in log
+
+
+async def test_an_attempt_cut_short_by_kill_9_is_made_again_after_restart(
+    tmp_path: Path,
+) -> None:
+    env = service_env(f"sqlite:///{tmp_path / 'held.db'}", LEASE_SECONDS="1")
+    async with (
+        processes(tmp_path) as group,
+        Receiver(behaviour=Reply(200)) as receiver,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        serve = await group.serve(env)
+        org = await setup_organization(client, serve.base_url, receiver.url)
+        receiver.secret = org.secret
+        receiver.script(Hang(), then=Reply(200))  # hold the first attempt: no answer
+        published = await client.post(
+            f"{serve.base_url}/v1/organizations/{org.id}/events",
+            json={"id": "held", "type": "invoice.paid", "data": {"invoice": "inv_1"}},
+            headers=ADMIN,
+        )
+        assert published.status_code == 202, published.text
+        delivery = published.json()["deliveries"][0]["id"]
+        (held,) = await receiver.wait_for_requests(1)
+        # Longer than the lease: the live attempt keeps its lease (heartbeat), so nothing
+        # else takes the delivery while the receiver holds it.
+        await asyncio.sleep(1.6)
+        assert len(receiver.requests) == 1
+
+        await serve.kill()  # mid-attempt: no outcome was recorded
+        killed_at = time.monotonic()
+        await serve.restart()
+        again = (await receiver.wait_for_requests(2, within=15))[1]
+        assert again.received_at - killed_at < 10
+        assert again.verified, again.verify_error
+        assert again.event is not None
+        assert again.event.id == "held"
+        assert again.body == held.body  # byte-identical on every attempt
+        assert again.header("x-ascend-delivery-id") == delivery
+
+        async with asyncio.timeout(10):
+            while True:
+                got = await client.get(
+                    f"{serve.base_url}/v1/organizations/{org.id}/deliveries/{delivery}",
+                    headers=ADMIN,
+                )
+                if got.json()["status"] == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+        attempts = got.json()["attempts"]
+        assert attempts[-1]["status_code"] == 200
+        with contextlib.suppress(TimeoutError):
+            await receiver.wait_for_requests(3, within=0.5)
+        assert len(receiver.requests) == 2  # succeeded: not attempted a third time
+
+
+def assert_duplicates_only_across_kills(receiver: Receiver, kills: list[float]) -> None:
+    """An event arrives again only if its previous arrival was cut off by a kill.
+
+    That is: between two arrivals of one event there is a kill, and the earlier arrival was
+    at most a second before it (an attempt in flight, or one whose outcome was not yet
+    written). A duplicate with no kill in between would be the service sending twice.
+    """
+    arrivals: dict[str, list[float]] = {}
+    for request in receiver.requests:
+        assert request.event is not None
+        arrivals.setdefault(request.event.id, []).append(request.received_at)
+    for event_id, times in arrivals.items():
+        for earlier, later in itertools.pairwise(times):
+            cut = [k for k in kills if earlier <= k < later]
+            assert cut, f"{event_id} arrived twice with no kill in between"
+            assert cut[0] - earlier < 1.0, (
+                f"{event_id}: arrived {cut[0] - earlier:.2f}s before a kill"
+            )
