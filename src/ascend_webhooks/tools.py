@@ -45,8 +45,11 @@ class DeliveryError(Exception):
 
 def register_tools(sub: Any) -> None:
     """Add the integrator sub-commands to the CLI's sub-parsers."""
+    from .listen import register_listen
+
     _register_trigger(sub)
     _register_verify(sub)
+    register_listen(sub, _run, _secrets)
 
 
 # -- trigger -------------------------------------------------------------------------------

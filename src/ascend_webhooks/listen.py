@@ -1,0 +1,157 @@
+"""``ascend-webhooks listen``: a local receiver that verifies and prints every webhook it gets.
+
+For integrators and operators: point an endpoint (or ``ascend-webhooks trigger``) at it and see,
+request by request, whether the signature verifies and why not. It answers 200 to a verified
+event and 401/400 otherwise, exactly as a correct receiver would, so the sender's retries can be
+watched too. ``--status`` makes it answer something else on purpose, to exercise retries.
+
+Standard library only (``http.server``): it is a debugging tool for one developer, not a
+production receiver; the framework adapters in :mod:`ascend_webhooks.receiver` are that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+
+from .diagnose import diagnose
+from .signature import DEFAULT_TOLERANCE
+
+__all__ = ["ListenServer", "register_listen"]
+
+_MAX_BODY = 16 * 1024 * 1024  # a receiver for debugging; refuse anything absurd
+
+
+class ListenServer(ThreadingHTTPServer):
+    """An HTTP server that verifies each POST with ``secrets`` and reports it to ``out``."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        secrets: list[str],
+        *,
+        tolerance: float | None = DEFAULT_TOLERANCE,
+        status: int | None = None,
+        show_data: bool = True,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.secrets = secrets
+        self.tolerance = tolerance
+        self.forced_status = status
+        self.show_data = show_data
+        self.out = out
+        self._lock = threading.Lock()
+
+    def report(self, lines: list[str]) -> None:
+        """Print one request's report as a block, never interleaved with another's."""
+        with self._lock:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ListenServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit() or int(length) > _MAX_BODY:
+            self._answer(411 if length is None else 413, {"error": "bad Content-Length"})
+            return
+        body = self.rfile.read(int(length))
+        result = diagnose(body, self.headers, self.server.secrets, tolerance=self.server.tolerance)
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        if result.event is not None:
+            event = result.event
+            status = self.server.forced_status or 200
+            lines = [
+                f"{stamp} {self.command} {self.path} verified {event.type} {event.id}"
+                f" attempt={self.headers.get('X-Ascend-Attempt', '?')} -> {status}"
+            ]
+            if self.server.show_data:
+                lines.append("  " + json.dumps(event.data, ensure_ascii=False)[:2000])
+            self.server.report(lines)
+            self._answer(status, {"received": True, "id": event.id})
+            return
+        status = 400 if result.problems and _is_payload_problem(result) else 401
+        status = self.server.forced_status or status
+        lines = [f"{stamp} {self.command} {self.path} REJECTED -> {status}"]
+        lines += [f"  problem: {problem}" for problem in result.problems]
+        lines += [f"  hint: {hint}" for hint in result.hints]
+        self.server.report(lines)
+        self._answer(status, {"error": result.problems[0] if result.problems else "rejected"})
+
+    def _answer(self, status: int, document: dict[str, Any]) -> None:
+        payload = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default access log: the report says everything once."""
+
+
+def _is_payload_problem(result: Any) -> bool:
+    from .errors import InvalidPayloadError
+
+    return isinstance(result.error, InvalidPayloadError)
+
+
+def register_listen(sub: Any, run: Any, secrets: Any) -> None:
+    """Add ``listen`` to the CLI; ``run`` wraps the handler, ``secrets`` reads --secret/env."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "listen",
+        help="run a local receiver that verifies and prints every webhook",
+        description="Receive webhooks on HOST:PORT, verify each with the webhook key and print "
+        "the event or the precise reason it was rejected. Answers 200 to verified events.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="port to bind (9000; 0: any)")
+    parser.add_argument(
+        "--secret",
+        action="append",
+        help="webhook key; repeat during key rotation (default: $ASCEND_WEBHOOKS_SECRET)",
+    )
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--status", type=int, help="answer this status to every request")
+    parser.add_argument("--quiet-data", action="store_true", help="do not print event data")
+
+    def command(args: argparse.Namespace) -> int:
+        keys = secrets(args.secret)
+        if args.status is not None and not 100 <= args.status <= 599:
+            from .tools import UsageError
+
+            raise UsageError(f"--status must be an HTTP status (100-599), not {args.status}")
+        try:
+            server = ListenServer(
+                (args.host, args.port),
+                keys,
+                tolerance=args.tolerance,
+                status=args.status,
+                show_data=not args.quiet_data,
+            )
+        except OSError as exc:
+            from .tools import UsageError
+
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+        host, port = server.server_address[:2]
+        print(f"listening on http://{host!s}:{port}/ (Ctrl-C to stop)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+
+    parser.set_defaults(handler=run(command))
