@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -21,10 +19,11 @@ import httpx
 from tests.support.processes import (
     ADMIN,
     Publisher,
+    arrivals_of,
+    assert_duplicates_only_across_kills,
     delivery_counts,
-    event_ids,
-    eventually,
     processes,
+    publishing,
     service_env,
     setup_organization,
 )
@@ -52,60 +51,23 @@ async def test_every_accepted_event_arrives_across_repeated_kill_9_of_serve(
         org = await setup_organization(client, serve.base_url, receiver.url)
         receiver.secret = org.secret
         publisher = Publisher(client, serve.base_url, org.id)
-        numbers = itertools.count()
-        stop = asyncio.Event()
-
-        async def single() -> None:
-            while not stop.is_set():
-                n = next(numbers)
-                await publisher.publish({"id": f"e{n}", "type": "invoice.paid", "data": {"n": n}})
-
-        async def batches() -> None:
-            while not stop.is_set():
-                ids = [next(numbers) for _ in range(25)]
-                await publisher.publish_batch(
-                    [{"id": f"e{n}", "type": "payout.paid", "data": {"n": n}} for n in ids]
-                )
-                await asyncio.sleep(0.02)
-
-        publishing = [asyncio.create_task(single()) for _ in range(4)]
-        publishing.append(asyncio.create_task(batches()))
         kills: list[float] = []
-        try:
+        async with publishing(publisher):
             await asyncio.sleep(1.0)
             for _ in range(3):
-                arrived = len(receiver.requests)
                 # Deliveries flow again since the last restart: attempts are in flight.
-                await receiver.wait_for_requests(arrived + 20, within=10)
+                await receiver.wait_for_requests(len(receiver.requests) + 20, within=10)
                 await serve.kill()
                 kills.append(time.monotonic())
                 await asyncio.sleep(0.2)  # publishers meet a dead port meanwhile
                 await serve.restart()
                 await asyncio.sleep(0.5)
-        except BaseException:
-            for task in publishing:
-                task.cancel()
-            raise
-        finally:
-            stop.set()
-            await asyncio.gather(*publishing, return_exceptions=True)
-        for task in publishing:
-            task.result()  # a publisher that failed fails the test
 
         accepted = set(publisher.accepted)
         assert publisher.connection_errors > 0, "no publish ever met the killed process"
         assert len(publisher.answered_202) > 300, len(publisher.answered_202)
-        assert publisher.answered_202 <= accepted
-        await eventually(
-            lambda: accepted <= {r.event.id for r in receiver.requests if r.event},
-            within=30,
-            what="every accepted event at the receiver",
-        )
-        await asyncio.sleep(0.3)  # let any late duplicate arrive before counting
-
-        received = Counter(event_ids(receiver.requests))
-        assert set(received) == accepted  # every accepted event, and nothing else
-        assert_duplicates_only_across_kills(receiver, kills)
+        received = await arrivals_of(receiver, accepted, within=30)
+        assert_duplicates_only_across_kills(receiver.requests, kills)
         duplicates = sum(received.values()) - len(received)
         # Loose bound on the number: the attempts in flight plus the outcomes not yet written
         # when the process died, per kill.
@@ -169,23 +131,3 @@ async def test_an_attempt_cut_short_by_kill_9_is_made_again_after_restart(
         with contextlib.suppress(TimeoutError):
             await receiver.wait_for_requests(3, within=0.5)
         assert len(receiver.requests) == 2  # succeeded: not attempted a third time
-
-
-def assert_duplicates_only_across_kills(receiver: Receiver, kills: list[float]) -> None:
-    """An event arrives again only if its previous arrival was cut off by a kill.
-
-    That is: between two arrivals of one event there is a kill, and the earlier arrival was
-    at most a second before it (an attempt in flight, or one whose outcome was not yet
-    written). A duplicate with no kill in between would be the service sending twice.
-    """
-    arrivals: dict[str, list[float]] = {}
-    for request in receiver.requests:
-        assert request.event is not None
-        arrivals.setdefault(request.event.id, []).append(request.received_at)
-    for event_id, times in arrivals.items():
-        for earlier, later in itertools.pairwise(times):
-            cut = [k for k in kills if earlier <= k < later]
-            assert cut, f"{event_id} arrived twice with no kill in between"
-            assert cut[0] - earlier < 1.0, (
-                f"{event_id}: arrived {cut[0] - earlier:.2f}s before a kill"
-            )

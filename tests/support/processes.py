@@ -16,26 +16,37 @@ output for the failure report:
   retries on a connection error or a ``503`` with the *same* event ids (the API is idempotent by
   id), and remembers which ids the service accepted (``202``, or ``200`` for an id an earlier,
   unanswered request had already stored). Those are the ids that must reach the receiver.
+* :func:`publishing`: publishers running concurrently (single events and batches) for the
+  duration of a ``with`` block, through whatever the block does to the service.
 * :func:`setup_organization`: an organization with a signing key and an endpoint.
+* :func:`postgres_database`: a fresh migrated PostgreSQL database, created and dropped with
+  retries, since another test may be restarting the server at that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import httpx
+import pytest
 
+from tests.support import postgres as pg
 from tests.support.api import MASTER_KEY
+
+T = TypeVar("T")
 
 __all__ = [
     "ADMIN",
@@ -45,11 +56,15 @@ __all__ = [
     "ProcessGroup",
     "Publisher",
     "ServiceProcess",
+    "arrivals_of",
+    "assert_duplicates_only_across_kills",
     "delivery_counts",
     "event_ids",
     "eventually",
     "free_port",
+    "postgres_database",
     "processes",
+    "publishing",
     "service_env",
     "setup_organization",
 ]
@@ -347,6 +362,45 @@ class Publisher:
             await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def publishing(
+    publisher: Publisher, *, singles: int = 4, batch_size: int = 25
+) -> AsyncIterator[None]:
+    """Publish unique events (``e0``, ``e1``, …) concurrently until the block ends.
+
+    ``singles`` tasks post one event at a time; one more posts batches of ``batch_size``. When
+    the block ends they finish the requests they have started (through retries), so
+    ``publisher.accepted`` is final afterwards; a failed publisher fails the block.
+    """
+    numbers = itertools.count()
+    stop = asyncio.Event()
+
+    async def single() -> None:
+        while not stop.is_set():
+            n = next(numbers)
+            await publisher.publish({"id": f"e{n}", "type": "invoice.paid", "data": {"n": n}})
+
+    async def batches() -> None:
+        while not stop.is_set():
+            ids = [next(numbers) for _ in range(batch_size)]
+            await publisher.publish_batch(
+                [{"id": f"e{n}", "type": "payout.paid", "data": {"n": n}} for n in ids]
+            )
+            await asyncio.sleep(0.02)
+
+    tasks = [asyncio.create_task(single()) for _ in range(singles)]
+    tasks.append(asyncio.create_task(batches()))
+    try:
+        yield
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
 def event_ids(requests: Iterable[Any]) -> list[str]:
     """The event ids of the verified requests a receiver recorded, in arrival order."""
     ids = []
@@ -368,3 +422,69 @@ async def delivery_counts(client: httpx.AsyncClient, base_url: str) -> dict[str,
             status, _, value = line[len(prefix) :].partition('"} ')
             counts[status] = int(float(value))
     return counts
+
+
+async def _through_restarts(make: Callable[[], Awaitable[T]], within: float = 20.0) -> T:
+    """``await make()``, again while PostgreSQL does not answer (a restart in progress)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await make()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, pytest.skip.Exception):
+            # admin_connection() skips when nothing answers. A local cluster that is down is
+            # being restarted by some test (it answers again soon); with no local cluster
+            # there is nothing to wait for.
+            if time.monotonic() >= deadline or await asyncio.to_thread(pg.cluster) is None:
+                raise
+            await asyncio.sleep(0.25)
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh migrated database on the libpq server (skipped if there is none): its URL."""
+    url = await _through_restarts(pg.create_database)
+    try:
+        yield url
+    finally:
+        await _through_restarts(lambda: pg.drop_database(url))
+
+
+def assert_duplicates_only_across_kills(requests: Iterable[Any], kills: Sequence[float]) -> None:
+    """An event arrives again only if its previous arrival was cut off by a kill.
+
+    That is: between two arrivals of one event there is a kill, and the earlier arrival was
+    at most a second before it (an attempt in flight, or one whose outcome was not yet
+    written). A duplicate with no kill in between would be the service sending twice.
+    """
+    arrivals: dict[str, list[float]] = {}
+    for request in requests:
+        assert request.event is not None
+        arrivals.setdefault(request.event.id, []).append(request.received_at)
+    for event_id, times in arrivals.items():
+        for earlier, later in itertools.pairwise(times):
+            cut = [k for k in kills if earlier <= k < later]
+            assert cut, f"{event_id} arrived twice with no kill in between"
+            assert cut[0] - earlier < 1.0, (
+                f"{event_id}: arrived {cut[0] - earlier:.2f}s before a kill"
+            )
+
+
+async def arrivals_of(receiver: Any, expected: Iterable[str], *, within: float) -> Counter[str]:
+    """Wait until every expected event id has arrived at ``receiver``, signature verified.
+
+    Returns how many times each event id arrived (a short grace after the last expected one
+    lets a late duplicate show). Unexpected event ids, or a request that does not verify,
+    fail the test.
+    """
+    wanted = set(expected)
+    await eventually(
+        lambda: wanted <= {r.event.id for r in receiver.requests if r.event is not None},
+        within=within,
+        interval=0.05,
+        what=f"all {len(wanted)} events at the receiver",
+    )
+    await asyncio.sleep(0.3)
+    arrived = Counter(event_ids(receiver.requests))
+    unexpected = set(arrived) - wanted
+    assert not unexpected, f"{len(unexpected)} events never accepted arrived: {unexpected}"
+    return arrived
