@@ -84,6 +84,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,  # "connection is closed" / "pool is closing"
+    # "cannot switch to state …; another operation is in progress": asyncpg's state after
+    # the server cut the session off mid-operation (a restart); that connection is dropped.
+    asyncpg.InternalClientError,
 )
 
 _ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
@@ -305,7 +308,11 @@ class PostgresStore(Store):
             raise StoreError("the store is not open: call open() first")
         try:
             async with self._pool.acquire() as conn:
-                yield conn  # type: ignore[misc]  # a proxy with the Connection API
+                try:
+                    yield conn  # type: ignore[misc]  # a proxy with the Connection API
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # unusable: never hand it out again
+                    raise
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL is unavailable ({type(exc).__name__}: {exc}); retry the call"
