@@ -181,7 +181,7 @@ def measure_baseline(sink: Sink, events: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a sink, drain N events through Celery, print the rate, write the result file."""
-    cli = parser("Celery (prefork, 4 processes) + Redis + requests.", 20_000, 2_000)
+    cli = parser("Celery (prefork, 4 processes) + Redis + requests.", 10_000, 2_000)
     args = cli.parse_args(argv)
     warn_if_busy("baseline")
     events = events_from(args)
