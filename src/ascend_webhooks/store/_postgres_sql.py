@@ -94,10 +94,12 @@ SELECT {DELIVERY_COLUMNS}
 #    work (pending, not blocked by an ordering key), starting just after the pair where the
 #    previous claim stopped and wrapping around, at most $6 pairs. Each step is one index probe,
 #    however many rows a pair has: a backlog of a million costs what a backlog of one does.
-# 2. cand: from each pair, its earliest due rows (at most $2), ranked within their organization.
-# 3. picked: the first $2 candidates by (rank in organization, walk order): organizations take
-#    turns row by row, so each gets an equal share of the batch whatever its backlog. Locked
-#    with SKIP LOCKED: concurrent claimers skip each other's rows and take the next candidates.
+# 2. cand: from each pair, its earliest due rows (at most $8: a few more than the batch, so that
+#    a claimer racing others finds rows to take past the ones they locked), ranked within their
+#    organization.
+# 3. top, picked: the candidates by (rank in organization, walk order): organizations take
+#    turns row by row, so each gets an equal share of the batch whatever its backlog. The
+#    first $2 that can be locked (SKIP LOCKED) are taken: racing claimers take the next ones.
 # 4. The lease: next_attempt_at moves to the lease's end, so a delivery whose worker died is
 #    simply due again when the lease runs out (no sweeper needed).
 _NEXT_PAIR = """
@@ -137,16 +139,28 @@ cand AS (
          WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
            AND d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
          ORDER BY d.next_attempt_at, d.seq
-         LIMIT $2
+         LIMIT $8
      ) AS c
      WHERE w.ep <> ALL($7::text[])
 ),
+top AS (
+    SELECT seq, rn, n FROM cand ORDER BY rn, n LIMIT $8
+),
+-- Each candidate in turn, locked by primary key inside its own sub-select: a row locked by a
+-- racing claimer is skipped, and the LIMIT stops locking once the batch is full. The shape
+-- (candidates outside, one key lookup inside) holds whatever the table's statistics say.
 picked AS (
-    SELECT d.seq, cand.rn, cand.n FROM deliveries AS d JOIN cand ON cand.seq = d.seq
-     WHERE d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
-     ORDER BY cand.rn, cand.n
+    SELECT x.seq, top.rn, top.n
+      FROM top
+     CROSS JOIN LATERAL (
+        SELECT d.seq FROM deliveries AS d
+         WHERE d.seq = top.seq
+           -- re-checked on the newest row version; CASE keeps partial indexes out of the plan
+           AND CASE WHEN d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
+                    THEN true ELSE false END
+           FOR UPDATE SKIP LOCKED
+     ) AS x
      LIMIT $2
-       FOR UPDATE OF d SKIP LOCKED
 ),
 claimed AS (
     UPDATE deliveries AS d
@@ -162,10 +176,12 @@ claimed AS (
               p.rn, p.n
 )
 SELECT id, organization_id, event_id, event_type, endpoint_id, url, body, attempt_number,
-       round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked
+       round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked,
+       NULL::bigint AS candidates
   FROM claimed
 UNION ALL
-SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n
+SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
+       (SELECT count(*) FROM cand)
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
 
@@ -235,8 +251,23 @@ UPDATE deliveries
  WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
 """
 
-NEXT_DUE_AT = """
-SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending' AND blocked = 0
+# The earliest ready delivery of each (organization, endpoint) pair, by the same loose index
+# scan as the claim: O(pairs) index probes.
+NEXT_DUE_AT = f"""
+WITH RECURSIVE walk(org, ep) AS (
+    SELECT s.org, s.ep FROM ({_NEXT_PAIR.format(org="''::text", ep="''::text")}) AS s
+    UNION ALL
+    SELECT nx.org, nx.ep FROM walk AS w
+     CROSS JOIN LATERAL ({_NEXT_PAIR.format(org="w.org", ep="w.ep")}) AS nx
+     WHERE (nx.org, nx.ep) > (w.org, w.ep)
+)
+SELECT min(first.due) FROM walk AS w
+ CROSS JOIN LATERAL (
+    SELECT d.next_attempt_at AS due FROM deliveries AS d
+     WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
+       AND d.status = 'pending' AND d.blocked = 0
+     ORDER BY d.next_attempt_at LIMIT 1
+ ) AS first
 """
 
 DELIVERY_COUNTS = "SELECT status, count(*) FROM deliveries GROUP BY status"

@@ -35,6 +35,7 @@ variables fill in what the URL leaves out, as for psql).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.resources
 import re
@@ -92,6 +93,10 @@ _UNAVAILABLE = (
 _ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
 _BEHIND_KEY = 1
 _ENDPOINT_DISABLED = 2
+# A claim takes a few more candidates per pair than it needs (room to skip rows that racing
+# claimers locked) and runs again, a few times at most, if it was still left short by them.
+_CLAIM_SLACK = 16
+_CLAIM_ROUNDS = 8
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -839,8 +844,26 @@ class PostgresStore(Store):
         *,
         exclude_endpoints: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
-        if limit < 1:
-            return []
+        claimed: list[ClaimedDelivery] = []
+        for attempt in range(_CLAIM_ROUNDS):
+            wanted = limit - len(claimed)
+            if wanted < 1:
+                break
+            batch, skipped = await self._claim_once(
+                worker_id, wanted, lease_seconds, exclude_endpoints
+            )
+            claimed.extend(batch)
+            if not skipped:
+                break
+            # Candidates were locked by claimers running at this very moment: once they commit,
+            # a new statement sees their rows leased and takes the next ones.
+            await asyncio.sleep(0.001 * attempt)
+        return claimed
+
+    async def _claim_once(
+        self, worker_id: str, limit: int, lease_seconds: float, exclude: Sequence[str]
+    ) -> tuple[list[ClaimedDelivery], bool]:
+        """One claim statement; also says whether due candidates were left to other claimers."""
         start_org, start_ep = self._claim_from
         async with self._transaction() as conn:
             await conn.execute(sql.CLAIM_PLANNER)
@@ -852,7 +875,8 @@ class PostgresStore(Store):
                 start_org,
                 start_ep,
                 self._claim_pairs,
-                list(exclude_endpoints),
+                list(exclude),
+                limit + _CLAIM_SLACK,
             )
         claimed = [row for row in rows if row["id"] is not None]
         marker = next((row for row in rows if row["id"] is None), None)
@@ -862,7 +886,10 @@ class PostgresStore(Store):
         elif claimed:
             last = max(claimed, key=lambda row: (row["rn"], row["n"]))
             self._claim_from = (last["organization_id"], last["endpoint_id"])
-        return [
+        skipped = (
+            marker is not None and len(claimed) < limit and marker["candidates"] > len(claimed)
+        )
+        result = [
             ClaimedDelivery(
                 id=row["id"],
                 organization_id=row["organization_id"],
@@ -877,6 +904,7 @@ class PostgresStore(Store):
             )
             for row in sorted(claimed, key=lambda row: (row["rn"], row["n"]))
         ]
+        return result, skipped
 
     async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
         latest = {outcome.delivery_id: outcome for outcome in outcomes}

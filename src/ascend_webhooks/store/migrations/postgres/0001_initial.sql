@@ -79,11 +79,10 @@ CREATE TABLE deliveries (
 );
 -- The claim path: a loose index scan over (organization, endpoint) pairs with ready work, then
 -- the earliest due rows of each pair. Finished and blocked rows are not in the index at all.
+-- (No index on next_attempt_at alone: on a table not yet analyzed, the planner would prefer it
+-- for the claim and read the whole backlog; next_due_at walks this one instead.)
 CREATE INDEX deliveries_ready
     ON deliveries (organization_id, endpoint_id, next_attempt_at, seq)
-    WHERE status = 'pending' AND blocked = 0;
-CREATE INDEX deliveries_ready_due
-    ON deliveries (next_attempt_at)
     WHERE status = 'pending' AND blocked = 0;
 -- The head of each ordering key: the oldest pending delivery per (endpoint, key).
 CREATE INDEX deliveries_ordering
