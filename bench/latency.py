@@ -244,6 +244,8 @@ def _line(name: str, part: dict[str, Any]) -> str:
     p50, p99 = TARGETS[name]
     verdict = "met" if part["p50_ms"] < p50 and part["p99_ms"] < p99 else "NOT met"
     extra = f" [INCOMPLETE: {part['incomplete']}]" if "incomplete" in part else ""
+    if part["publish_errors"]:
+        extra += f" [{part['publish_errors']} publish calls not answered 202]"
     return (
         f"  {name:<28} p50 {part['p50_ms']:6.2f} ms  p90 {part['p90_ms']:6.2f} ms  "
         f"p99 {part['p99_ms']:6.2f} ms  max {part['max_ms']:7.2f} ms  "
