@@ -24,6 +24,10 @@ Why it is built this way:
   due again then, without a sweeper, and the same index serves new work and expired leases.
 * **Migrations** are numbered SQL files applied in one transaction under
   ``pg_advisory_xact_lock``: any number of processes may start at once.
+* **Group commit** is the server's: concurrent publishes run on separate pooled connections,
+  and PostgreSQL flushes the WAL once for every commit waiting at that moment, so throughput
+  grows with concurrency without batching calls into shared transactions here (which would
+  make one caller's conflict roll back another's events, or need savepoints per call).
 * **Wake-ups** go through LISTEN/NOTIFY on a dedicated connection (``_postgres_listen.py``).
 * **Faults**: a connection lost to a restart raises :class:`StoreUnavailableError` for the call
   in flight (nothing half-committed: every write is one transaction); the pool replaces broken
@@ -88,6 +92,8 @@ _UNAVAILABLE = (
     # "cannot switch to state …; another operation is in progress": asyncpg's state after
     # the server cut the session off mid-operation (a restart); that connection is dropped.
     asyncpg.InternalClientError,
+    # A deadlock or serialization failure rolled the whole call back: repeating it is safe.
+    asyncpg.exceptions.TransactionRollbackError,
 )
 
 _ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
