@@ -115,11 +115,6 @@ _NEXT_PAIR = """
     ) AS x LIMIT 1
 """
 
-# The planner, misled by the recursive walk's row estimate, would hash-join the few candidates
-# against the whole table (a sequential scan: O(backlog)); nested loops over the primary key
-# keep a claim at O(limit) probes. SET LOCAL: only for the claim's own transaction.
-CLAIM_PLANNER = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-
 CLAIM = f"""
 WITH RECURSIVE walk(org, ep, n, first_org, first_ep) AS (
     SELECT s.org, s.ep, 1, s.org, s.ep

@@ -871,8 +871,7 @@ class PostgresStore(Store):
     ) -> tuple[list[ClaimedDelivery], bool]:
         """One claim statement; also says whether due candidates were left to other claimers."""
         start_org, start_ep = self._claim_from
-        async with self._transaction() as conn:
-            await conn.execute(sql.CLAIM_PLANNER)
+        async with self._connection() as conn:  # one statement: its own transaction
             rows = await conn.fetch(
                 sql.CLAIM,
                 worker_id,
