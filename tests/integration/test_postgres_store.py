@@ -433,3 +433,59 @@ async def test_a_server_restart_is_survived_without_losing_anything(
     await eventually(lambda: api.publish(org_id, [event("woken")]))
     await waiter
     assert time.perf_counter() - started < 0.5
+
+
+async def _terminate_sessions(url: str, *, listeners: bool) -> int:
+    """Cut off this database's listener (or other) sessions, as a restart would, but ours."""
+    conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (query LIKE 'LISTEN%') = $1",
+                listeners,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_killed_listener_reconnects_and_polling_covers_the_gap(
+    pg_url: str, stores: Callable[[], Awaitable[PostgresStore]]
+) -> None:
+    worker, api = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(api)
+    assert await worker._signal.wait_connected(5)
+    assert await _terminate_sessions(pg_url, listeners=True) >= 1
+    for _ in range(100):
+        if worker._signal.sessions >= 2 and worker._signal.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert worker._signal.sessions >= 2
+    await worker.wait_for_work(0)
+    waiter = asyncio.create_task(worker.wait_for_work(10))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await api.publish(org_id, [event("evt_after_reconnect")])
+    await waiter
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_pool_connections_cut_off_are_replaced(
+    pg_url: str, stores: Callable[[], Awaitable[PostgresStore]]
+) -> None:
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    await asyncio.gather(*(store.list_endpoints(org_id, limit=5) for _ in range(8)))
+    assert await _terminate_sessions(pg_url, listeners=False) >= 1
+    # The first calls may meet a dead connection: a clear, retryable error, never anything else.
+    outcomes = await asyncio.gather(
+        *(store.publish(org_id, [event(f"evt_{i}")]) for i in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(o, list | StoreUnavailableError) for o in outcomes), outcomes
+    await eventually(lambda: store.publish(org_id, [event("evt_later")]), within=5)
+    assert await store.ping()
+    stored = {e.id for e in (await store.list_events(org_id, limit=20)).items}
+    published = {f"evt_{i}" for i, o in enumerate(outcomes) if isinstance(o, list)}
+    assert published | {"evt_later"} <= stored
