@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.processes import (
     ADMIN,
@@ -32,6 +33,7 @@ from tests.support.receivers import Hang, Receiver, Reply
 CONCURRENCY = 8  # attempts in flight in the serve process: bounds the duplicates per kill
 
 
+@pytest.mark.slow
 async def test_every_accepted_event_arrives_across_repeated_kill_9_of_serve(
     tmp_path: Path,
 ) -> None:

@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,6 +64,7 @@ __all__ = [
     "eventually",
     "free_port",
     "postgres_database",
+    "postgres_started_at",
     "processes",
     "publishing",
     "service_env",
@@ -447,6 +449,20 @@ async def postgres_database() -> AsyncIterator[str]:
         yield url
     finally:
         await _through_restarts(lambda: pg.drop_database(url))
+
+
+async def postgres_started_at() -> datetime:
+    """When the PostgreSQL server last (re)started: tells whether a restart happened between."""
+
+    async def query() -> datetime:
+        conn = await pg.admin_connection()
+        try:
+            started: datetime = await conn.fetchval("SELECT pg_postmaster_start_time()")
+        finally:
+            await conn.close()
+        return started
+
+    return await _through_restarts(query)
 
 
 def assert_duplicates_only_across_kills(requests: Iterable[Any], kills: Sequence[float]) -> None:
