@@ -21,6 +21,7 @@ import pytest
 
 from tests.support import postgres as pg
 from tests.support.processes import (
+    ADMIN,
     Publisher,
     arrivals_of,
     assert_duplicates_only_across_kills,
@@ -32,7 +33,7 @@ from tests.support.processes import (
     service_env,
     setup_organization,
 )
-from tests.support.receivers import Receiver, Reply
+from tests.support.receivers import Hang, Receiver, RecordedRequest, Reply
 
 pytestmark = pytest.mark.postgres
 
@@ -103,6 +104,54 @@ async def test_kill_9_of_a_worker_and_of_the_api_loses_no_accepted_event(
         assert counts.get("failed", 0) == 0, counts
         assert counts["succeeded"] == len(accepted), counts
         assert org.secret not in group.output()
+
+
+async def test_another_worker_takes_over_an_attempt_cut_short_by_kill_9(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = service_env(database_url, LEASE_SECONDS="1")
+    async with (
+        processes(tmp_path) as group,
+        Receiver() as receiver,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        api = await group.serve(env, "--no-delivery", name="api")
+        holder = await group.worker(env, name="worker-a")
+        org = await setup_organization(client, api.base_url, receiver.url)
+        receiver.secret = org.secret
+        receiver.script(Hang(), then=Reply(200))  # hold the first attempt: no answer
+        publisher = Publisher(client, api.base_url, org.id)
+        await publisher.publish({"id": "held", "type": "payout.paid", "data": {"po": "po_1"}})
+        (held,) = await receiver.wait_for_requests(1)  # worker-a is mid-attempt
+        other = await group.worker(env, name="worker-b")
+        await asyncio.sleep(1.5)  # past the lease: worker-a's heartbeat keeps it
+        assert len(receiver.requests) == 1
+
+        await holder.kill()
+        killed_at = time.monotonic()
+        again = (await receiver.wait_for_requests(2, within=15))[1]  # worker-b, after the lease
+        assert again.received_at - killed_at < 10
+        assert again.verified, again.verify_error
+        assert again.body == held.body
+        assert again.header("x-ascend-delivery-id") == held.header("x-ascend-delivery-id")
+        await eventually_succeeded(client, api.base_url, org.id, again)
+        assert other.running
+
+
+async def eventually_succeeded(
+    client: httpx.AsyncClient, base_url: str, org: str, request: RecordedRequest
+) -> None:
+    """Wait until the request's delivery is recorded as succeeded."""
+    delivery = request.header("x-ascend-delivery-id")
+    deadline = time.monotonic() + 10
+    while True:
+        got = await client.get(
+            f"{base_url}/v1/organizations/{org}/deliveries/{delivery}", headers=ADMIN
+        )
+        if got.json()["status"] == "succeeded":
+            return
+        assert time.monotonic() < deadline, got.json()
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.slow
