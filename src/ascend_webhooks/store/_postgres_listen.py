@@ -19,7 +19,7 @@ import asyncpg
 
 from ._postgres_sql import CHANNEL
 
-__all__ = ["WorkSignal"]
+__all__ = ["Notifier", "WorkSignal"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,42 @@ class WorkSignal:
                 await asyncio.wait_for(lost.wait(), self._health_interval)
             if not lost.is_set():
                 await conn.fetchval("SELECT 1", timeout=5)
+
+
+class Notifier:
+    """Sends NOTIFY after commits, coalescing: one in flight, at most one more queued behind it.
+
+    Any number of commits during one NOTIFY's round trip are covered by the next one. A NOTIFY
+    that fails (database away) is dropped: workers still poll, and the listener wakes them all
+    when it reconnects.
+    """
+
+    def __init__(self, send: Callable[[], Awaitable[None]]) -> None:
+        self._send = send
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def kick(self) -> None:
+        """Make sure a NOTIFY goes out after this moment."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pg-notify")
+        else:
+            self._again = True
+
+    async def flush(self) -> None:
+        """Wait for the NOTIFY in flight, if any (before closing the pool)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._send()
+            except Exception as exc:  # a lost hint must never fail a caller, nor crash the loop
+                log.warning("NOTIFY not sent (%s); workers will poll", type(exc).__name__)
+            if not self._again:
+                return
 
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:

@@ -74,7 +74,9 @@ RETURNING seq, id, event_seq, endpoint_id, status, attempt_count, next_attempt_a
           created_at, updated_at
 """
 
-NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+# Its own tiny transaction, after the data's commit. synchronous_commit off: listeners hear it
+# at commit, and a hint needs no fsync (the work it points at is already durable).
+NOTIFY = f"BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('{CHANNEL}', ''); COMMIT"
 
 EVENTS_BY_SEQ = """
 SELECT seq, id, organization_id, type, body, ordering_key, created_at
