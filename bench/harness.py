@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -137,6 +138,22 @@ def warn_if_busy(name: str) -> None:
         )
 
 
+def _commit() -> str | None:
+    """The commit of the code measured (None outside a git work tree)."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
 def write_result(name: str, figures: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with the figures, the machine and the command."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -145,6 +162,7 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
         "benchmark": name,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([".venv/bin/python", *sys.argv]),
+        "commit": _commit(),
         "machine": machine(),
         **figures,
     }
