@@ -624,13 +624,17 @@ class PostgresStore(Store):
             seen = unique.setdefault(new.id, new)
             if seen.content_hash != new.content_hash:
                 raise EventConflictError(new.id)
-        async with self._transaction() as conn:
-            await self._require_organization(conn, organization_id)
-            if not unique:
-                return []
-            created, existing = await self._insert_events(conn, organization_id, unique)
-            made = await self._insert_deliveries(conn, organization_id, unique, created)
-            stored = await _load_events(conn, list(existing.values())) if existing else {}
+        if not unique:
+            await self.get_organization(organization_id)  # NotFoundError, as for a real batch
+            return []
+        try:
+            async with self._transaction() as conn:
+                # No separate existence check: the events' foreign key is it.
+                created, existing = await self._insert_events(conn, organization_id, unique)
+                made = await self._insert_deliveries(conn, organization_id, unique, created)
+                stored = await _load_events(conn, list(existing.values())) if existing else {}
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFoundError(f"organization {organization_id!r} not found") from None
         if made:
             self._wake_workers()
         results: list[PublishResult] = []
