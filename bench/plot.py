@@ -42,7 +42,8 @@ def throughput_bars(results: dict[str, dict[str, Any]]) -> tuple[list[tuple[str,
     """(label, color key, deliveries/s) per bar, and where the figures came from."""
     run = results.get("throughput")
     if run is not None:
-        source = f"one run_all.py run, {run.get('measured_at', '?')}"
+        quick = " --quick" if "--quick" in str(run.get("command", "")) else ""
+        source = f"one run_all.py{quick} run, {run.get('measured_at', '?')}"
         parts = {
             "baseline": run.get("baseline"),
             "sqlite": run.get("service_sqlite"),
