@@ -44,22 +44,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.resources
-import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from ..ids import new_id
+from . import _postgres_rows as recs
 from . import _postgres_sql as sql
 from ._postgres_listen import Notifier, WorkSignal
+from ._postgres_setup import apply_migrations, parse_url
 from .base import (
     EventConflictError,
-    InvalidCursorError,
     NotFoundError,
     Store,
     StoreError,
@@ -67,7 +64,6 @@ from .base import (
 )
 from .models import (
     ApiToken,
-    Attempt,
     AttemptOutcome,
     ClaimedDelivery,
     Delivery,
@@ -81,7 +77,7 @@ from .models import (
     WebhookKey,
 )
 
-__all__ = ["PostgresStore"]
+__all__ = ["PostgresStore", "apply_migrations", "parse_url"]
 
 # What a lost or refused connection raises, from the socket up to the server's shutdown notice.
 _UNAVAILABLE = (
@@ -99,173 +95,12 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TransactionRollbackError,
 )
 
-_ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
 _BEHIND_KEY = 1
 _ENDPOINT_DISABLED = 2
 # A claim takes a few more candidates per pair than it needs (room to skip rows that racing
 # claimers locked) and runs again, a few times at most, if it was still left short by them.
 _CLAIM_SLACK = 16
 _CLAIM_ROUNDS = 8
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    dsn: str
-    pool_size: int = 10
-    pool_min_size: int = 1
-
-
-def parse_url(url: str) -> _Options:
-    """Split our own options (``pool_size``, ``pool_min_size``) off a ``postgresql://`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://…")
-    ours: dict[str, int] = {}
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("pool_size", "pool_min_size"):
-            if not value.isdigit() or int(value) < (1 if name == "pool_size" else 0):
-                raise ValueError(f"database URL option {name}={value!r} must be a whole number")
-            ours[name] = int(value)
-        else:
-            rest.append((name, value))
-    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    options = _Options(dsn=dsn, **ours)
-    if options.pool_min_size > options.pool_size:
-        raise ValueError("database URL option pool_min_size must not exceed pool_size")
-    return options
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = importlib.resources.files("ascend_webhooks.store") / "migrations" / "postgres"
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
-    """Apply the migrations this database lacks; returns their versions. Safe to race."""
-    applied: list[int] = []
-    async with conn.transaction():
-        # Serializes concurrent starters: the second one finds everything applied.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
-            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, text in _migrations():
-            if version in done:
-                continue
-            await conn.execute(text)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-            )
-            applied.append(version)
-    return applied
-
-
-# -- rows to records ------------------------------------------------------------------------
-
-
-def _organization(row: asyncpg.Record) -> Organization:
-    return Organization(id=row["id"], name=row["name"], created_at=row["created_at"])
-
-
-def _token(row: asyncpg.Record) -> ApiToken:
-    return ApiToken(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        name=row["name"],
-        created_at=row["created_at"],
-    )
-
-
-def _key(row: asyncpg.Record) -> WebhookKey:
-    return WebhookKey(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        secret_ciphertext=bytes(row["secret_ciphertext"]),
-        created_at=row["created_at"],
-        activated_at=row["activated_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
-def _endpoint(row: asyncpg.Record) -> Endpoint:
-    types = row["event_types"]
-    return Endpoint(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        url=row["url"],
-        event_types=None if types is None else tuple(types),
-        description=row["description"],
-        enabled=row["enabled"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _delivery(row: asyncpg.Record, attempts: Sequence[Attempt] = ()) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        event_id=row["event_id"],
-        endpoint_id=row["endpoint_id"],
-        status=DeliveryStatus(row["status"]),
-        attempt_count=row["attempt_count"],
-        next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        attempts=tuple(attempts),
-    )
-
-
-def _event(row: asyncpg.Record, deliveries: Sequence[Delivery] = ()) -> Event:
-    return Event(
-        id=row["id"],
-        organization_id=row["organization_id"],
-        type=row["type"],
-        body=bytes(row["body"]),
-        ordering_key=row["ordering_key"],
-        created_at=row["created_at"],
-        deliveries=tuple(deliveries),
-    )
-
-
-def _attempt(row: asyncpg.Record) -> Attempt:
-    return Attempt(
-        number=row["number"],
-        started_at=row["started_at"],
-        duration_ms=row["duration_ms"],
-        status_code=row["status_code"],
-        error=row["error"],
-        response_excerpt=row["response_excerpt"],
-    )
-
-
-def _seq_cursor(cursor: str | None) -> int | None:
-    """A cursor of a newest-first list is the seq of the last item shown, as decimal text."""
-    if cursor is None:
-        return None
-    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
-        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
-    return int(cursor)
-
-
-def _id_cursor(cursor: str | None) -> str | None:
-    if cursor is not None and (not cursor.isascii() or not cursor.isprintable()):
-        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
-    return cursor
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise StoreError("limit must be at least 1")
 
 
 class PostgresStore(Store):
@@ -353,20 +188,20 @@ class PostgresStore(Store):
                 name,
             )
         assert row is not None
-        return _organization(row)
+        return recs.organization(row)
 
     async def get_organization(self, organization_id: str) -> Organization:
         async with self._connection() as conn:
             row = await conn.fetchrow("SELECT * FROM organizations WHERE id = $1", organization_id)
         if row is None:
             raise NotFoundError(f"organization {organization_id!r} not found")
-        return _organization(row)
+        return recs.organization(row)
 
     async def list_organizations(
         self, *, limit: int, after: str | None = None, only: str | None = None
     ) -> Page[Organization]:
-        _check_limit(limit)
-        after = _id_cursor(after)
+        recs.check_limit(limit)
+        after = recs.id_cursor(after)
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM organizations WHERE id > $1 AND ($2::text IS NULL OR id = $2)"
@@ -375,7 +210,7 @@ class PostgresStore(Store):
                 only,
                 limit + 1,
             )
-        items = [_organization(row) for row in rows[:limit]]
+        items = [recs.organization(row) for row in rows[:limit]]
         return Page(tuple(items), items[-1].id if len(rows) > limit else None)
 
     async def create_token(
@@ -396,12 +231,12 @@ class PostgresStore(Store):
         except asyncpg.UniqueViolationError:
             raise StoreError("a token with this hash already exists") from None
         assert row is not None
-        return _token(row)
+        return recs.token(row)
 
     async def find_token(self, token_hash: bytes) -> ApiToken | None:
         async with self._connection() as conn:
             row = await conn.fetchrow("SELECT * FROM api_tokens WHERE token_hash = $1", token_hash)
-        return None if row is None else _token(row)
+        return None if row is None else recs.token(row)
 
     async def count_admin_tokens(self) -> int:
         async with self._connection() as conn:
@@ -430,7 +265,7 @@ class PostgresStore(Store):
         except asyncpg.ForeignKeyViolationError:
             raise NotFoundError(f"organization {organization_id!r} not found") from None
         assert row is not None
-        return _key(row)
+        return recs.key(row)
 
     async def list_keys(self, organization_id: str) -> list[WebhookKey]:
         async with self._connection() as conn:
@@ -440,7 +275,7 @@ class PostgresStore(Store):
             )
             if not rows:
                 await self._require_organization(conn, organization_id)
-        return [_key(row) for row in rows]
+        return [recs.key(row) for row in rows]
 
     async def activate_key(self, organization_id: str, key_id: str) -> WebhookKey:
         async with self._transaction() as conn:
@@ -463,7 +298,7 @@ class PostgresStore(Store):
                 key_id,
             )
         assert row is not None
-        return _key(row)
+        return recs.key(row)
 
     async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
         async with self._connection() as conn:
@@ -475,7 +310,7 @@ class PostgresStore(Store):
             )
         if row is None:
             raise NotFoundError(f"webhook key {key_id!r} not found")
-        return _key(row)
+        return recs.key(row)
 
     async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
         async with self._connection() as conn:
@@ -486,7 +321,7 @@ class PostgresStore(Store):
                 " ORDER BY organization_id, activated_at DESC, created_at DESC, id DESC",
                 list(organization_ids),
             )
-        return {row["organization_id"]: _key(row) for row in rows}
+        return {row["organization_id"]: recs.key(row) for row in rows}
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -513,7 +348,7 @@ class PostgresStore(Store):
         except asyncpg.ForeignKeyViolationError:
             raise NotFoundError(f"organization {organization_id!r} not found") from None
         assert row is not None
-        return _endpoint(row)
+        return recs.endpoint(row)
 
     async def get_endpoint(self, organization_id: str, endpoint_id: str) -> Endpoint:
         async with self._connection() as conn:
@@ -525,13 +360,13 @@ class PostgresStore(Store):
             )
         if row is None:
             raise NotFoundError(f"endpoint {endpoint_id!r} not found")
-        return _endpoint(row)
+        return recs.endpoint(row)
 
     async def list_endpoints(
         self, organization_id: str, *, limit: int, after: str | None = None
     ) -> Page[Endpoint]:
-        _check_limit(limit)
-        after = _id_cursor(after)
+        recs.check_limit(limit)
+        after = recs.id_cursor(after)
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM endpoints WHERE organization_id = $1 AND deleted_at IS NULL"
@@ -542,13 +377,13 @@ class PostgresStore(Store):
             )
             if not rows:
                 await self._require_organization(conn, organization_id)
-        items = [_endpoint(row) for row in rows[:limit]]
+        items = [recs.endpoint(row) for row in rows[:limit]]
         return Page(tuple(items), items[-1].id if len(rows) > limit else None)
 
     async def update_endpoint(
         self, organization_id: str, endpoint_id: str, **changes: object
     ) -> Endpoint:
-        values = _endpoint_changes(changes)
+        values = recs.endpoint_changes(changes)
         async with self._transaction() as conn:
             # FOR UPDATE waits for publishes that hold the row FOR KEY SHARE, so none of them
             # can add a claimable delivery after the endpoint was disabled.
@@ -563,7 +398,7 @@ class PostgresStore(Store):
             if not values:
                 row = await conn.fetchrow("SELECT * FROM endpoints WHERE id = $1", endpoint_id)
                 assert row is not None
-                return _endpoint(row)
+                return recs.endpoint(row)
             assignments = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(values))
             row = await conn.fetchrow(
                 f"UPDATE endpoints SET {assignments}, updated_at = now()"  # noqa: S608
@@ -583,7 +418,7 @@ class PostgresStore(Store):
         if enabled:
             self._wake_workers()
         assert row is not None
-        return _endpoint(row)
+        return recs.endpoint(row)
 
     async def delete_endpoint(self, organization_id: str, endpoint_id: str) -> None:
         async with self._transaction() as conn:
@@ -632,7 +467,7 @@ class PostgresStore(Store):
                 # No separate existence check: the events' foreign key is it.
                 created, existing = await self._insert_events(conn, organization_id, unique)
                 made = await self._insert_deliveries(conn, organization_id, unique, created)
-                stored = await _load_events(conn, list(existing.values())) if existing else {}
+                stored = await recs.load_events(conn, list(existing.values())) if existing else {}
         except asyncpg.ForeignKeyViolationError:
             raise NotFoundError(f"organization {organization_id!r} not found") from None
         if made:
@@ -641,7 +476,7 @@ class PostgresStore(Store):
         reported: set[str] = set()
         for new in events:
             if new.id in created:
-                event = _new_event(organization_id, new, created[new.id], made)
+                event = recs.new_event(organization_id, new, created[new.id], made)
                 results.append(PublishResult(event, created=new.id not in reported))
             else:
                 results.append(PublishResult(stored[existing[new.id]], created=False))
@@ -719,7 +554,7 @@ class PostgresStore(Store):
             )
             if seq is None:
                 raise NotFoundError(f"event {event_id!r} not found")
-            return (await _load_events(conn, [seq]))[seq]
+            return (await recs.load_events(conn, [seq]))[seq]
 
     async def list_events(
         self,
@@ -729,8 +564,8 @@ class PostgresStore(Store):
         after: str | None = None,
         event_type: str | None = None,
     ) -> Page[Event]:
-        _check_limit(limit)
-        before = _seq_cursor(after)
+        recs.check_limit(limit)
+        before = recs.seq_cursor(after)
         where = ["organization_id = $1"]
         args: list[Any] = [organization_id, limit + 1]
         if before is not None:
@@ -750,7 +585,7 @@ class PostgresStore(Store):
             ]
             if not seqs:
                 await self._require_organization(conn, organization_id)
-            loaded = await _load_events(conn, seqs[:limit])
+            loaded = await recs.load_events(conn, seqs[:limit])
         items = tuple(loaded[seq] for seq in seqs[:limit])
         return Page(items, str(seqs[limit - 1]) if len(seqs) > limit else None)
 
@@ -768,7 +603,7 @@ class PostgresStore(Store):
             attempts = await conn.fetch(
                 "SELECT * FROM attempts WHERE delivery_seq = $1 ORDER BY number", row["seq"]
             )
-        return _delivery(row, [_attempt(a) for a in attempts])
+        return recs.delivery(row, [recs.attempt(a) for a in attempts])
 
     async def list_deliveries(
         self,
@@ -779,8 +614,8 @@ class PostgresStore(Store):
         status: DeliveryStatus | None = None,
         endpoint_id: str | None = None,
     ) -> Page[Delivery]:
-        _check_limit(limit)
-        before = _seq_cursor(after)
+        recs.check_limit(limit)
+        before = recs.seq_cursor(after)
         where = ["d.organization_id = $1"]
         args: list[Any] = [organization_id, limit + 1]
         if before is not None:
@@ -801,7 +636,7 @@ class PostgresStore(Store):
             )
             if not rows:
                 await self._require_organization(conn, organization_id)
-        items = tuple(_delivery(row) for row in rows[:limit])
+        items = tuple(recs.delivery(row) for row in rows[:limit])
         return Page(items, str(rows[limit - 1]["seq"]) if len(rows) > limit else None)
 
     async def retry_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
@@ -993,75 +828,3 @@ class PostgresStore(Store):
         for status, count in rows:
             counts[DeliveryStatus(status)] = int(count)
         return counts
-
-
-def _endpoint_changes(changes: dict[str, object]) -> dict[str, object]:
-    """Validate ``update_endpoint`` changes into column values; StoreError names the mistake."""
-    unknown = set(changes) - _ENDPOINT_FIELDS
-    if unknown:
-        raise StoreError(f"cannot change {sorted(unknown)} of an endpoint")
-    values: dict[str, object] = {}
-    if "url" in changes:
-        if not isinstance(changes["url"], str):
-            raise StoreError("url must be a string")
-        values["url"] = changes["url"]
-    if "event_types" in changes:
-        types = changes["event_types"]
-        if types is not None and (
-            isinstance(types, str | bytes)
-            or not isinstance(types, Sequence)
-            or not all(isinstance(t, str) for t in types)
-        ):
-            raise StoreError("event_types must be a list of strings or None")
-        values["event_types"] = None if types is None else list(types)
-    if "description" in changes:
-        if changes["description"] is not None and not isinstance(changes["description"], str):
-            raise StoreError("description must be a string or None")
-        values["description"] = changes["description"]
-    if "enabled" in changes:
-        if not isinstance(changes["enabled"], bool):
-            raise StoreError("enabled must be true or false")
-        values["enabled"] = changes["enabled"]
-    return values
-
-
-def _new_event(
-    organization_id: str,
-    new: NewEvent,
-    row: asyncpg.Record,
-    made: dict[str, list[asyncpg.Record]],
-) -> Event:
-    deliveries = tuple(
-        Delivery(
-            id=d["id"],
-            organization_id=organization_id,
-            event_id=new.id,
-            endpoint_id=d["endpoint_id"],
-            status=DeliveryStatus(d["status"]),
-            attempt_count=d["attempt_count"],
-            next_attempt_at=d["next_attempt_at"],
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
-        )
-        for d in made.get(new.id, [])
-    )
-    return Event(
-        id=new.id,
-        organization_id=organization_id,
-        type=new.type,
-        body=new.body,
-        ordering_key=new.ordering_key,
-        created_at=row["created_at"],
-        deliveries=deliveries,
-    )
-
-
-async def _load_events(conn: asyncpg.Connection, seqs: Sequence[int]) -> dict[int, Event]:
-    """Events by seq, each with its deliveries (oldest first)."""
-    if not seqs:
-        return {}
-    rows = await conn.fetch(sql.EVENTS_BY_SEQ, list(seqs))
-    deliveries: dict[int, list[Delivery]] = {}
-    for row in await conn.fetch(sql.DELIVERIES_OF_EVENTS, list(seqs)):
-        deliveries.setdefault(row["event_seq"], []).append(_delivery(row))
-    return {row["seq"]: _event(row, deliveries.get(row["seq"], ())) for row in rows}

@@ -1,0 +1,191 @@
+"""Rows of the PostgreSQL store to the records of ``models``, and back (cursors, changes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from . import _postgres_sql as sql
+from .base import InvalidCursorError, StoreError
+from .models import (
+    ApiToken,
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+    Event,
+    NewEvent,
+    Organization,
+    WebhookKey,
+)
+
+ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
+
+
+def organization(row: asyncpg.Record) -> Organization:
+    return Organization(id=row["id"], name=row["name"], created_at=row["created_at"])
+
+
+def token(row: asyncpg.Record) -> ApiToken:
+    return ApiToken(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        name=row["name"],
+        created_at=row["created_at"],
+    )
+
+
+def key(row: asyncpg.Record) -> WebhookKey:
+    return WebhookKey(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        secret_ciphertext=bytes(row["secret_ciphertext"]),
+        created_at=row["created_at"],
+        activated_at=row["activated_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def endpoint(row: asyncpg.Record) -> Endpoint:
+    types = row["event_types"]
+    return Endpoint(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        url=row["url"],
+        event_types=None if types is None else tuple(types),
+        description=row["description"],
+        enabled=row["enabled"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def delivery(row: asyncpg.Record, attempts: Sequence[Attempt] = ()) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        event_id=row["event_id"],
+        endpoint_id=row["endpoint_id"],
+        status=DeliveryStatus(row["status"]),
+        attempt_count=row["attempt_count"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempts=tuple(attempts),
+    )
+
+
+def event(row: asyncpg.Record, deliveries: Sequence[Delivery] = ()) -> Event:
+    return Event(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        type=row["type"],
+        body=bytes(row["body"]),
+        ordering_key=row["ordering_key"],
+        created_at=row["created_at"],
+        deliveries=tuple(deliveries),
+    )
+
+
+def attempt(row: asyncpg.Record) -> Attempt:
+    return Attempt(
+        number=row["number"],
+        started_at=row["started_at"],
+        duration_ms=row["duration_ms"],
+        status_code=row["status_code"],
+        error=row["error"],
+        response_excerpt=row["response_excerpt"],
+    )
+
+
+def seq_cursor(cursor: str | None) -> int | None:
+    """A cursor of a newest-first list is the seq of the last item shown, as decimal text."""
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
+        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+    return int(cursor)
+
+
+def id_cursor(cursor: str | None) -> str | None:
+    if cursor is not None and (not cursor.isascii() or not cursor.isprintable()):
+        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+    return cursor
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise StoreError("limit must be at least 1")
+
+
+def endpoint_changes(changes: dict[str, object]) -> dict[str, object]:
+    """Validate ``update_endpoint`` changes into column values; StoreError names the mistake."""
+    unknown = set(changes) - ENDPOINT_FIELDS
+    if unknown:
+        raise StoreError(f"cannot change {sorted(unknown)} of an endpoint")
+    values: dict[str, object] = {}
+    if "url" in changes:
+        if not isinstance(changes["url"], str):
+            raise StoreError("url must be a string")
+        values["url"] = changes["url"]
+    if "event_types" in changes:
+        types = changes["event_types"]
+        if types is not None and (
+            isinstance(types, str | bytes)
+            or not isinstance(types, Sequence)
+            or not all(isinstance(t, str) for t in types)
+        ):
+            raise StoreError("event_types must be a list of strings or None")
+        values["event_types"] = None if types is None else list(types)
+    if "description" in changes:
+        if changes["description"] is not None and not isinstance(changes["description"], str):
+            raise StoreError("description must be a string or None")
+        values["description"] = changes["description"]
+    if "enabled" in changes:
+        if not isinstance(changes["enabled"], bool):
+            raise StoreError("enabled must be true or false")
+        values["enabled"] = changes["enabled"]
+    return values
+
+
+def new_event(
+    organization_id: str,
+    new: NewEvent,
+    row: asyncpg.Record,
+    made: dict[str, list[asyncpg.Record]],
+) -> Event:
+    deliveries = tuple(
+        Delivery(
+            id=d["id"],
+            organization_id=organization_id,
+            event_id=new.id,
+            endpoint_id=d["endpoint_id"],
+            status=DeliveryStatus(d["status"]),
+            attempt_count=d["attempt_count"],
+            next_attempt_at=d["next_attempt_at"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+        )
+        for d in made.get(new.id, [])
+    )
+    return Event(
+        id=new.id,
+        organization_id=organization_id,
+        type=new.type,
+        body=new.body,
+        ordering_key=new.ordering_key,
+        created_at=row["created_at"],
+        deliveries=deliveries,
+    )
+
+
+async def load_events(conn: asyncpg.Connection, seqs: Sequence[int]) -> dict[int, Event]:
+    """Events by seq, each with its deliveries (oldest first)."""
+    if not seqs:
+        return {}
+    rows = await conn.fetch(sql.EVENTS_BY_SEQ, list(seqs))
+    deliveries: dict[int, list[Delivery]] = {}
+    for row in await conn.fetch(sql.DELIVERIES_OF_EVENTS, list(seqs)):
+        deliveries.setdefault(row["event_seq"], []).append(delivery(row))
+    return {row["seq"]: event(row, deliveries.get(row["seq"], ())) for row in rows}

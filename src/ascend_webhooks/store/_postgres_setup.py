@@ -1,0 +1,82 @@
+"""Setting up the PostgreSQL store: its URL options and its migrations.
+
+Migrations are the numbered files in ``migrations/postgres`` (``0001_initial.sql``, …), applied
+in order, each recorded in ``schema_migrations``, all in one transaction that holds a
+transaction-scoped advisory lock: when many processes start at once, the first applies what
+is missing and the others then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ._postgres_sql import MIGRATION_LOCK
+
+__all__ = ["Options", "apply_migrations", "parse_url"]
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    dsn: str
+    pool_size: int = 10
+    pool_min_size: int = 1
+
+
+def parse_url(url: str) -> Options:
+    """Split our own options (``pool_size``, ``pool_min_size``) off a ``postgresql://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://…")
+    ours: dict[str, int] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in ("pool_size", "pool_min_size"):
+            if not value.isdigit() or int(value) < (1 if name == "pool_size" else 0):
+                raise ValueError(f"database URL option {name}={value!r} must be a whole number")
+            ours[name] = int(value)
+        else:
+            rest.append((name, value))
+    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    options = Options(dsn=dsn, **ours)
+    if options.pool_min_size > options.pool_size:
+        raise ValueError("database URL option pool_min_size must not exceed pool_size")
+    return options
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = importlib.resources.files("ascend_webhooks.store") / "migrations" / "postgres"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Apply the migrations this database lacks; returns their versions. Safe to race."""
+    applied: list[int] = []
+    async with conn.transaction():
+        # Serializes concurrent starters: the second one finds everything applied.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, text in _migrations():
+            if version in done:
+                continue
+            await conn.execute(text)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(version)
+    return applied
