@@ -29,5 +29,9 @@ pytest: venv
 
 test: lint types pytest
 
+# The one-run throughput comparison (needs nginx: see docs/benchmarks.md).
+bench: venv
+	$(BIN)/python bench/run_all.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
