@@ -14,19 +14,25 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 import pytest
 
-from ascend_webhooks.store import StoreError
+from ascend_webhooks.store import Store, StoreError, open_store
 from ascend_webhooks.store.base import EventConflictError, StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
     AttemptOutcome,
     ClaimedDelivery,
+    Delivery,
     DeliveryStatus,
+    Endpoint,
     NewEvent,
+    Page,
+    PublishResult,
+    WebhookKey,
 )
 from ascend_webhooks.store.postgres import PostgresStore, parse_url
 from tests.support import postgres as pg
@@ -489,3 +495,144 @@ async def test_pool_connections_cut_off_are_replaced(
     stored = {e.id for e in (await store.list_events(org_id, limit=20)).items}
     published = {f"evt_{i}" for i, o in enumerate(outcomes) if isinstance(o, list)}
     assert published | {"evt_later"} <= stored
+
+
+# -- the same answers as the embedded store -----------------------------------------------------
+
+
+async def _edge_cases(s: Store) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+
+    async def t(label: str, coro: Awaitable[object]) -> None:
+        try:
+            r = await coro
+            out.append((label, "ok", norm(r)))
+        except Exception as exc:  # the class of error is what is compared
+            out.append((label, type(exc).__name__))
+
+    def norm(r: object) -> object:
+        if isinstance(r, Page):
+            return ("page", len(r.items), r.next_cursor is not None)
+        if isinstance(r, list):
+            return ("list", len(r), [norm(x) for x in r])
+        if isinstance(r, PublishResult):
+            return ("pub", r.created, r.event.id, len(r.event.deliveries))
+        if isinstance(r, dict):
+            return (
+                "dict",
+                sorted(
+                    (str(k), v if isinstance(v, int) else type(v).__name__) for k, v in r.items()
+                ),
+            )
+        if isinstance(r, Delivery):
+            return ("dlv", r.status, r.attempt_count, r.next_attempt_at is None, len(r.attempts))
+        if isinstance(r, Endpoint):
+            return ("ep", r.url, r.event_types, r.enabled, r.description)
+        if isinstance(r, WebhookKey):
+            return ("key", r.activated_at is None, r.revoked_at is None)
+        return type(r).__name__ if r is not None else None
+
+    org = await s.create_organization("a")
+    other = await s.create_organization("b")
+    await t("list_orgs0", s.list_organizations(limit=0))
+    await t("list_orgs1", s.list_organizations(limit=1))
+    await t("list_orgs_only", s.list_organizations(limit=10, only=other.id))
+    await t("list_orgs_only_missing", s.list_organizations(limit=10, only="org_nope"))
+    await t("tok", s.create_token(org.id, b"h1", "n"))
+    await t("tok_dup", s.create_token(org.id, b"h1", "n"))
+    await t("tok_missing_org", s.create_token("org_nope", b"h2"))
+    await t("admin", s.create_token(None, b"h3"))
+    await t("count_admin", s.count_admin_tokens())
+    await t("find", s.find_token(b"h1"))
+    await t("find_none", s.find_token(b"zz"))
+    await t("keys_missing_org", s.list_keys("org_nope"))
+    await t("keys_empty", s.list_keys(org.id))
+    k1 = await s.create_key(org.id, b"c1", activate=True)
+    k2 = await s.create_key(org.id, b"c2", activate=False)
+    first_key = await s.signing_keys([org.id, other.id])
+    out.append(("signing1", list(first_key) == [org.id], first_key[org.id].id == k1.id))
+    await t("activate_other_org", s.activate_key(other.id, k2.id))
+    await t("activate", s.activate_key(org.id, k2.id))
+    sk = await s.signing_keys([org.id])
+    out.append(("signing2", sk[org.id].id == k2.id))
+    await t("revoke", s.revoke_key(org.id, k2.id))
+    await t("revoke_again", s.revoke_key(org.id, k2.id))
+    sk = await s.signing_keys([org.id])
+    out.append(("signing3", sk[org.id].id == k1.id))
+    await t("activate_revoked", s.activate_key(org.id, k2.id))
+    await t("key_missing_org", s.create_key("org_nope", b"x", activate=True))
+    await t("ep_missing_org", s.create_endpoint("org_nope", "https://x", None, None))
+    ep = await s.create_endpoint(org.id, "https://x", ["a"], "d")
+    ep2 = await s.create_endpoint(org.id, "https://y", None, None, enabled=False)
+    await t("get_ep_other_org", s.get_endpoint(other.id, ep.id))
+    await t("list_ep_missing_org", s.list_endpoints("org_nope", limit=5))
+    await t("list_ep0", s.list_endpoints(org.id, limit=0))
+    await t("list_ep1", s.list_endpoints(org.id, limit=1))
+    await t("upd_unknown", s.update_endpoint(org.id, ep.id, color="red"))
+    await t("upd_badtype", s.update_endpoint(org.id, ep.id, enabled="yes"))
+    await t("upd_types_str", s.update_endpoint(org.id, ep.id, event_types="a"))
+    await t("upd_none", s.update_endpoint(org.id, ep.id))
+    await t("upd", s.update_endpoint(org.id, ep.id, event_types=None, description=None))
+    await t("upd_other_org", s.update_endpoint(other.id, ep.id, url="https://z"))
+    await t("pub_empty_missing", s.publish("org_nope", []))
+    await t("pub_empty", s.publish(org.id, []))
+    await t("pub_missing", s.publish("org_nope", [event("e")]))
+    await t("pub", s.publish(org.id, [event("e1"), event("e2", "b"), event("e1")]))
+    await t("pub_conflict_in_call", s.publish(org.id, [event("e3"), event("e3", "x")]))
+    await t("pub_conflict", s.publish(org.id, [event("e4"), event("e1", "other")]))
+    await t("get_e4_after_conflict", s.get_event(org.id, "e4"))
+    await t("get_event_other", s.get_event(other.id, "e1"))
+    await t("list_events_type", s.list_events(org.id, limit=10, event_type="b"))
+    await t("list_events_bad_cursor", s.list_events(org.id, limit=10, after="abc"))
+    await t("list_events_0", s.list_events(org.id, limit=0))
+    await t("list_deliveries_missing", s.list_deliveries("org_nope", limit=10))
+    await t(
+        "list_deliveries_pending",
+        s.list_deliveries(org.id, limit=10, status=DeliveryStatus.PENDING),
+    )
+    await t("list_deliveries_ep2", s.list_deliveries(org.id, limit=10, endpoint_id=ep2.id))
+    await t("counts", s.delivery_counts())
+    d = (await s.list_deliveries(org.id, limit=10)).items
+    await t("retry_pending", s.retry_delivery(org.id, d[0].id))
+    await t("retry_missing", s.retry_delivery(org.id, "dlv_nope"))
+    await t("get_delivery_other", s.get_delivery(other.id, d[0].id))
+    await t("release_not_mine", s.release("w", [d[0].id]))
+    await t("extend_not_mine", s.extend_leases("w", [d[0].id], 30))
+    await t("record_not_mine", s.record("w", []))
+    await t("claim0", s.claim("w", 0, 30))
+    await t("enable_ep2", s.update_endpoint(org.id, ep2.id, enabled=True))
+    await t("pub_after_enable", s.publish(org.id, [event("e5")]))
+    await t("disable_ep", s.update_endpoint(org.id, ep.id, enabled=False))
+    c = await s.claim("w", 10, 30)
+    out.append(
+        (
+            "claim_after_disable",
+            sorted(x.event_id for x in c),
+            sorted(x.endpoint_id == ep2.id for x in c),
+        )
+    )
+    await t("delete", s.delete_endpoint(org.id, ep.id))
+    await t("delete_again", s.delete_endpoint(org.id, ep.id))
+    await t("get_deleted", s.get_endpoint(org.id, ep.id))
+    await t("list_ep_after_delete", s.list_endpoints(org.id, limit=10))
+    await t("counts2", s.delivery_counts())
+    d = (await s.list_deliveries(org.id, limit=10, status=DeliveryStatus.FAILED)).items
+    await t("retry_deleted_ep", s.retry_delivery(org.id, d[0].id))
+    await t("next_due", s.next_due_at())
+    return out
+
+
+async def test_edge_cases_answer_exactly_like_sqlite(pg_url: str, tmp_path: Path) -> None:
+    """Mistakes, limits, other organizations, disabled and deleted endpoints: same outcomes."""
+    answers = []
+    for url in (f"sqlite:///{tmp_path / 'edge.db'}", pg_url):
+        store = open_store(url)
+        await store.open()
+        try:
+            answers.append(await _edge_cases(store))
+        finally:
+            await store.close()
+    sqlite, postgres = answers
+    assert len(sqlite) == len(postgres) > 60
+    for ours, theirs in zip(postgres, sqlite, strict=True):
+        assert ours == theirs

@@ -114,11 +114,6 @@ def id_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
-def check_limit(limit: int) -> None:
-    if limit < 1:
-        raise StoreError("limit must be at least 1")
-
-
 def endpoint_changes(changes: dict[str, object]) -> dict[str, object]:
     """Validate ``update_endpoint`` changes into column values; StoreError names the mistake."""
     unknown = set(changes) - ENDPOINT_FIELDS

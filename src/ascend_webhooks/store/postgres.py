@@ -200,7 +200,7 @@ class PostgresStore(Store):
     async def list_organizations(
         self, *, limit: int, after: str | None = None, only: str | None = None
     ) -> Page[Organization]:
-        recs.check_limit(limit)
+        limit = max(limit, 0)  # a page of nothing, as on every backend
         after = recs.id_cursor(after)
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -211,7 +211,7 @@ class PostgresStore(Store):
                 limit + 1,
             )
         items = [recs.organization(row) for row in rows[:limit]]
-        return Page(tuple(items), items[-1].id if len(rows) > limit else None)
+        return Page(tuple(items), items[-1].id if len(rows) > limit and items else None)
 
     async def create_token(
         self, organization_id: str | None, token_hash: bytes, name: str | None = None
@@ -365,7 +365,7 @@ class PostgresStore(Store):
     async def list_endpoints(
         self, organization_id: str, *, limit: int, after: str | None = None
     ) -> Page[Endpoint]:
-        recs.check_limit(limit)
+        limit = max(limit, 0)  # a page of nothing, as on every backend
         after = recs.id_cursor(after)
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -378,7 +378,7 @@ class PostgresStore(Store):
             if not rows:
                 await self._require_organization(conn, organization_id)
         items = [recs.endpoint(row) for row in rows[:limit]]
-        return Page(tuple(items), items[-1].id if len(rows) > limit else None)
+        return Page(tuple(items), items[-1].id if len(rows) > limit and items else None)
 
     async def update_endpoint(
         self, organization_id: str, endpoint_id: str, **changes: object
@@ -564,7 +564,7 @@ class PostgresStore(Store):
         after: str | None = None,
         event_type: str | None = None,
     ) -> Page[Event]:
-        recs.check_limit(limit)
+        limit = max(limit, 0)  # a page of nothing, as on every backend
         before = recs.seq_cursor(after)
         where = ["organization_id = $1"]
         args: list[Any] = [organization_id, limit + 1]
@@ -587,7 +587,7 @@ class PostgresStore(Store):
                 await self._require_organization(conn, organization_id)
             loaded = await recs.load_events(conn, seqs[:limit])
         items = tuple(loaded[seq] for seq in seqs[:limit])
-        return Page(items, str(seqs[limit - 1]) if len(seqs) > limit else None)
+        return Page(items, str(seqs[limit - 1]) if len(seqs) > limit and items else None)
 
     async def get_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
         async with self._connection() as conn:
@@ -614,7 +614,7 @@ class PostgresStore(Store):
         status: DeliveryStatus | None = None,
         endpoint_id: str | None = None,
     ) -> Page[Delivery]:
-        recs.check_limit(limit)
+        limit = max(limit, 0)  # a page of nothing, as on every backend
         before = recs.seq_cursor(after)
         where = ["d.organization_id = $1"]
         args: list[Any] = [organization_id, limit + 1]
@@ -637,7 +637,7 @@ class PostgresStore(Store):
             if not rows:
                 await self._require_organization(conn, organization_id)
         items = tuple(recs.delivery(row) for row in rows[:limit])
-        return Page(items, str(rows[limit - 1]["seq"]) if len(rows) > limit else None)
+        return Page(items, str(rows[limit - 1]["seq"]) if len(rows) > limit and items else None)
 
     async def retry_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
         async with self._transaction() as conn:
