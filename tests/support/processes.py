@@ -77,6 +77,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # What a worker process logs once its claim loop runs (delivery/worker.py).
 _WORKER_READY = "started"
+# What a process that cannot reach PostgreSQL at start says (store/postgres.py).
+_DATABASE_DOWN = "cannot reach PostgreSQL"
 
 
 def _read(path: Path) -> str:
@@ -154,40 +156,49 @@ class ServiceProcess:
         return self.process.pid
 
     async def start(self, *, ready_within: float = 30.0) -> None:
-        """Start the process and wait until it is ready (fails the test otherwise)."""
-        assert not self.running, f"{self.name} is already running"
-        log = self.log_dir / f"{self.name}-{len(self.logs) + 1}.log"
-        self.logs.append(log)
-        argv = [*CLI, self.command, *self.args]
-        if self.port is not None:
-            argv += ["--port", str(self.port)]
-        with log.open("wb") as out:
-            # One file for stdout and stderr: the admin token line never appears (it is set
-            # in the environment), so everything there is log output worth reading.
-            self.process = await asyncio.create_subprocess_exec(
-                *argv, env=dict(self.env), stdout=out, stderr=asyncio.subprocess.STDOUT
-            )
-        await self._wait_ready(log, ready_within)
+        """Start the process and wait until it is ready (fails the test otherwise).
 
-    async def _wait_ready(self, log: Path, within: float) -> None:
-        deadline = time.monotonic() + within
+        A process that exits at start because PostgreSQL does not answer (another test is
+        restarting the server at that moment) is started again, as a supervisor would.
+        """
+        assert not self.running, f"{self.name} is already running"
+        deadline = time.monotonic() + ready_within
+        while True:
+            log = self.log_dir / f"{self.name}-{len(self.logs) + 1}.log"
+            self.logs.append(log)
+            argv = [*CLI, self.command, *self.args]
+            if self.port is not None:
+                argv += ["--port", str(self.port)]
+            with log.open("wb") as out:
+                # One file for stdout and stderr: the admin token line never appears (it is
+                # set in the environment), so everything there is log output worth reading.
+                self.process = await asyncio.create_subprocess_exec(
+                    *argv, env=dict(self.env), stdout=out, stderr=asyncio.subprocess.STDOUT
+                )
+            if await self._wait_ready(log, deadline):
+                return
+            if _DATABASE_DOWN not in _read(log) or time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"{self.name} exited {self.process.returncode} while starting:\n" + _read(log)
+                )
+            await asyncio.sleep(0.5)
+
+    async def _wait_ready(self, log: Path, deadline: float) -> bool:
+        """True once ready; False if the process exited first."""
         async with httpx.AsyncClient(timeout=2) as client:
             while time.monotonic() < deadline:
                 assert self.process is not None
                 if self.process.returncode is not None:
-                    raise AssertionError(
-                        f"{self.name} exited {self.process.returncode} while starting:\n"
-                        + _read(log)
-                    )
+                    return False
                 if self.port is None:
                     if _WORKER_READY in _read(log):
-                        return
+                        return True
                 else:
                     with contextlib.suppress(httpx.TransportError):
                         if (await client.get(f"{self.base_url}/healthz")).status_code == 200:
-                            return
+                            return True
                 await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready in {within}s:\n" + self.output())
+        raise AssertionError(f"{self.name} not ready in time:\n" + self.output())
 
     async def kill(self) -> None:
         """``kill -9``: no shutdown code runs; waits until the process is gone."""
