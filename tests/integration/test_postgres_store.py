@@ -236,6 +236,20 @@ async def test_without_work_the_wait_lasts_max_wait(
     assert 0.25 < time.perf_counter() - started < 2
 
 
+async def test_without_a_listener_waiters_poll(pg_url: str) -> None:
+    store = PostgresStore(pg_url, poll_interval=0.2)
+    await store.open()
+    try:
+        assert await store._signal.wait_connected(5)
+        await store._signal.stop()  # as while the database is away
+        await store.wait_for_work(0)
+        started = time.perf_counter()
+        await store.wait_for_work(10)
+        assert 0.15 < time.perf_counter() - started < 1
+    finally:
+        await store.close()
+
+
 # -- fairness -------------------------------------------------------------------------------------
 
 
