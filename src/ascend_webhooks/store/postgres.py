@@ -3,13 +3,17 @@
 Why it is built this way:
 
 * **asyncpg** with its own pool and prepared-statement cache. ``bench/bench_pg_driver.py``
-  measured it against psycopg 3 (async) on the statements this store runs; asyncpg was faster
-  on both single-row commits and batch claims, and it is already a dependency.
+  measured it against psycopg 3 (async) on this store's statement shapes: asyncpg spent about
+  half the client CPU per row on single-row commits (~50 vs ~100 us) and less on batch claims
+  (2.0 vs ~3 us), with wall-clock rates within the noise; and it is already a dependency.
 * **Set-based statements.** Batches (events of a publish, outcomes of a record, ids of a lease
   extension) are passed as parallel arrays and ``unnest``-ed: one round trip and one cached plan
   whatever the batch size. The SQL lives in ``_postgres_sql.py``.
-* **Claim in one statement** (``UPDATE … WHERE seq IN (… FOR UPDATE SKIP LOCKED) RETURNING``):
-  concurrent workers never wait for each other and never get the same row. Fairness comes from
+* **Claim in one statement** (candidates, each locked ``FOR UPDATE SKIP LOCKED`` by primary
+  key, then ``UPDATE … RETURNING`` joined with events and endpoints): concurrent workers never
+  wait for each other and never get the same row; one left short by racing claimers runs again
+  at once. The plan's shape does not depend on statistics (a burst on a fresh database, never
+  analyzed, must not turn a claim into a scan of the backlog). Fairness comes from
   a loose index scan over the (organization, endpoint) pairs with ready work; each organization
   contributes its earliest due rows and the batch takes them in turns, so a backlog of a million
   in one organization costs the others nothing but their share. The walk resumes where the last
