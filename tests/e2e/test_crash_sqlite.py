@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,8 @@ from tests.support.processes import (
     arrivals_of,
     assert_duplicates_only_across_kills,
     delivery_counts,
+    event_ids,
+    eventually,
     processes,
     publishing,
     service_env,
@@ -133,3 +136,62 @@ async def test_an_attempt_cut_short_by_kill_9_is_made_again_after_restart(
         with contextlib.suppress(TimeoutError):
             await receiver.wait_for_requests(3, within=0.5)
         assert len(receiver.requests) == 2  # succeeded: not attempted a third time
+
+
+async def test_deliveries_waiting_for_a_retry_survive_kill_9(tmp_path: Path) -> None:
+    env = service_env(
+        f"sqlite:///{tmp_path / 'retrying.db'}",
+        RETRY_SCHEDULE="0.2,0.2,1,1,1,1,1,1,1,1",
+        LEASE_SECONDS="1",
+    )
+    async with (
+        processes(tmp_path) as group,
+        Receiver(behaviour=Reply(503)) as receiver,  # down: every attempt fails for now
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        serve = await group.serve(env)
+        org = await setup_organization(client, serve.base_url, receiver.url)
+        receiver.secret = org.secret
+        publisher = Publisher(client, serve.base_url, org.id)
+        await publisher.publish_batch(
+            [{"id": f"r{n}", "type": "refund.paid", "data": {"n": n}} for n in range(20)]
+        )
+
+        # Each event failed three times (at least two recorded): waiting for its next retry.
+        def each_failed_three_times() -> bool:
+            arrived = Counter(event_ids(receiver.requests))
+            return len(arrived) == 20 and min(arrived.values()) >= 3
+
+        await eventually(each_failed_three_times, within=10)
+        await serve.kill()
+        receiver.respond(Reply(200))  # the endpoint recovers while the service is down
+        await serve.restart()
+
+        await arrivals_of(receiver, publisher.accepted, within=30)
+        await eventually_counts(client, serve.base_url, succeeded=20)
+        listed = await client.get(
+            f"{serve.base_url}/v1/organizations/{org.id}/deliveries?limit=50", headers=ADMIN
+        )
+        assert len(listed.json()["data"]) == 20
+        for summary in listed.json()["data"]:
+            got = await client.get(
+                f"{serve.base_url}/v1/organizations/{org.id}/deliveries/{summary['id']}",
+                headers=ADMIN,
+            )
+            attempts = got.json()["attempts"]
+            # The history from before the kill is kept, and numbering goes on from it.
+            assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1))
+            assert [a["status_code"] for a in attempts[:-1]] == [503] * (len(attempts) - 1)
+            assert attempts[-1]["status_code"] == 200
+            assert len(attempts) >= 3, attempts
+
+
+async def eventually_counts(client: httpx.AsyncClient, base_url: str, **expected: int) -> None:
+    """Wait until the delivery counts of /metrics include ``expected`` (status=count)."""
+    deadline = time.monotonic() + 15
+    while True:
+        counts = await delivery_counts(client, base_url)
+        if all(counts.get(status, 0) == n for status, n in expected.items()):
+            return
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(0.05)

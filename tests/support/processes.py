@@ -345,8 +345,15 @@ class Publisher:
         self._note(body, created=body["created"])
 
     async def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """``POST …/events/batch``; returns once the whole batch is accepted."""
+        """``POST …/events/batch``; returns once the whole batch is accepted.
+
+        A batch is stored all or nothing: even when an earlier try was cut off, its events
+        (fresh ids) must come back all created or all already stored, never a mix.
+        """
         body = await self._send("/events/batch", {"events": list(events)})
+        assert len(body["data"]) == len(events)
+        created = {result["created"] for result in body["data"]}
+        assert len(created) == 1, "a batch was stored in part"
         for result in body["data"]:
             self._note(result, created=result["created"])
 
