@@ -138,6 +138,46 @@ async def test_another_worker_takes_over_an_attempt_cut_short_by_kill_9(
         assert other.running
 
 
+async def test_ordering_keys_keep_their_order_through_kill_9_of_a_worker(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = service_env(database_url, LEASE_SECONDS="1")
+    keys, per_key = [f"k{i}" for i in range(1, 6)], 30
+    async with (
+        processes(tmp_path) as group,
+        Receiver(behaviour=Reply(200, delay=0.02)) as receiver,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        api = await group.serve(env, "--no-delivery", name="api")
+        doomed = await group.worker(env, name="worker-a")
+        await group.worker(env, name="worker-b")
+        org = await setup_organization(client, api.base_url, receiver.url)
+        receiver.secret = org.secret
+        publisher = Publisher(client, api.base_url, org.id)
+        await publisher.publish_batch(
+            [
+                {"id": f"{key}-{n:02}", "type": "invoice.paid", "data": {}, "ordering_key": key}
+                for n in range(per_key)
+                for key in keys
+            ]
+        )
+        await receiver.wait_for_requests(40, within=15)
+        server_started = await postgres_started_at()
+        await doomed.kill()  # holding the head of some keys, mid-attempt
+        killed_at = time.monotonic()
+        received = await arrivals_of(receiver, publisher.accepted, within=30)
+
+        ids = [request.event.id for request in receiver.requests if request.event]
+        for key in keys:
+            arrived = [event_id for event_id in ids if event_id.startswith(f"{key}-")]
+            # An attempt cut off by the kill may be repeated, but nothing overtakes it.
+            assert arrived == sorted(arrived), key
+        if await postgres_started_at() == server_started:  # (see the test above)
+            assert_duplicates_only_across_kills(receiver.requests, [killed_at])
+            duplicates = sum(received.values()) - len(received)
+            assert duplicates <= len(keys), duplicates  # the head of each key, at most
+
+
 async def eventually_succeeded(
     client: httpx.AsyncClient, base_url: str, org: str, request: RecordedRequest
 ) -> None:
