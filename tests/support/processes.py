@@ -20,7 +20,11 @@ output for the failure report:
   duration of a ``with`` block, through whatever the block does to the service.
 * :func:`setup_organization`: an organization with a signing key and an endpoint.
 * :func:`postgres_database`: a fresh migrated PostgreSQL database, created and dropped with
-  retries, since another test may be restarting the server at that moment.
+  retries, since another test may be restarting the server at that moment;
+  :func:`postgres_started_at` tells whether the server restarted in between.
+* :func:`arrivals_of` waits until every accepted event reached a receiver (verified) and counts
+  the arrivals; :func:`assert_duplicates_only_across_kills` checks that an event arrived again
+  only because a kill cut its earlier attempt off.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import signal
 import socket
 import sys
@@ -76,7 +81,7 @@ ADMIN_TOKEN = "e2e-crash-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # What a worker process logs once its claim loop runs (delivery/worker.py).
-_WORKER_READY = "started"
+_WORKER_READY = re.compile(r"worker \S+ started")
 # What a process that cannot reach PostgreSQL at start says (store/postgres.py).
 _DATABASE_DOWN = "cannot reach PostgreSQL"
 
@@ -191,7 +196,7 @@ class ServiceProcess:
                 if self.process.returncode is not None:
                     return False
                 if self.port is None:
-                    if _WORKER_READY in _read(log):
+                    if _WORKER_READY.search(_read(log)):
                         return True
                 else:
                     with contextlib.suppress(httpx.TransportError):
