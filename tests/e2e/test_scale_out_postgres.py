@@ -29,6 +29,7 @@ from tests.support.processes import (
     arrivals_of,
     delivery_counts,
     postgres_database,
+    postgres_started_at,
     processes,
     service_env,
     setup_organization,
@@ -82,7 +83,9 @@ class FailsFirstAttempt(Receiver):
 async def test_no_delivery_is_sent_twice_by_three_workers(
     tmp_path: Path, database_url: str
 ) -> None:
-    env = service_env(database_url, ENDPOINT_CONCURRENCY="32")
+    # A lease longer than any server restart another test might cause meanwhile: outcomes
+    # that wait for the database are still recorded by the worker that holds the lease.
+    env = service_env(database_url, ENDPOINT_CONCURRENCY="32", LEASE_SECONDS="20")
     async with (
         processes(tmp_path) as group,
         Receiver() as first,
@@ -144,6 +147,7 @@ async def test_each_ordering_key_arrives_in_order_and_keys_go_in_parallel(
         def event(key: str, n: int) -> dict[str, Any]:
             return {"id": f"{key}-{n}", "type": "invoice.paid", "data": {}, "ordering_key": key}
 
+        server_started = await postgres_started_at()
         started = time.monotonic()
         half = PER_KEY // 2
         # The first half in one batch (its order is the publish order), keys interleaved ...
@@ -168,7 +172,8 @@ async def test_each_ordering_key_arrives_in_order_and_keys_go_in_parallel(
             assert arrived == expected, key
         # Serially, the requests alone would take this long; one key's share is a fifth of it.
         serial = len(receiver.requests) * SLOW
-        assert elapsed < serial / 2, (elapsed, serial)
+        if await postgres_started_at() == server_started:  # no restart by another test
+            assert elapsed < serial / 2, (elapsed, serial)
         assert receiver.most_at_once >= 3, receiver.most_at_once  # keys did overlap
         assert not receiver.same_key_at_once  # one key: one request at a time
         counts = await delivery_counts(client, api.base_url)
@@ -214,6 +219,7 @@ async def test_a_large_backlog_of_one_organization_does_not_delay_another(
         await busy.wait_for_requests(200, within=20)
 
         publisher = Publisher(client, api.base_url, b.id)
+        server_started = await postgres_started_at()
         published_at = time.monotonic()
         await publisher.publish({"id": "b-1", "type": "payout.paid", "data": {}})
         (arrived,) = await quiet.wait_for_requests(1, within=10)
@@ -221,5 +227,6 @@ async def test_a_large_backlog_of_one_organization_does_not_delay_another(
         waited = arrived.received_at - published_at
         pending = (await delivery_counts(client, api.base_url)).get("pending", 0)
         assert pending > BACKLOG / 4, pending  # ... and it is still there when B's arrives
-        assert waited < 1.0, f"B waited {waited:.2f}s behind {pending} deliveries of A"
+        if await postgres_started_at() == server_started:  # no restart by another test
+            assert waited < 1.0, f"B waited {waited:.2f}s behind {pending} deliveries of A"
         print(f"fairness: B waited {waited * 1000:.0f} ms behind {pending} pending of A")
