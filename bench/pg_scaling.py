@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,14 @@ from sink import Sink, SinkError, nginx_sink
 
 EVENTS = 20_000
 QUICK_EVENTS = 4_000
-LIVE_EVENTS = 10_000
-QUICK_LIVE_EVENTS = 3_000
+LIVE_EVENTS = 5_000
+QUICK_LIVE_EVENTS = 2_000
 START_FRACTION = 0.02  # the drain window opens once the sink has seen this share
-DRAIN_TIMEOUT = 60.0  # per phase: keeps a slow run under ~3 minutes in all
+DRAIN_TIMEOUT = 60.0  # these two keep a slow run near 3 minutes in all
+LIVE_TIMEOUT = 30.0
+# PostgreSQL sessions of this script's own samplers: counted as the bench's, not the service's.
+BENCH_BACKENDS: set[int] = set()
+STALL_SECONDS = 3.0  # no delivery for this long while some are pending: record why
 TICK = os.sysconf("SC_CLK_TCK")
 TABLES = ("events", "deliveries", "attempts")
 # PostgreSQL's own processes, by what they call themselves in their command line.
@@ -135,6 +139,8 @@ class Roles:
             return f"worker-{self.workers.index(pid) + 1}"
         if pid == self.me:
             return "bench (publisher, sink polling)"
+        if pid in BENCH_BACKENDS:
+            return "postgres: the bench's own sampling sessions"
         if cmd.startswith("postgres:"):
             if f" {self.database} " in cmd:
                 return "postgres: sessions of this database"
@@ -248,13 +254,15 @@ class ActivitySampler:
                 await conn.close()
 
     async def _sample(self, conn: asyncpg.Connection) -> None:
+        BENCH_BACKENDS.add(await conn.fetchval("SELECT pg_backend_pid()"))
         while not self._stop.is_set():
             rows = await conn.fetch(
                 "SELECT state, wait_event_type, wait_event,"
                 " left(regexp_replace(query, '\\s+', ' ', 'g'), 48) AS query"
-                " FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+                " FROM pg_stat_activity WHERE datname = $1 AND pid <> ALL($2::int[])"
                 " AND backend_type = 'client backend'",
                 self.database,
+                list(BENCH_BACKENDS),
             )
             self.samples += 1
             for state, wait_type, wait, text in rows:
@@ -307,41 +315,93 @@ def wal_bytes(url: str, start: str, end: str) -> int:
     )
 
 
-def database_wal(url: str, start: str, end: str) -> dict[str, int] | None:
-    """WAL records between two LSNs that touch this database's relations (pg_walinspect).
+class WalTracker:
+    """WAL written during a window: the cluster's, and the records of this database only.
 
-    The cluster's WAL also carries every other database's writes; this keeps only records
-    with a block of this database (commit records, which name no block, are left out: about
-    40 bytes per transaction). None where pg_walinspect (PostgreSQL 15+) is not available.
+    The cluster's WAL also carries every other database's writes (other work on a shared
+    server), so every second a thread reads the new stretch with pg_walinspect (PostgreSQL 15+)
+    and keeps the records with a block of this database; reading as it goes, before other
+    work's WAL gets the segments recycled. Commit records, which name no block, are left out
+    (about 40 bytes per transaction).
     """
-    try:
-        query(url, "CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-        row = query(
-            url,
-            "SELECT count(*) AS records, coalesce(sum(record_length), 0) AS bytes,"
-            " coalesce(sum(fpi_length), 0) AS fpi_bytes"
-            " FROM pg_get_wal_records_info($1::text::pg_lsn,"
-            "      least($2::text::pg_lsn, pg_current_wal_flush_lsn()))"
-            " WHERE block_ref LIKE '%/' || (SELECT oid FROM pg_database"
-            "       WHERE datname = current_database()) || '/%'",
-            start,
-            end,
-        )[0]
-    except asyncpg.PostgresError:
-        return None
-    return {k: int(v) for k, v in row.items()}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.start = self.position = wal_lsn(url)
+        self.end = self.start
+        self.records = self.bytes = self.fpi_bytes = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> WalTracker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.end = wal_lsn(self.url)
+
+    async def _run(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=10)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            BENCH_BACKENDS.add(await conn.fetchval("SELECT pg_backend_pid()"))
+            oid = await conn.fetchval(
+                "SELECT oid FROM pg_database WHERE datname = current_database()"
+            )
+            pattern = f"%/{oid}/%"
+            while True:
+                stopping = self._stop.wait(1.0)
+                upto = await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text")
+                row = await conn.fetchrow(
+                    "SELECT count(*), coalesce(sum(record_length), 0),"
+                    " coalesce(sum(fpi_length), 0)"
+                    " FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)"
+                    " WHERE block_ref LIKE $3",
+                    self.position,
+                    upto,
+                    pattern,
+                )
+                assert row is not None
+                self.records += int(row[0])
+                self.bytes += int(row[1])
+                self.fpi_bytes += int(row[2])
+                self.position = upto
+                if stopping:
+                    break
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.error = str(exc)
+        finally:
+            await conn.close()
+
+    def figures(self, units: int) -> dict[str, Any]:
+        """Bytes (and records) per unit: this database's, and the whole cluster's."""
+        units = max(1, units)
+        figures: dict[str, Any] = {
+            "cluster_bytes_per_unit": round(wal_bytes(self.url, self.start, self.end) / units)
+        }
+        if self.error:
+            figures["database_error"] = self.error
+        else:
+            figures["database_bytes_per_unit"] = round(self.bytes / units)
+            figures["database_fpi_bytes_per_unit"] = round(self.fpi_bytes / units)
+            figures["database_records_per_unit"] = round(self.records / units, 2)
+        return figures
 
 
-def wal_figures(url: str, start: str, end: str, units: int) -> dict[str, Any]:
-    """WAL per unit (event, delivery) in a window: this database's records, and the cluster's."""
-    units = max(1, units)
-    figures: dict[str, Any] = {"cluster_bytes_per_unit": round(wal_bytes(url, start, end) / units)}
-    mine = database_wal(url, start, end)
-    if mine is not None:
-        figures["database_bytes_per_unit"] = round(mine["bytes"] / units)
-        figures["database_fpi_bytes_per_unit"] = round(mine["fpi_bytes"] / units)
-        figures["database_records_per_unit"] = round(mine["records"] / units, 2)
-    return figures
+def stall_snapshot(url: str, service: Service) -> dict[str, Any]:
+    """Pending deliveries by lease state, and the end of each process's log."""
+    rows = query(
+        url,
+        "SELECT count(*) FILTER (WHERE locked_by IS NOT NULL) AS leased,"
+        " count(*) FILTER (WHERE locked_by IS NULL AND next_attempt_at <= now()) AS due,"
+        " count(*) FILTER (WHERE locked_by IS NULL AND next_attempt_at > now()) AS waiting,"
+        " min(lease_expires_at - now()) FILTER (WHERE locked_by IS NOT NULL)::text AS lease_left"
+        " FROM deliveries WHERE status = 'pending'",
+    )
+    return {"pending": dict(rows[0].items()), "logs": service.log_tail(1200)}
 
 
 def table_sizes(url: str) -> dict[str, Any]:
@@ -466,19 +526,34 @@ class Followed:
     problem: str | None = None
     top: list[str] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, POSTs seen)
+    stalls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _follow(
-    sink: Sink, service: Service, target: int, cpu: CpuWindow, timeout: float, top_at: int | None
+    sink: Sink,
+    service: Service,
+    base: int,
+    target: int,
+    cpu: CpuWindow,
+    timeout: float,
+    top_at: int | None,
+    on_stall: Callable[[], dict[str, Any]] | None = None,
 ) -> Followed:
-    """Poll the sink until it has seen ``target`` POSTs; sample CPU and progress on the way."""
+    """Poll the sink until it has seen ``base + target`` POSTs; sample CPU and progress."""
     start = time.perf_counter()
     deadline = start + timeout
     last_sample = 0.0
     followed = Followed(start)
+    progress = (start, -1)  # when the count last moved, and to what
     while True:
-        seen = sink.posts()
+        seen = sink.posts() - base
         now = followed.ended = time.perf_counter()
+        if seen != progress[1]:
+            progress = (now, seen)
+        elif now - progress[0] > STALL_SECONDS and len(followed.stalls) < 3 and on_stall:
+            # Nothing delivered for a while: note what the database and the processes say.
+            followed.stalls.append({"at_s": round(now - start, 1), "delivered": seen, **on_stall()})
+            progress = (now, seen)
         if seen >= target:
             followed.timeline.append((round(now - start, 2), seen))
             return followed
@@ -492,7 +567,7 @@ def _follow(
                 followed.problem = f"a process died: {reason[:400]}"
                 return followed
         if now > deadline:
-            followed.problem = f"{seen} of {target} POSTs in {timeout:g} s"
+            followed.problem = f"{seen} of {target} deliveries in {timeout:g} s"
             followed.problem += "\n" + service.log_tail(1500)
             return followed
         time.sleep(0.01)
@@ -531,17 +606,16 @@ def measure(
         run = run_tag()
 
         # 1. The backlog, published with no worker running.
-        lsn = wal_lsn(url)
-        start = time.perf_counter()
-        accepted = run_async(lambda: publisher.publish(run, 0, events))
-        publish_seconds = time.perf_counter() - start
+        with WalTracker(url) as wal:
+            start = time.perf_counter()
+            accepted = run_async(lambda: publisher.publish(run, 0, events))
+            publish_seconds = time.perf_counter() - start
         if accepted != events:
             raise ServiceUnavailable(f"published {events} events, {accepted} were accepted")
-        lsn_published = wal_lsn(url)
         result["backlog"] = {
             "events": events,
             "publish_per_s": round(events / publish_seconds),
-            "wal_per_event": wal_figures(url, lsn, lsn_published, events),
+            "wal_per_event": wal.figures(events),
         }
         print(
             f"  {count} worker(s): {events:,} events published at {events / publish_seconds:,.0f}/s"
@@ -558,11 +632,17 @@ def measure(
             except TimeoutError as exc:
                 raise ServiceUnavailable(f"workers did not start delivering: {exc}") from exc
             c0 = sink.posts() - base
-            lsn0 = wal_lsn(url)
             cpu = CpuWindow(roles)
-            with ActivitySampler(url, database) as activity:
+            with ActivitySampler(url, database) as activity, WalTracker(url) as wal:
                 followed = _follow(
-                    sink, service, base + events, cpu, DRAIN_TIMEOUT, base + events // 2
+                    sink,
+                    service,
+                    base,
+                    events,
+                    cpu,
+                    DRAIN_TIMEOUT,
+                    events // 2,
+                    lambda: stall_snapshot(url, service),
                 )
             t1, problem = followed.ended, followed.problem
             drained = min(events, sink.posts() - base) - c0
@@ -575,8 +655,9 @@ def measure(
                 "postgres_sessions": activity.summary(),
                 "top": followed.top,
                 "rate_by_fifth_of_window": _rates(followed.timeline),
+                "stalls": followed.stalls,
             }
-            drain["wal_per_delivery"] = wal_figures(url, lsn0, wal_lsn(url), drained)
+            drain["wal_per_delivery"] = wal.figures(drained)
             if problem:
                 drain["incomplete"] = problem
             result["drain"] = drain
@@ -593,13 +674,12 @@ def measure(
             extra = sink.posts() - base - events
             result["drain"]["extra_posts"] = extra
             base2 = sink.posts()
-            lsn0 = wal_lsn(url)
             cpu = CpuWindow(roles)
             start = time.perf_counter()
-            with ActivitySampler(url, database) as activity:
+            with ActivitySampler(url, database) as activity, WalTracker(url) as wal:
                 accepted = run_async(lambda: publisher.publish(f"l{run}", 0, live_events))
                 published = time.perf_counter()
-                followed = _follow(sink, service, base2 + live_events, cpu, DRAIN_TIMEOUT, None)
+                followed = _follow(sink, service, base2, live_events, cpu, LIVE_TIMEOUT, None)
             t1, problem = followed.ended, followed.problem
             delivered = min(live_events, sink.posts() - base2)
             live: dict[str, Any] = {
@@ -610,9 +690,7 @@ def measure(
                 "seconds": round(t1 - start, 2),
                 "cpu": cpu.close(),
                 "postgres_sessions": activity.summary(),
-                "wal_per_event_published_and_delivered": wal_figures(
-                    url, lsn0, wal_lsn(url), delivered
-                ),
+                "wal_per_event_published_and_delivered": wal.figures(delivered),
             }
             if problem:
                 live["incomplete"] = problem
