@@ -154,6 +154,10 @@ def _commit() -> str | None:
     return result.stdout.strip() or None
 
 
+# Taken when the benchmark starts: the tree may move on while it runs.
+_COMMIT = _commit()
+
+
 def write_result(name: str, figures: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with the figures, the machine and the command."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
         "benchmark": name,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([".venv/bin/python", *sys.argv]),
-        "commit": _commit(),
+        "commit": _COMMIT,
         "machine": machine(),
         **figures,
     }
