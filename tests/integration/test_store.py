@@ -511,6 +511,72 @@ async def test_extend_leases_and_release(store: Store) -> None:
     assert back.attempt_number == 1
 
 
+async def test_lease_holders_are_the_workers_with_unexpired_leases(store: Store) -> None:
+    org, _ = await setup_org(store, endpoints=2)
+    await store.publish(org, [new_event(f"evt_{n}") for n in range(3)])
+    assert await store.lease_holders() == []
+    b_claims = await store.claim("w-b", 2, 30)
+    await store.claim("w-a", 2, 30)
+    short = await store.claim("w-short", 10, 0.2)
+    assert len(short) == 2
+    assert await store.lease_holders() == ["w-a", "w-b", "w-short"]
+    await asyncio.sleep(0.3)
+    assert await store.lease_holders() == ["w-a", "w-b"]  # w-short's leases ran out
+    held = await store.claim("w-c", 10, 30)  # and another worker took them
+    assert ids_of(held) == ids_of(short)
+    assert await store.lease_holders() == ["w-a", "w-b", "w-c"]
+    # A recorded outcome ends the lease, whatever the outcome.
+    await store.record(
+        "w-b", [outcome(b_claims[0].id, SUCCEEDED), outcome(b_claims[1].id, PENDING, retry_in=0)]
+    )
+    assert await store.lease_holders() == ["w-a", "w-c"]
+
+
+async def test_release_worker_makes_its_deliveries_due_at_once(store: Store) -> None:
+    org, _ = await setup_org(store, endpoints=2)
+    await store.publish(org, [new_event(f"evt_{n}") for n in range(3)])
+    dead = await store.claim("w-dead", 5, 60)
+    assert len(dead) == 5
+    (other,) = await store.claim("w-live", 1, 60)
+    assert await store.claim("w-new", 10, 60) == []  # all leased
+    assert await store.release_worker("w-unknown") == 0
+    assert await store.release_worker("w-dead") == 5
+    assert await store.lease_holders() == ["w-live"]
+    assert await store.release_worker("w-dead") == 0  # nothing left to give back
+    again = await store.claim("w-new", 10, 60)
+    assert ids_of(again) == ids_of(dead)
+    # Released, not attempted: same attempt number, no attempt recorded.
+    assert {c.attempt_number for c in again} == {1}
+    for claimed in again:
+        delivery = await store.get_delivery(org, claimed.id)
+        assert delivery.attempt_count == 0
+        assert delivery.attempts == ()
+    # The dead worker's late outcome is ignored: the lease is no longer its own.
+    await store.record("w-dead", [outcome(dead[0].id, SUCCEEDED)])
+    assert (await store.get_delivery(org, dead[0].id)).status is PENDING
+    # The live worker's lease was left alone.
+    await store.record("w-live", [outcome(other.id, SUCCEEDED)])
+    assert (await store.get_delivery(org, other.id)).status is SUCCEEDED
+
+
+async def test_release_worker_leaves_finished_and_retrying_deliveries_alone(
+    store: Store,
+) -> None:
+    org, _ = await setup_org(store)
+    await store.publish(org, [new_event(f"evt_{n}") for n in range(3)])
+    done, retrying, held = await store.claim("w-dead", 3, 60)
+    await store.record(
+        "w-dead", [outcome(done.id, SUCCEEDED), outcome(retrying.id, PENDING, retry_in=600)]
+    )
+    assert await store.release_worker("w-dead") == 1  # only the lease still held
+    assert (await store.get_delivery(org, done.id)).status is SUCCEEDED
+    waiting = await store.get_delivery(org, retrying.id)
+    assert waiting.next_attempt_at is not None
+    assert waiting.next_attempt_at > datetime.now(UTC) + timedelta(seconds=500)
+    (claimed,) = await store.claim("w-new", 10, 60)
+    assert claimed.id == held.id
+
+
 async def test_retry_delivery_starts_a_new_round(store: Store) -> None:
     org, _ = await setup_org(store)
     (delivery_id,) = await publish_one(store, org, new_event("evt_1"))

@@ -248,6 +248,19 @@ UPDATE deliveries
  WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
 """
 
+# Both by the partial index of leased rows (migration 0002): as small as the work in flight.
+LEASE_HOLDERS = """
+SELECT DISTINCT locked_by FROM deliveries
+ WHERE locked_by IS NOT NULL AND lease_expires_at > now() AND status = 'pending'
+ ORDER BY locked_by
+"""
+
+RELEASE_WORKER = """
+UPDATE deliveries
+   SET locked_by = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
+ WHERE locked_by = $1 AND status = 'pending'
+"""
+
 # The earliest ready delivery of each (organization, endpoint) pair, by the same loose index
 # scan as the claim: O(pairs) index probes.
 NEXT_DUE_AT = f"""

@@ -256,6 +256,18 @@ class Store(abc.ABC):
         """Give leased deliveries back unattempted (shutdown); they are due again at once."""
 
     @abc.abstractmethod
+    async def lease_holders(self) -> list[str]:
+        """The ids of the workers that hold at least one unexpired lease, sorted."""
+
+    @abc.abstractmethod
+    async def release_worker(self, worker_id: str) -> int:
+        """Give back every lease ``worker_id`` holds (its process is known to be dead).
+
+        The deliveries are due again at once, unattempted (no attempt is recorded, the
+        attempt number stays); returns how many were released.
+        """
+
+    @abc.abstractmethod
     async def next_due_at(self) -> datetime | None:
         """When the earliest pending delivery becomes due (or None if none is pending)."""
 

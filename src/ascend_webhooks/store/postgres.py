@@ -812,6 +812,19 @@ class PostgresStore(Store):
         if status != "UPDATE 0":
             self._wake_workers()
 
+    async def lease_holders(self) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql.LEASE_HOLDERS)
+        return [row[0] for row in rows]
+
+    async def release_worker(self, worker_id: str) -> int:
+        async with self._connection() as conn:
+            status = await conn.execute(sql.RELEASE_WORKER, worker_id)
+        released = int(status.split()[-1])  # "UPDATE n"
+        if released:
+            self._wake_workers()
+        return released
+
     def _wake_workers(self) -> None:
         """After a commit that made work due: wake this process now, the others via NOTIFY."""
         self._signal.notify_local()

@@ -22,7 +22,7 @@ from ..models import (
     WebhookKey,
 )
 from . import _rows
-from ._rows import DELIVERY_COLUMNS, EVENT_COLUMNS, chunks, marks, parse_seq_cursor
+from ._rows import DELIVERY_COLUMNS, EVENT_COLUMNS, chunks, marks, now_ms, parse_seq_cursor
 
 __all__ = [
     "count_admin_tokens",
@@ -32,6 +32,7 @@ __all__ = [
     "event",
     "events_by_seq",
     "find_token",
+    "lease_holders",
     "list_deliveries",
     "list_endpoints",
     "list_events",
@@ -271,6 +272,17 @@ def next_due_at(conn: sqlite3.Connection) -> int | None:
         " WHERE status = 'pending' AND blocked = 0"
     ).fetchone()
     return None if row[0] is None else int(row[0])
+
+
+def lease_holders(conn: sqlite3.Connection) -> list[str]:
+    """The workers holding a lease that has not expired, by the partial index of leases."""
+    rows = conn.execute(
+        "SELECT DISTINCT locked_by FROM deliveries INDEXED BY deliveries_leased"
+        " WHERE locked_by IS NOT NULL AND lease_expires_at > ? AND status = 'pending'"
+        " ORDER BY locked_by",
+        (now_ms(),),
+    )
+    return [row[0] for row in rows]
 
 
 def delivery_counts(conn: sqlite3.Connection) -> dict[DeliveryStatus, int]:

@@ -265,6 +265,15 @@ class SQLiteStore(Store):
         if ids and await self._write(lambda c: _writes.release(c, worker_id, ids)) > 0:
             self._wake()
 
+    async def lease_holders(self) -> list[str]:
+        return await self._read(_reads.lease_holders)
+
+    async def release_worker(self, worker_id: str) -> int:
+        released = await self._write(lambda c: _writes.release_worker(c, worker_id))
+        if released:
+            self._wake()
+        return released
+
     async def next_due_at(self) -> datetime | None:
         due = await self._read(_reads.next_due_at)
         return None if due is None else from_ms(due)

@@ -40,6 +40,7 @@ __all__ = [
     "extend_leases",
     "record",
     "release",
+    "release_worker",
     "require_organization",
     "retry_delivery",
     "revoke_key",
@@ -348,3 +349,15 @@ def release(conn: sqlite3.Connection, worker_id: str, delivery_ids: Sequence[str
         )
         released += cursor.rowcount
     return released
+
+
+def release_worker(conn: sqlite3.Connection, worker_id: str) -> int:
+    """Give back every lease ``worker_id`` holds, due at once; returns how many."""
+    now = now_ms()
+    cursor = conn.execute(
+        "UPDATE deliveries INDEXED BY deliveries_leased SET locked_by = NULL,"
+        " lease_expires_at = NULL, next_attempt_at = ?, updated_at = ?"
+        " WHERE locked_by = ? AND status = 'pending'",
+        (now, now, worker_id),
+    )
+    return cursor.rowcount
