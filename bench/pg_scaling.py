@@ -606,6 +606,7 @@ def measure(
         run = run_tag()
 
         # 1. The backlog, published with no worker running.
+        cpu = CpuWindow(Roles(database, service.processes[0].pid, [], str(sink.prefix)))
         with WalTracker(url) as wal:
             start = time.perf_counter()
             accepted = run_async(lambda: publisher.publish(run, 0, events))
@@ -615,6 +616,7 @@ def measure(
         result["backlog"] = {
             "events": events,
             "publish_per_s": round(events / publish_seconds),
+            "cpu": cpu.close(),
             "wal_per_event": wal.figures(events),
         }
         print(
