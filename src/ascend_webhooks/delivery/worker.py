@@ -28,6 +28,11 @@ The loop, and why it looks like this:
   database sees a few transactions per second instead of one per attempt.
 * **Leases.** Attempts running longer than a third of the lease get their leases extended
   (heartbeat), so a slow but live attempt is not handed to another worker.
+* **Dead neighbours.** A worker id names its machine and process (``identity.py``). On start,
+  and every half lease after, the worker asks the store which workers hold leases, and gives
+  back at once the leases of workers of its own machine whose process is gone (a ``kill -9``),
+  so a restarted process does not wait out the lease of the one it replaces. Leases of other
+  machines and of live processes are never touched: those run out on their own.
 * **Failures of the store** (a database restarting) are logged and retried with capped
   exponential backoff; they never end the worker. Outcomes that cannot be written stay
   buffered; should their leases expire meanwhile, the deliveries are simply attempted again.
@@ -50,12 +55,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..ids import new_id
 from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
 from ..signature import sign
 from ..store.base import Store
 from ..store.models import Attempt, AttemptOutcome, ClaimedDelivery, DeliveryStatus
+from .identity import is_dead_here, new_worker_id
 from .retry import RetryPolicy, is_success
 from .transport import PyreqwestTransport, Response, Transport
 
@@ -139,7 +144,7 @@ class Worker:
             allow_private=settings.allow_private_networks,
             ca_file=settings.ca_file,
         )
-        self.worker_id = worker_id or new_id("wrk")
+        self.worker_id = worker_id or new_worker_id()
         self.concurrency = concurrency or settings.worker_concurrency
         self.per_endpoint_limit = min(
             per_endpoint_limit or settings.endpoint_concurrency, self.concurrency
@@ -193,10 +198,14 @@ class Worker:
         self._closing = False
         flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
+        reaper = asyncio.create_task(self._reaper_loop(), name=f"{self.worker_id}-reaper")
         logger.info("worker %s started", self.worker_id)
         try:
             await self._claim_loop()
         finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
             await self._finish(flusher, heartbeat)
 
     async def _finish(self, flusher: asyncio.Task[None], heartbeat: asyncio.Task[None]) -> None:
@@ -538,6 +547,36 @@ class Worker:
                     await self.store.extend_leases(self.worker_id, long_running, self.lease_seconds)
                 except Exception:
                     logger.warning("worker %s: cannot extend leases", self.worker_id, exc_info=True)
+
+    async def _reaper_loop(self) -> None:
+        """Now and every half lease: give back the leases of dead workers of this machine."""
+        while True:
+            try:
+                await self.release_dead_workers()
+            except Exception:  # the database may be restarting; the next round tries again
+                logger.warning(
+                    "worker %s: cannot look for leases of dead workers",
+                    self.worker_id,
+                    exc_info=True,
+                )
+            await asyncio.sleep(self.lease_seconds / 2)
+
+    async def release_dead_workers(self) -> int:
+        """Release the leases of workers of this machine whose process is gone; how many."""
+        total = 0
+        for holder in await self.store.lease_holders():
+            if holder == self.worker_id or not is_dead_here(holder):
+                continue
+            released = await self.store.release_worker(holder)
+            if released:
+                logger.info(
+                    "worker %s: released %d deliveries leased by %s, whose process is gone",
+                    self.worker_id,
+                    released,
+                    holder,
+                )
+            total += released
+        return total
 
     async def _drain_attempts(self) -> list[str]:
         """Let in-flight attempts end (bounded); return the ids of those cut short."""
