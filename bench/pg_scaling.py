@@ -60,13 +60,13 @@ from service_process import (
 )
 from sink import Sink, SinkError, nginx_sink
 
-EVENTS = 20_000
+EVENTS = 15_000
 QUICK_EVENTS = 4_000
-LIVE_EVENTS = 5_000
+LIVE_EVENTS = 3_000
 QUICK_LIVE_EVENTS = 2_000
 START_FRACTION = 0.02  # the drain window opens once the sink has seen this share
-DRAIN_TIMEOUT = 60.0  # these two keep a slow run near 3 minutes in all
-LIVE_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 75.0  # these two keep a slow run near 3 minutes in all
+LIVE_TIMEOUT = 20.0
 # PostgreSQL sessions of this script's own samplers: counted as the bench's, not the service's.
 BENCH_BACKENDS: set[int] = set()
 STALL_SECONDS = 3.0  # no delivery for this long while some are pending: record why
