@@ -82,7 +82,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # What a worker process logs once its claim loop runs (delivery/worker.py).
 _WORKER_READY = re.compile(r"worker \S+ started")
-# What a process that cannot reach PostgreSQL at start says (store/postgres.py).
+# What a process that cannot reach PostgreSQL at start says (store/postgres.py), in each
+# "database not reachable (…), retrying" line and in the line it exits with.
 _DATABASE_DOWN = "cannot reach PostgreSQL"
 
 
@@ -163,8 +164,9 @@ class ServiceProcess:
     async def start(self, *, ready_within: float = 30.0) -> None:
         """Start the process and wait until it is ready (fails the test otherwise).
 
-        A process that exits at start because PostgreSQL does not answer (another test is
-        restarting the server at that moment) is started again, as a supervisor would.
+        A process waits for a PostgreSQL that does not answer (another test is restarting the
+        server at that moment) for its start-up timeout; one that gives up and exits is started
+        again, as a supervisor would.
         """
         assert not self.running, f"{self.name} is already running"
         deadline = time.monotonic() + ready_within

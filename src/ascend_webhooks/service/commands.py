@@ -1,8 +1,10 @@
 """The service sub-commands of ``ascend-webhooks``: ``serve``, ``worker`` and ``migrate``.
 
 Configuration comes from the ``ASCEND_WEBHOOKS_*`` environment (see docs/operating.md); a bad
-value ends the command with status 2 and a one-line reason on stderr, never a traceback. Logs
-go to stderr; stdout carries only what the operator must copy (the first admin token).
+value ends the command with status 2 and a one-line reason on stderr, never a traceback. Every
+command waits for a database that does not answer yet (``startup.py``), up to the start-up
+timeout; a database that cannot be opened ends it with status 1, also in one line. Logs go to
+stderr; stdout carries only what the operator must copy (the first admin token).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
+from ..store import Store
 from .crypto import MasterKeyError, SecretBox, load_secret_box
 from .settings import Settings, SettingsError
+from .startup import StartupError, open_store_waiting
 
 __all__ = ["register_service"]
 
@@ -68,9 +73,39 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stderr)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 2) -> int:
     print(f"ascend-webhooks: error: {message}", file=sys.stderr, flush=True)
-    return 2
+    return status
+
+
+async def _open_store(settings: Settings) -> Store | None:
+    """The opened store, once the database answers; None if stopped (SIGTERM) meanwhile.
+
+    Raises StartupError (see startup.py). The signal handlers are removed again before the
+    command installs its own.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        store = await open_store_waiting(settings.database_url, settings.startup_timeout, stop=stop)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    if store is None:
+        log.info("stopped before the database answered")
+    return store
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; a database that cannot be opened is one line, status 1."""
+    with _runner() as runner:
+        try:
+            return runner.run(main)
+        except StartupError as exc:
+            return _fail(str(exc), status=1)
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Settings, SecretBox]:
@@ -103,10 +138,6 @@ def _runner() -> asyncio.Runner:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-
     try:
         settings, box = _prepare(args)
     except _StartupError as exc:
@@ -114,7 +145,20 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         return _fail(f"--port {args.port} is not a TCP port")
     _configure_logging()
-    app = create_app(settings, run_delivery=not args.no_delivery, secret_box=box)
+    return _run(_run_server(settings, box, args))
+
+
+async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    # Opened before the server, so that a database still down is waited for here, in one
+    # log line per try, instead of failing the application's start-up with a traceback.
+    store = await _open_store(settings)
+    if store is None:
+        return 0
+    app = create_app(settings, store=store, run_delivery=not args.no_delivery, secret_box=box)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -133,30 +177,31 @@ def _serve(args: argparse.Namespace) -> int:
     stopped_by: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, _frame: stopped_by.append(number))
-    server.run()
+    try:
+        await server.serve()
+    finally:
+        await store.close()
     if stopped_by:
         log.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     return 0 if server.started else 1
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from ..store import open_store
-
     try:
         settings, _ = _prepare(args)
     except _StartupError as exc:
         return _fail(str(exc))
     _configure_logging()
 
-    async def migrate() -> None:
-        store = open_store(settings.database_url)
-        await store.open()  # applies pending migrations
+    async def migrate() -> int:
+        store = await _open_store(settings)  # opening applies pending migrations
+        if store is None:
+            return 0
         await store.close()
+        log.info("the database schema is up to date")
+        return 0
 
-    with _runner() as runner:
-        runner.run(migrate())
-    log.info("the database schema is up to date")
-    return 0
+    return _run(migrate())
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -167,17 +212,15 @@ def _worker(args: argparse.Namespace) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         return _fail("--concurrency must be at least 1")
     _configure_logging()
-    with _runner() as runner:
-        runner.run(_run_worker(settings, box, args.concurrency))
-    return 0
+    return _run(_run_worker(settings, box, args.concurrency))
 
 
-async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | None) -> None:
+async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | None) -> int:
     from ..delivery.worker import Worker
-    from ..store import open_store
 
-    store = open_store(settings.database_url)
-    await store.open()
+    store = await _open_store(settings)
+    if store is None:
+        return 0
     try:
         kwargs: dict[str, Any] = {}
         if concurrency is not None:
@@ -195,6 +238,7 @@ async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | Non
         await worker.run()
     finally:
         await store.close()
+    return 0
 
 
 def _redacted(url: str) -> str:

@@ -33,6 +33,7 @@ class Settings:
     worker_concurrency: int = 128  # attempts working at once per worker process
     endpoint_concurrency: int = 8  # of which at most this many to one endpoint
     lease_seconds: float = 60.0  # a claimed delivery's lease; renewed while in flight
+    startup_timeout: float = 60.0  # how long a starting command waits for the database
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +78,8 @@ class Settings:
                 kwargs[key] = int(count)
         if (value := get("LEASE_SECONDS")) is not None:
             kwargs["lease_seconds"] = _positive("LEASE_SECONDS", value)
+        if (value := get("STARTUP_TIMEOUT")) is not None:
+            kwargs["startup_timeout"] = _number("STARTUP_TIMEOUT", value, minimum=0.0)
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
