@@ -1,6 +1,7 @@
 """The FastAPI application: routes, problem handlers, limits, and the lifespan that runs it all.
 
-The lifespan opens the store (applying migrations), makes sure an admin token exists, and, unless
+The lifespan opens the store (applying migrations) unless given one already open (``serve``
+opens it first, waiting for the database), makes sure an admin token exists, and, unless
 told otherwise, runs the delivery worker in the same process; on shutdown (SIGTERM through
 uvicorn) it stops the worker, lets in-flight attempts finish, and closes the store.
 """
