@@ -18,12 +18,19 @@ Where the time goes: during each window the CPU time of every process involved i
 ``/proc/<pid>/stat`` (the API, each worker, PostgreSQL's sessions of this database, its
 background writers, nginx, this script, and everything else on the machine), ``top -b -n1``
 is captured halfway through the drain, and ``pg_stat_activity`` is sampled every 100 ms for
-what this database's sessions were doing (running, or waiting on what). After the run, the
-size of each table (``pg_total_relation_size``) gives bytes per event, delivery and attempt,
-and ``pg_current_wal_lsn()`` before and after each window the WAL written per delivery
-(cluster-wide: other work on the same server counts too, so it is an upper bound)::
+what this database's sessions were doing and running. The WAL written in each window is read
+as it is written with pg_walinspect, keeping this database's records only (other work on a
+shared server writes WAL too; the cluster-wide figure is kept beside it, and stands alone when
+the segments were recycled before they could be read). After the run, the size of each table
+(``pg_total_relation_size``) gives bytes per event, delivery and attempt. Whenever nothing is
+delivered for 3 s, the pending deliveries' lease state and the processes' logs are recorded::
 
     .venv/bin/python bench/pg_scaling.py [--quick] [--events N] [--live-events N] [--workers 1,2]
+                                         [--endpoint-concurrency N]
+
+``--endpoint-concurrency`` sets ``ASCEND_WEBHOOKS_ENDPOINT_CONCURRENCY`` for the workers (all
+deliveries go to one endpoint here, so that per-endpoint cap decides how much of a worker's
+capacity can be used) and writes ``pg_scaling_endpoint_concurrency_N.json`` instead.
 
 Writes ``bench/results/pg_scaling.json``. Needs nginx and PostgreSQL found through the libpq
 variables (see docs/benchmarks.md); loopback only; every wait is bounded.
@@ -573,7 +580,7 @@ def _follow(
         time.sleep(0.01)
 
 
-def _rates(timeline: list[tuple[float, int]], slices: int = 5) -> list[float]:
+def _rates(timeline: list[tuple[float, int]], slices: int = 5) -> list[int]:
     """Deliveries/s in successive equal slices of the window: does the rate hold or decay?"""
     if len(timeline) < 2:
         return []
