@@ -56,7 +56,11 @@ class Services:
         self.token_cache[token_hash] = (principal, time.monotonic() + ttl)
 
 
-def get_services(request: Request) -> Services:
-    """The app's shared services (set up by the lifespan)."""
+async def get_services(request: Request) -> Services:
+    """The app's shared services (set up by the lifespan).
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, and this
+    one is on every request (a thread hop each time for one attribute read).
+    """
     services: Services = request.app.state.services
     return services

@@ -1,0 +1,152 @@
+"""Publish path, before and after, in one run: FastAPI's hello-world and the service side by side.
+
+``publish.py`` measures the service as it stands. This script answers the profiling question
+"did that change help?" on a busy machine, where figures drift by 2x between runs: it measures,
+in the same run and interleaved round by round, FastAPI's hello-world (``hello_app.py``), the
+service as it was at a git revision (``--baseline REV``, checked out into a temporary worktree and
+run from its sources) and the service in this tree, each as ``serve --no-delivery`` on a fresh
+SQLite file: wrk single publishes (the same Lua script as ``publish.py``), then the batch route
+(1,000 events a call, 4 in flight). ``--py-spy FILE.svg`` also records a flame graph of this
+tree's service while wrk drives it (py-spy must be installed, and allowed to attach)::
+
+    .venv/bin/python bench/profile_publish.py --baseline HEAD~3 [--rounds 2] [--py-spy out.svg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import run_async, run_tag, warn_if_busy, write_result
+from publish import hello_world, wrk_post
+from run_all import Publisher
+from service_process import Service, ServiceUnavailable, running_service
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """A detached checkout of ``revision`` in a temporary directory, removed afterwards."""
+    where = Path(tempfile.mkdtemp(prefix="ascend-profile-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(where.parent, ignore_errors=True)
+
+
+def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("profile: py-spy is not installed; no flame graph", file=sys.stderr)
+        return None
+    command = [spy, "record", "-o", str(out), "--pid", str(pid), "-d", f"{seconds:g}"]
+    command += ["-r", "200", "--nonblocking"]
+    if out.suffix == ".txt":
+        command += ["-f", "raw"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def measure(
+    service: Service, seconds: float, events: int, spy_to: Path | None
+) -> dict[str, float]:
+    """Single calls by wrk (optionally under py-spy), then the batch route, on one service."""
+    service.setup("http://127.0.0.1:9/", name="profile")
+    spy = _py_spy(service.processes[0].pid, seconds, spy_to) if spy_to is not None else None
+    single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
+    if spy is not None:
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            print(f"profile: py-spy failed: {err.decode()[-400:]}", file=sys.stderr)
+    publisher = Publisher(service)
+    run = run_tag()
+    run_async(lambda: publisher.publish(f"w{run}", 0, 2_000))
+    import time
+
+    start = time.perf_counter()
+    accepted = run_async(lambda: publisher.publish(run, 0, events))
+    batch = accepted / (time.perf_counter() - start)
+    if single["rejected"]:
+        print(f"profile: {single['rejected']} single calls were not answered 2xx", file=sys.stderr)
+    return {"single": single["per_s"], "p50_ms": single["p50_ms"] or 0.0, "batch": batch}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(description="Publish path: baseline vs this tree, one run.")
+    cli.add_argument("--baseline", help="git revision to compare against (e.g. HEAD~2)")
+    cli.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    cli.add_argument("--seconds", type=float, default=5.0, help="wrk duration (default 5)")
+    cli.add_argument("--events", type=int, default=30_000, help="batch events (default 30,000)")
+    cli.add_argument("--py-spy", type=Path, help="flame graph (.svg) or raw stacks (.txt)")
+    args = cli.parse_args(argv)
+    warn_if_busy("profile_publish")
+    workdir = Path(tempfile.mkdtemp(prefix="ascend-profile-publish-"))
+    figures: dict[str, list[dict[str, float]]] = {"hello_world": []}
+    with contextlib.ExitStack() as stack:
+        variants: list[tuple[str, dict[str, str]]] = []
+        if args.baseline:
+            tree = stack.enter_context(worktree(args.baseline))
+            label = f"baseline {args.baseline}"
+            variants.append((label, {"PYTHONPATH": str(tree / "src")}))
+        variants.append(("this tree", {"PYTHONPATH": str(REPO / "src")}))
+        for label, _ in variants:
+            figures[label] = []
+        try:
+            for round_ in range(args.rounds):
+                with hello_world() as base:
+                    hello = wrk_post(base, "/hello", args.seconds, workdir)
+                figures["hello_world"].append({"single": hello["per_s"], "p50_ms": 0.0})
+                print(f"round {round_ + 1}: hello-world {hello['per_s']:,.0f}/s", flush=True)
+                for label, env in variants:
+                    spy = args.py_spy if label == "this tree" and round_ == 0 else None
+                    with running_service(delivery=False, extra_env=env) as service:
+                        got = measure(service, args.seconds, args.events, spy)
+                    figures[label].append(got)
+                    print(
+                        f"round {round_ + 1}: {label:<22} single {got['single']:>7,.0f}/s "
+                        f"(p50 {got['p50_ms']:.1f} ms)  batch {got['batch']:>8,.0f}/s",
+                        flush=True,
+                    )
+        except ServiceUnavailable as exc:
+            print(f"profile: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    hello_median = statistics.median(f["single"] for f in figures["hello_world"])
+    lines = [f"== publish, median of {args.rounds} rounds, load {os.getloadavg()[0]:.1f} =="]
+    lines.append(f"  {'FastAPI hello-world':<24} single {hello_median:>7,.0f}/s")
+    summary: dict[str, Any] = {"hello_world": hello_median}
+    for label, _ in variants:
+        single = statistics.median(f["single"] for f in figures[label])
+        batch = statistics.median(f["batch"] for f in figures[label])
+        summary[label] = {"single": single, "batch": batch}
+        lines.append(
+            f"  {label:<24} single {single:>7,.0f}/s ({single / hello_median:.0%} of hello-world)"
+            f"  batch {batch:>8,.0f}/s"
+        )
+    print("\n".join(lines))
+    print(f"wrote {write_result('profile_publish', {'rounds': figures, 'summary': summary})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
