@@ -324,6 +324,136 @@ async def test_per_endpoint_limit_bounds_concurrent_attempts(
     assert peak == 3
 
 
+def count_concurrency(receiver: Receiver) -> Callable[[], int]:
+    """Wrap the receiver's answers; the returned function gives the peak of concurrent ones."""
+    active = 0
+    peak = 0
+    original = receiver._answer
+
+    async def counting(*args: Any) -> bool:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            return await original(*args)
+        finally:
+            active -= 1
+
+    receiver._answer = counting  # type: ignore[method-assign]
+    return lambda: peak
+
+
+async def test_a_fast_endpoint_gets_more_than_the_base_limit(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.02))
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 300)
+    peak = count_concurrency(receiver)
+    worker = Worker(
+        store, make_settings(), decrypt, concurrency=24, per_endpoint_limit=2, max_per_endpoint=16
+    )
+    raised = 0
+    async with running(worker):
+
+        async def done() -> bool:
+            nonlocal raised
+            raised = max(raised, worker.endpoint_limit(endpoint.id))
+            counts = await store.delivery_counts()
+            return counts.get(DeliveryStatus.PENDING, 0) == 0
+
+        await wait_until(done, within=20.0, every=0.01)
+    states = await wait_terminal(store, org, [d.id for d in deliveries])
+
+    assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
+    assert 2 < raised <= 16
+    assert 2 < peak() <= 16  # more than the base at once, never past the maximum
+
+
+async def test_a_hanging_endpoint_never_gets_more_than_the_base_limit(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    dead = await receivers(behaviour=Hang())
+    fast = await receivers(behaviour=Reply(200))
+    org = await new_organization(store)
+    dead_endpoint = await store.create_endpoint(org, dead.url, None, None)
+    fast_endpoint = await store.create_endpoint(org, fast.url, None, None)
+    deliveries = await publish(store, org, 150)  # 150 to each endpoint
+    fast_ids = [d.id for d in deliveries if d.endpoint_id == fast_endpoint.id]
+    worker = Worker(
+        store,
+        make_settings(attempt_timeout=0.6),
+        decrypt,
+        concurrency=32,
+        per_endpoint_limit=2,
+        max_per_endpoint=32,
+        slow_after=0.2,
+    )
+    dead_limits: list[int] = []
+    async with running(worker):
+
+        async def fast_done() -> bool:
+            dead_limits.append(worker.endpoint_limit(dead_endpoint.id))
+            return len(fast.requests) >= len(fast_ids)
+
+        await wait_until(fast_done, within=15.0, every=0.01)
+        # Let the dead endpoint's attempts time out a few times (0.6 s each) meanwhile.
+        await asyncio.sleep(1.5)
+        dead_limits.append(worker.endpoint_limit(dead_endpoint.id))
+        in_flight_dead = sum(
+            1 for f in worker._inflight.values() if f.delivery.endpoint_id == dead_endpoint.id
+        )
+        await dead.close()
+
+    assert max(dead_limits) == 2
+    assert in_flight_dead <= 2
+    # Each round of the dead endpoint holds at most its two slots: 2 per 0.6 s timeout.
+    assert len(dead.requests) <= 2 * (1 + 15 / 0.6)
+    assert len(fast.requests) >= 150
+
+
+async def test_an_endpoint_that_starts_hanging_falls_back_to_the_base_limit(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.01))
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, receiver.url, None, None)
+    await publish(store, org, 400)
+    worker = Worker(
+        store,
+        make_settings(attempt_timeout=5.0),
+        decrypt,
+        concurrency=32,
+        per_endpoint_limit=2,
+        max_per_endpoint=32,
+        slow_after=0.2,
+    )
+    async with running(worker):
+
+        async def raised() -> bool:
+            return worker.endpoint_limit(endpoint.id) >= 8
+
+        await wait_until(raised, within=10.0, every=0.005)
+        receiver.respond(Hang())
+        hung_at = time.monotonic()
+
+        async def back_to_base() -> bool:
+            return worker.endpoint_limit(endpoint.id) == 2
+
+        await wait_until(back_to_base, within=5.0, every=0.01)
+        fell_back_after = time.monotonic() - hung_at
+        await asyncio.sleep(0.5)
+        hanging_requests = len(receiver.requests)
+        await asyncio.sleep(0.5)  # no new attempts start while the in-flight ones hang
+        assert len(receiver.requests) == hanging_requests
+        await receiver.close()
+
+    # Once its attempts wait past slow_after (checked at the worker's next look, within its
+    # 1 s poll), not when they time out after 5 s.
+    assert fell_back_after < 2.5
+
+
 async def test_a_delivery_whose_worker_died_is_attempted_again(
     store: Store, receivers: ReceiverFactory
 ) -> None:

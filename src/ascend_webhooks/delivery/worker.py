@@ -9,8 +9,16 @@ The loop, and why it looks like this:
 
 * **Claim by free capacity.** The worker claims batches sized by its free slots, telling the
   store which endpoints it has no room for (``exclude_endpoints``): each endpoint may hold at
-  most ``per_endpoint_limit`` attempts of this worker. Deliveries of one batch beyond that
+  most its current limit of attempts of this worker. Deliveries of one batch beyond that
   limit are released at once, unattempted.
+* **Each endpoint's limit adapts (AIMD).** It starts at ``per_endpoint_limit`` (the base,
+  ``endpoint_concurrency``) and grows by one for every fast, answered attempt made while the
+  endpoint used its whole limit (so it doubles every round trip, as TCP's slow start), up to
+  ``max_per_endpoint`` (default: ``concurrency``); a timeout, a connection failure, a 429 or
+  5xx, or a slow answer halves it, and an attempt still waiting after ``slow_after`` sets it
+  back to the base at once. A fixed cap of 8 would hold a fast receiver to 8 requests per
+  round trip (about 1,200 deliveries/s on loopback); a hanging endpoint never answers fast,
+  so it never gets more than the base.
 * **A dead endpoint occupies only its own slots.** ``concurrency`` bounds the attempts that
   are *working*; an attempt that has been waiting for its receiver longer than ``slow_after``
   seconds stops counting against it (it costs a socket and a coroutine, not CPU), so even many
@@ -74,6 +82,9 @@ Decrypt = Callable[[bytes], str]
 #: In-flight attempts, slow ones included, are capped at concurrency times this.
 SLOW_HEADROOM = 8
 
+#: At most this many endpoints keep a raised limit while they have nothing in flight.
+_MAX_ADAPTED = 4096
+
 _ATTEMPTS_BY_STATUS = {
     DeliveryStatus.SUCCEEDED: ATTEMPTS.labels(outcome="succeeded"),
     DeliveryStatus.PENDING: ATTEMPTS.labels(outcome="retrying"),
@@ -126,6 +137,7 @@ class Worker:
         worker_id: str | None = None,
         concurrency: int | None = None,
         per_endpoint_limit: int | None = None,
+        max_per_endpoint: int | None = None,
         lease_seconds: float | None = None,
         slow_after: float = 1.0,
         key_cache_seconds: float = 2.0,
@@ -149,8 +161,16 @@ class Worker:
         self.per_endpoint_limit = min(
             per_endpoint_limit or settings.endpoint_concurrency, self.concurrency
         )
+        # An explicit per_endpoint_limit without a maximum is a fixed limit (tests, operators
+        # who want one); from the settings, the limit adapts up to the worker's concurrency.
+        if max_per_endpoint is None:
+            max_per_endpoint = self.concurrency if per_endpoint_limit is None else 0
+        self.max_per_endpoint = min(
+            max(max_per_endpoint, self.per_endpoint_limit), self.concurrency
+        )
         self.lease_seconds = lease_seconds or settings.lease_seconds
         self.slow_after = slow_after
+        self._fast_ms = slow_after * 1000 / 4  # an answer this quick may grow the limit
         self.key_cache_seconds = key_cache_seconds
         self.poll_interval = poll_interval
         self.flush_size = flush_size
@@ -159,6 +179,7 @@ class Worker:
 
         self._inflight: dict[str, _InFlight] = {}
         self._per_endpoint: Counter[str] = Counter()
+        self._limits: dict[str, float] = {}  # endpoints whose limit is above the base
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[AttemptOutcome] = []
         self._keys: dict[str, _CachedKey] = {}
@@ -245,7 +266,7 @@ class Worker:
                 await asyncio.sleep(self.flush_interval)
                 continue
             gathered = False
-            exclude = [e for e, n in self._per_endpoint.items() if n >= self.per_endpoint_limit]
+            exclude = [e for e, n in self._per_endpoint.items() if n >= self.endpoint_limit(e)]
             try:
                 claimed = await self.store.claim(
                     self.worker_id, free, self.lease_seconds, exclude_endpoints=exclude
@@ -269,7 +290,13 @@ class Worker:
     def _capacity(self) -> tuple[int, float]:
         """Free slots, and in how many seconds a slot frees by an attempt turning slow."""
         now = time.monotonic()
-        working = [f.started for f in self._inflight.values() if now - f.started < self.slow_after]
+        working = []
+        for flight in self._inflight.values():
+            if now - flight.started < self.slow_after:
+                working.append(flight.started)
+            elif self._limits:
+                # Waiting that long: the endpoint is struggling; back to the base at once.
+                self._limits.pop(flight.delivery.endpoint_id, None)
         free = min(
             self.concurrency - len(working),
             self.concurrency * SLOW_HEADROOM - len(self._inflight),
@@ -337,7 +364,9 @@ class Worker:
                 # Its lease ran out during our attempt and came back to us: the attempt in
                 # flight records it (the lease is ours again); releasing it would not be.
                 continue
-            if self._per_endpoint[delivery.endpoint_id] >= self.per_endpoint_limit:
+            if self._per_endpoint[delivery.endpoint_id] >= self.endpoint_limit(
+                delivery.endpoint_id
+            ):
                 excess.append(delivery.id)
                 continue
             self._per_endpoint[delivery.endpoint_id] += 1
@@ -347,6 +376,40 @@ class Worker:
             task.add_done_callback(self._tasks.discard)
         if excess:
             await self._release(excess)
+
+    # -- per-endpoint limits ---------------------------------------------------------------
+
+    def endpoint_limit(self, endpoint_id: str) -> int:
+        """How many attempts this worker may have in flight to ``endpoint_id`` now."""
+        return int(self._limits.get(endpoint_id, self.per_endpoint_limit))
+
+    def _adapt(self, endpoint_id: str, attempt: Attempt) -> None:
+        """Grow the endpoint's limit on a fast answer at full use; halve it on trouble."""
+        if self.max_per_endpoint <= self.per_endpoint_limit:
+            return
+        limit = self._limits.get(endpoint_id, float(self.per_endpoint_limit))
+        status = attempt.status_code
+        if (
+            attempt.error is not None
+            or status is None
+            or status == 429
+            or status >= 500
+            or attempt.duration_ms > self._fast_ms * 2
+        ):
+            limit = max(float(self.per_endpoint_limit), limit / 2)
+        elif attempt.duration_ms < self._fast_ms and self._per_endpoint[endpoint_id] >= limit:
+            # (this attempt still counts as in flight: the endpoint used its whole limit)
+            limit = min(float(self.max_per_endpoint), limit + 1)
+        else:
+            return
+        if limit <= self.per_endpoint_limit:
+            self._limits.pop(endpoint_id, None)
+        else:
+            if endpoint_id not in self._limits and len(self._limits) >= _MAX_ADAPTED:
+                # Bounded memory: forget the raised limits of endpoints with nothing in flight.
+                for idle in [e for e in self._limits if e not in self._per_endpoint]:
+                    del self._limits[idle]
+            self._limits[endpoint_id] = limit
 
     async def _release(self, delivery_ids: Iterable[str]) -> None:
         ids = list(delivery_ids)
@@ -409,6 +472,7 @@ class Worker:
             outcome = self._outcome(
                 delivery, datetime.now(UTC), Response(None, "internal_error", None, 0.0)
             )
+        self._adapt(delivery.endpoint_id, outcome.attempt)
         self._outcomes.append(outcome)
         self._outcome_ready.set()
         if len(self._outcomes) >= self.flush_size:
