@@ -17,11 +17,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..delivery.worker import Worker
 from ..store import Store, open_store
 from .crypto import SecretBox, load_secret_box
+from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
 from .problems import CatchAllMiddleware, install_problem_handlers
 from .responses import JSONResponse
@@ -94,6 +96,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+class _Application(FastAPI):
+    """FastAPI with :class:`.fastpath.FastPublish` in front of its whole middleware stack."""
+
+    publish_limit = RequestLimits(0).event
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return FastPublish(super().build_middleware_stack(), self.state, self.publish_limit)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -129,7 +140,7 @@ def create_app(
             if owned:
                 await active.close()
 
-    app = FastAPI(
+    app = _Application(
         title="ascend-webhooks",
         version=__version__,
         description=_DESCRIPTION,
@@ -140,6 +151,8 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(v1_router)
     app.include_router(system_router)
-    app.add_middleware(BodyLimitMiddleware, limits=RequestLimits(settings.max_payload_bytes))
+    limits = RequestLimits(settings.max_payload_bytes)
+    app.publish_limit = limits.event
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
     app.add_middleware(CatchAllMiddleware)
     return app

@@ -33,7 +33,7 @@ from ..schemas import (
 )
 from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
 
-__all__ = ["build_event", "router"]
+__all__ = ["build_event", "published_view", "router"]
 
 router = APIRouter(tags=["events"])
 
@@ -88,8 +88,24 @@ def build_event(item: EventCreate, max_payload_bytes: int, where: str = "body") 
     )
 
 
-def _published_view(result: PublishResult) -> dict[str, Any]:
-    view = event_view(result.event)
+def published_view(result: PublishResult, data: Any = None) -> dict[str, Any]:
+    """The answer for one published event. ``data``, when given, is the event's data as just
+    validated, saving a parse of the stored body (only for events this call created)."""
+    if data is None:
+        view = event_view(result.event)
+    else:
+        event = result.event
+        view = {
+            "id": event.id,
+            "type": event.type,
+            "data": data,
+            "ordering_key": event.ordering_key,
+            "created_at": event.created_at,
+            "deliveries": [
+                {"id": d.id, "endpoint_id": d.endpoint_id, "status": d.status.value}
+                for d in event.deliveries
+            ],
+        }
     view["created"] = result.created
     return view
 
@@ -109,7 +125,7 @@ async def publish_event(org: OrgScope, body: EventCreate, services: Svc) -> JSON
     (result,) = await services.store.publish(org, [event])
     if result.created:
         EVENTS_PUBLISHED.inc()
-    return JSONResponse(_published_view(result), status_code=202 if result.created else 200)
+    return JSONResponse(published_view(result), status_code=202 if result.created else 200)
 
 
 @router.post(
@@ -139,7 +155,7 @@ async def publish_batch(org: OrgScope, body: EventBatch, services: Svc) -> JSONR
     views: list[dict[str, Any]] = []
     first_seen: set[str] = set()
     for event in built:
-        view = _published_view(by_id[event.id])
+        view = published_view(by_id[event.id])
         if event.id in first_seen:  # a repeat within the batch created nothing itself
             view["created"] = False
         first_seen.add(event.id)
