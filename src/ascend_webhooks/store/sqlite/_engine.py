@@ -26,6 +26,14 @@ Migrations are in ``_migrate``. PRAGMAs:
   survives a power cut, not just a process crash. ``?synchronous=normal`` in the URL trades
   that for speed (still safe when a process crashes; an OS crash or power cut may lose the
   last commits). Group commit is what keeps FULL affordable: one fsync per batch.
+  A batch made only of jobs submitted with ``durable=False`` (the worker's claims, outcomes,
+  lease changes) commits with ``synchronous=NORMAL``: no fsync of its own. That is safe
+  because every durable commit (a publish, any API write) fsyncs the WAL up to its end, and
+  with it every relaxed commit before it; an OS crash or power cut can lose only relaxed
+  commits made after the last durable one, never an accepted event. Losing those means a
+  delivery is claimed and attempted again (at-least-once allows a repeat; the receiver's
+  idempotency by event id absorbs it), never that an event is lost. A process crash loses
+  nothing either way: the WAL is in the OS's page cache.
 * ``busy_timeout`` (``?busy_timeout=MS``, default 30 s) makes a second process wait for the
   file lock instead of failing; ``foreign_keys`` keeps references honest.
 """
@@ -159,7 +167,9 @@ class GroupJob(Generic[A]):
         return value
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_Job = tuple[
+    Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop, bool
+]
 
 
 class Engine:
@@ -228,18 +238,26 @@ class Engine:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``job`` for the writer; the future resolves after its transaction commits."""
+    def submit(
+        self, job: Callable[[sqlite3.Connection], T], *, durable: bool = True
+    ) -> asyncio.Future[T]:
+        """Queue ``job`` for the writer; the future resolves after its transaction commits.
+
+        ``durable=False``: the job may commit without an fsync of its own (see the module
+        docstring); only for writes whose loss at a power cut means a repeated attempt.
+        """
         if self._writer is None:
             raise EngineClosedError("the SQLite store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((job, future, loop))
+        self._jobs.put((job, future, loop, durable))
         return future
 
     def _run_writer(self) -> None:
         conn = self._write_conn
         assert conn is not None
+        relaxable = self.options.synchronous in ("FULL", "EXTRA")
+        relaxed = False
         while True:
             first = self._jobs.get()
             if first is None:
@@ -255,6 +273,19 @@ class Engine:
                     stop = True
                     break
                 batch.append(job)
+            durable = any(queued[3] for queued in batch)
+            if relaxable and durable == relaxed:  # switch only when the kind of batch changes
+                try:
+                    mode = self.options.synchronous if durable else "NORMAL"
+                    conn.execute(f"PRAGMA synchronous = {mode}")
+                    relaxed = not durable
+                except sqlite3.Error as exc:
+                    if durable:  # never commit a durable write without its fsync
+                        _fail_all(batch, exc)
+                        if stop:
+                            return
+                        continue
+                    # (staying fully synchronous for a relaxed batch only costs time)
             self._run_batch(conn, batch)
             if stop:
                 return
@@ -267,7 +298,7 @@ class Engine:
             conn.execute("BEGIN IMMEDIATE")
             singles: list[int] = []
             groups: dict[Any, list[int]] = {}
-            for index, (job, future, _loop) in enumerate(batch):
+            for index, (job, future, _loop, _durable) in enumerate(batch):
                 if future.cancelled():
                     continue
                 if isinstance(job, GroupJob):
@@ -287,7 +318,7 @@ class Engine:
             results = [(False, exc)] * len(batch)
         # One wake-up per event loop for the whole batch, not one per caller.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_job, future, loop), (ok, value) in zip(batch, results, strict=True):
+        for (_job, future, loop, _durable), (ok, value) in zip(batch, results, strict=True):
             by_loop.setdefault(loop, []).append((future, ok, value))
         for loop, outcomes in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed
@@ -368,6 +399,15 @@ def _run_group(
     for index, outcome in zip(members, outcomes, strict=True):
         results[index] = outcome
     return True
+
+
+def _fail_all(batch: list[_Job], exc: Exception) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for _job, future, loop, _durable in batch:
+        by_loop.setdefault(loop, []).append((future, False, exc))
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+            loop.call_soon_threadsafe(_resolve_all, outcomes)
 
 
 def _resolve_all(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
