@@ -137,6 +137,7 @@ class PyreqwestTransport:
         excerpt_bytes: int = EXCERPT_BYTES,
         resolve_ttl: float = 30.0,
         max_pinned_hosts: int = 512,
+        max_idle_per_host: int = 512,
         user_agent: str = USER_AGENT,
         resolver: Resolver = resolve_addresses,
         is_forbidden: Callable[[IPAddress], bool] = is_forbidden_address,
@@ -146,6 +147,9 @@ class PyreqwestTransport:
         self.excerpt_bytes = excerpt_bytes
         self.resolve_ttl = resolve_ttl
         self.max_pinned_hosts = max_pinned_hosts
+        # Kept at least as large as the attempts a worker may have in flight to one endpoint:
+        # with fewer, every request beyond the idle cap opens a new connection and closes it.
+        self.max_idle_per_host = max_idle_per_host
         self.user_agent = user_agent
         # Seams for tests (a fake DNS) and for deployments with their own address policy.
         self._resolver = resolver
@@ -175,17 +179,24 @@ class PyreqwestTransport:
         self._linger = max(self._linger, timeout + 5)
         try:
             client = await self._client_for(url, timeout)
-            remaining = max(timeout - (time.perf_counter() - started), 0.001)
+            spent = time.perf_counter() - started
+            # Without a name lookup, what was spent is noise: reuse one timedelta per timeout.
+            limit = _timedelta(timeout if spent < 0.001 else max(timeout - spent, 0.001))
             request = (
                 client.post(url)
                 .headers(headers if isinstance(headers, dict) else dict(headers))
                 .body_bytes(body)
-                .timeout(timedelta(seconds=remaining))
+                .timeout(limit)
                 .build_streamed()
             )
             async with request as response:
                 status = response.status
-                excerpt = await self._read_excerpt(response.body_reader)
+                # Each read is a round trip to reqwest's thread: none for an empty body (the
+                # usual answer to a webhook), and none past a Content-Length already read.
+                length = response.get_header("content-length")
+                if length != "0":
+                    expected = int(length) if length is not None and length.isdigit() else None
+                    excerpt = await self._read_excerpt(response.body_reader, expected)
         except _AttemptRefused as exc:
             error = exc.code
             logger.info("attempt refused: %s", exc)
@@ -196,10 +207,11 @@ class PyreqwestTransport:
         duration_ms = (time.perf_counter() - started) * 1000
         return Response(status, error, excerpt, duration_ms)
 
-    async def _read_excerpt(self, reader: ResponseBodyReader) -> str | None:
+    async def _read_excerpt(self, reader: ResponseBodyReader, expected: int | None) -> str | None:
         kept = bytearray()
-        while len(kept) < self.excerpt_bytes:
-            chunk = await reader.read(self.excerpt_bytes - len(kept))
+        wanted = self.excerpt_bytes if expected is None else min(expected, self.excerpt_bytes)
+        while len(kept) < wanted:
+            chunk = await reader.read(wanted - len(kept))
             if chunk is None:
                 break
             kept += bytes(chunk)
@@ -291,7 +303,7 @@ class PyreqwestTransport:
             .zstd(False)
             .deflate(False)
             .pool_idle_timeout(timedelta(seconds=60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(self.max_idle_per_host)
         )
         if self._ca_pem is not None:
             builder = builder.add_root_certificate_pem(self._ca_pem)
@@ -345,6 +357,11 @@ def _target(url: str, allow_http: bool, allow_private: bool) -> tuple[str, str, 
     assert host is not None  # validate_url guarantees a host
     is_ip = parse_ip_host(host) is not None
     return parts.scheme, host.rstrip("."), default_port(parts), is_ip
+
+
+@functools.lru_cache(maxsize=1024)
+def _timedelta(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 def classify_error(exc: PyreqwestError) -> str:
