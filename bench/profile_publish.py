@@ -18,10 +18,12 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,13 +68,26 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    service: Service, seconds: float, events: int, spy_to: Path | None
+    service: Service,
+    seconds: float,
+    events: int,
+    spy_to: Path | None,
+    spy_batch_to: Path | None = None,
 ) -> dict[str, float]:
-    """Single calls by wrk (optionally under py-spy), then the batch route, on one service."""
+    """Single calls by wrk, then the batch route, on one service (either under py-spy)."""
     service.setup("http://127.0.0.1:9/", name="profile")
-    spy = _py_spy(service.processes[0].pid, seconds, spy_to) if spy_to is not None else None
+    pid = service.processes[0].pid
+    spy = _py_spy(pid, seconds, spy_to) if spy_to is not None else None
+    cpu = cpu_seconds(pid)
     single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
+    single_cpu = cpu_seconds(pid) - cpu
     if spy is not None:
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
@@ -80,14 +95,27 @@ def measure(
     publisher = Publisher(service)
     run = run_tag()
     run_async(lambda: publisher.publish(f"w{run}", 0, 2_000))
-    import time
-
+    spy = None
+    if spy_batch_to is not None:
+        spy = _py_spy(service.processes[0].pid, 600, spy_batch_to)
+    cpu = cpu_seconds(pid)
     start = time.perf_counter()
     accepted = run_async(lambda: publisher.publish(run, 0, events))
     batch = accepted / (time.perf_counter() - start)
+    batch_cpu = cpu_seconds(pid) - cpu
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it has recorded and exits
+        spy.communicate(timeout=60)
     if single["rejected"]:
         print(f"profile: {single['rejected']} single calls were not answered 2xx", file=sys.stderr)
-    return {"single": single["per_s"], "p50_ms": single["p50_ms"] or 0.0, "batch": batch}
+    return {
+        "single": single["per_s"],
+        "p50_ms": single["p50_ms"] or 0.0,
+        "batch": batch,
+        # The service's own CPU per accepted event: steadier than rates on a busy machine.
+        "single_cpu_us": single_cpu * 1e6 / max(single["requests"] - single["rejected"], 1),
+        "batch_cpu_us": batch_cpu * 1e6 / max(accepted, 1),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--seconds", type=float, default=5.0, help="wrk duration (default 5)")
     cli.add_argument("--events", type=int, default=30_000, help="batch events (default 30,000)")
     cli.add_argument("--py-spy", type=Path, help="flame graph (.svg) or raw stacks (.txt)")
+    cli.add_argument("--py-spy-batch", type=Path, help="the same, while batches are published")
     args = cli.parse_args(argv)
     warn_if_busy("profile_publish")
     workdir = Path(tempfile.mkdtemp(prefix="ascend-profile-publish-"))
     figures: dict[str, list[dict[str, float]]] = {"hello_world": []}
+    # Rates move with the machine's load; the service's CPU time per event much less.
     with contextlib.ExitStack() as stack:
         variants: list[tuple[str, dict[str, str]]] = []
         if args.baseline:
@@ -117,13 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures["hello_world"].append({"single": hello["per_s"], "p50_ms": 0.0})
                 print(f"round {round_ + 1}: hello-world {hello['per_s']:,.0f}/s", flush=True)
                 for label, env in variants:
-                    spy = args.py_spy if label == "this tree" and round_ == 0 else None
+                    first = label == "this tree" and round_ == 0
+                    spy = args.py_spy if first else None
+                    spy_batch = args.py_spy_batch if first else None
                     with running_service(delivery=False, extra_env=env) as service:
-                        got = measure(service, args.seconds, args.events, spy)
+                        got = measure(service, args.seconds, args.events, spy, spy_batch)
                     figures[label].append(got)
                     print(
                         f"round {round_ + 1}: {label:<22} single {got['single']:>7,.0f}/s "
-                        f"(p50 {got['p50_ms']:.1f} ms)  batch {got['batch']:>8,.0f}/s",
+                        f"(p50 {got['p50_ms']:.1f} ms, {got['single_cpu_us']:.0f} us CPU/event)"
+                        f"  batch {got['batch']:>8,.0f}/s ({got['batch_cpu_us']:.1f} us CPU/event)",
                         flush=True,
                     )
         except ServiceUnavailable as exc:
@@ -138,10 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, _ in variants:
         single = statistics.median(f["single"] for f in figures[label])
         batch = statistics.median(f["batch"] for f in figures[label])
-        summary[label] = {"single": single, "batch": batch}
+        single_cpu = statistics.median(f["single_cpu_us"] for f in figures[label])
+        batch_cpu = statistics.median(f["batch_cpu_us"] for f in figures[label])
+        summary[label] = {
+            "single": single,
+            "batch": batch,
+            "single_cpu_us": single_cpu,
+            "batch_cpu_us": batch_cpu,
+        }
         lines.append(
-            f"  {label:<24} single {single:>7,.0f}/s ({single / hello_median:.0%} of hello-world)"
-            f"  batch {batch:>8,.0f}/s"
+            f"  {label:<24} single {single:>7,.0f}/s ({single / hello_median:.0%} of hello-world,"
+            f" {single_cpu:.0f} us CPU/event)  batch {batch:>8,.0f}/s"
+            f" ({batch_cpu:.1f} us CPU/event)"
         )
     print("\n".join(lines))
     print(f"wrote {write_result('profile_publish', {'rounds': figures, 'summary': summary})}")

@@ -99,10 +99,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 class _Application(FastAPI):
     """FastAPI with :class:`.fastpath.FastPublish` in front of its whole middleware stack."""
 
-    publish_limit = RequestLimits(0).event
+    publish_limits = RequestLimits(0)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return FastPublish(super().build_middleware_stack(), self.state, self.publish_limit)
+        return FastPublish(super().build_middleware_stack(), self.state, self.publish_limits)
 
 
 def create_app(
@@ -152,7 +152,7 @@ def create_app(
     app.include_router(v1_router)
     app.include_router(system_router)
     limits = RequestLimits(settings.max_payload_bytes)
-    app.publish_limit = limits.event
+    app.publish_limits = limits
     app.add_middleware(BodyLimitMiddleware, limits=limits)
     app.add_middleware(CatchAllMiddleware)
     return app

@@ -1,4 +1,4 @@
-"""A pure ASGI front for the hottest route: ``POST /v1/organizations/{org}/events``.
+"""A pure ASGI front for the hottest routes: ``POST /v1/organizations/{org}/events[/batch]``.
 
 Why we wrote this instead of relying on FastAPI for that one route: under load, py-spy showed
 the framework's per-request machinery (nested router matching, dependency solving, five layers
@@ -25,9 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..metrics import EVENTS_PUBLISHED
 from ..store.base import StoreError
+from .limits import RequestLimits
 from .problems import Problem, problem_response
-from .routes.events import build_event, published_view
-from .schemas import EventCreate
+from .routes.events import build_event, publish_many, published_view
+from .schemas import EventBatch, EventCreate
 from .state import Services
 from .tokens import hash_token, same_hash
 
@@ -37,34 +38,34 @@ log = logging.getLogger("ascend_webhooks.service")
 
 _PREFIX = "/v1/organizations/"
 _SUFFIX = "/events"
+_BATCH_SUFFIX = "/events/batch"
 _MAX_TOKEN_LENGTH = 512
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class FastPublish:
-    """Answers valid single publishes itself; hands every other request to ``app``."""
+    """Answers valid publishes (single and batch) itself; hands every other request to ``app``."""
 
-    def __init__(self, app: ASGIApp, state: Any, limit: int) -> None:
+    def __init__(self, app: ASGIApp, state: Any, limits: RequestLimits) -> None:
         self.app = app
         self.state = state  # the FastAPI app's state: ``services`` appears once it has started
-        self.limit = limit  # the single-event request limit (``RequestLimits.event``)
+        self.limit = limits.event
+        self.batch_limit = limits.batch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+            org, batch, limit = path[len(_PREFIX) : -len(_SUFFIX)], False, self.limit
+        elif path.startswith(_PREFIX) and path.endswith(_BATCH_SUFFIX):
+            org, batch, limit = path[len(_PREFIX) : -len(_BATCH_SUFFIX)], True, self.batch_limit
+        else:
             await self.app(scope, receive, send)
             return
-        org = path[len(_PREFIX) : -len(_SUFFIX)]
         services: Services | None = getattr(self.state, "services", None)
-        if (
-            not org
-            or "/" in org
-            or services is None
-            or not _allowed(services, scope, org, self.limit)
-        ):
+        if not org or "/" in org or services is None or not _allowed(services, scope, org, limit):
             await self.app(scope, receive, send)
             return
         body = b""
@@ -75,10 +76,15 @@ class FastPublish:
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > self.limit:  # the route's body limit answers 413 on the replay
+            if len(body) > limit:  # the route's body limit answers 413 on the replay
                 break
         try:
-            answer = None if more else await _publish(services, org, body)
+            if more:
+                answer = None
+            elif batch:
+                answer = await _publish_batch(services, org, body)
+            else:
+                answer = await _publish(services, org, body)
         except (ValueError, TypeError, Problem, StoreError):  # ValidationError is a ValueError
             answer = None
         except Exception:
@@ -139,6 +145,12 @@ async def _publish(services: Services, org: str, body: bytes) -> tuple[int, byte
         EVENTS_PUBLISHED.inc()
     view = published_view(result, item.data if result.created else None)
     return (202 if result.created else 200), orjson.dumps(view, option=orjson.OPT_UTC_Z)
+
+
+async def _publish_batch(services: Services, org: str, body: bytes) -> tuple[int, bytes] | None:
+    batch = EventBatch.model_validate_json(body)
+    status, answer = await publish_many(services, org, batch.events)
+    return status, orjson.dumps(answer, option=orjson.OPT_UTC_Z)
 
 
 def _replay(body: bytes, more: bool, receive: Receive) -> Receive:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -31,9 +32,10 @@ from ..schemas import (
     event_view,
     page_view,
 )
+from ..state import Services
 from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
 
-__all__ = ["build_event", "published_view", "router"]
+__all__ = ["build_event", "publish_many", "published_view", "router"]
 
 router = APIRouter(tags=["events"])
 
@@ -139,8 +141,16 @@ async def publish_event(org: OrgScope, body: EventCreate, services: Svc) -> JSON
     summary="Publish up to 1,000 events at once (all or nothing)",
 )
 async def publish_batch(org: OrgScope, body: EventBatch, services: Svc) -> JSONResponse:
+    status, answer = await publish_many(services, org, body.events)
+    return JSONResponse(answer, status_code=status)
+
+
+async def publish_many(
+    services: Services, org: str, items: Sequence[EventCreate]
+) -> tuple[int, dict[str, Any]]:
+    """Publish a batch in one store call: (202 or 200, the answer). Problems on bad events."""
     limit = services.settings.max_payload_bytes
-    built = [build_event(item, limit, f"body.events.{n}") for n, item in enumerate(body.events)]
+    built = [build_event(item, limit, f"body.events.{n}") for n, item in enumerate(items)]
     unique: dict[str, NewEvent] = {}
     for event in built:
         seen = unique.setdefault(event.id, event)
@@ -154,16 +164,19 @@ async def publish_batch(org: OrgScope, body: EventBatch, services: Svc) -> JSONR
     by_id = {result.event.id: result for result in results}
     views: list[dict[str, Any]] = []
     first_seen: set[str] = set()
-    for event in built:
-        view = published_view(by_id[event.id])
+    for event, item in zip(built, items, strict=True):
+        result = by_id[event.id]
         if event.id in first_seen:  # a repeat within the batch created nothing itself
+            view = published_view(result)
             view["created"] = False
-        first_seen.add(event.id)
+        else:  # the first of its id: if it created the event, its data is what was stored
+            view = published_view(result, item.data if result.created else None)
+            first_seen.add(event.id)
         views.append(view)
     created = sum(1 for result in results if result.created)
     if created:
         EVENTS_PUBLISHED.inc(created)
-    return JSONResponse({"data": views}, status_code=202 if created else 200)
+    return (202 if created else 200), {"data": views}
 
 
 @router.get(
