@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ...ids import new_id
+from ...ids import new_ids
 from ..base import EventConflictError, StoreError
 from ..models import Delivery, DeliveryStatus, Endpoint, Event, NewEvent, PublishResult
 from . import _reads, _rows
@@ -54,6 +54,7 @@ class _PublishBatch:
         self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
         self._event_rows: list[tuple[object, ...]] = []
         self._delivery_rows: list[tuple[object, ...]] = []
+        self._ids: list[str] = []  # delivery ids made in bulk (one urandom call per 256)
 
     def _endpoints_of(self, organization_id: str) -> list[Endpoint]:
         found = self._endpoints.get(organization_id)
@@ -137,7 +138,9 @@ class _PublishBatch:
                 if chain in self._chains or _chain_has_pending(self._conn, *chain):
                     blocked = BEHIND_KEY
                 self._chains.add(chain)
-            delivery_id = new_id("dlv")
+            if not self._ids:
+                self._ids = new_ids("dlv", 256)
+            delivery_id = self._ids.pop()
             self._delivery_rows.append(
                 (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
                  now, now, now)
