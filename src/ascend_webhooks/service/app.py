@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..delivery.worker import Worker
@@ -97,12 +97,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 class _Application(FastAPI):
-    """FastAPI with :class:`.fastpath.FastPublish` in front of its whole middleware stack."""
+    """FastAPI with :class:`.fastpath.FastPublish` in front of everything, the framework's own
+    per-request work (telemetry checks, middleware) included: publishes it answers skip it."""
 
-    publish_limits = RequestLimits(0)
+    _front: ASGIApp | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return FastPublish(super().build_middleware_stack(), self.state, self.publish_limits)
+    def set_publish_limits(self, limits: RequestLimits) -> None:
+        self._front = FastPublish(self._framework, self.state, limits)
+
+    async def _framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self._front(scope, receive, send)
 
 
 def create_app(
@@ -152,7 +162,7 @@ def create_app(
     app.include_router(v1_router)
     app.include_router(system_router)
     limits = RequestLimits(settings.max_payload_bytes)
-    app.publish_limits = limits
+    app.set_publish_limits(limits)
     app.add_middleware(BodyLimitMiddleware, limits=limits)
     app.add_middleware(CatchAllMiddleware)
     return app

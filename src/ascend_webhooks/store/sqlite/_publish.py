@@ -54,7 +54,7 @@ class _PublishBatch:
         self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
         self._event_rows: list[tuple[object, ...]] = []
         self._delivery_rows: list[tuple[object, ...]] = []
-        self._ids: list[str] = []  # delivery ids made in bulk (one urandom call per 256)
+        self._ids: list[str] = []  # delivery ids made in bulk, reserved by ``add``
 
     def _endpoints_of(self, organization_id: str) -> list[Endpoint]:
         found = self._endpoints.get(organization_id)
@@ -98,6 +98,9 @@ class _PublishBatch:
                     raise EventConflictError(event_id)
                 earlier[event_id] = staged[1]
         # Valid: from here on nothing raises a StoreError.
+        wanted = len(unique) * len(endpoints)  # at most one delivery id per event and endpoint
+        if len(self._ids) < wanted:
+            self._ids.extend(new_ids("dlv", wanted - len(self._ids)))
         created = {
             new.id: self._stage(organization_id, endpoints, new)
             for new in unique.values()
@@ -138,9 +141,7 @@ class _PublishBatch:
                 if chain in self._chains or _chain_has_pending(self._conn, *chain):
                     blocked = BEHIND_KEY
                 self._chains.add(chain)
-            if not self._ids:
-                self._ids = new_ids("dlv", 256)
-            delivery_id = self._ids.pop()
+            delivery_id = self._ids.pop()  # reserved in ``add``
             self._delivery_rows.append(
                 (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
                  now, now, now)
