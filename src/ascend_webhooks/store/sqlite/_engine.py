@@ -26,14 +26,14 @@ Migrations are in ``_migrate``. PRAGMAs:
   survives a power cut, not just a process crash. ``?synchronous=normal`` in the URL trades
   that for speed (still safe when a process crashes; an OS crash or power cut may lose the
   last commits). Group commit is what keeps FULL affordable: one fsync per batch.
-  A batch made only of jobs submitted with ``durable=False`` (the worker's claims, outcomes,
-  lease changes) commits with ``synchronous=NORMAL``: no fsync of its own. That is safe
-  because every durable commit (a publish, any API write) fsyncs the WAL up to its end, and
-  with it every relaxed commit before it; an OS crash or power cut can lose only relaxed
-  commits made after the last durable one, never an accepted event. Losing those means a
-  delivery is claimed and attempted again (at-least-once allows a repeat; the receiver's
-  idempotency by event id absorbs it), never that an event is lost. A process crash loses
-  nothing either way: the WAL is in the OS's page cache.
+  Jobs submitted with ``durable=False`` (the worker's claims, outcomes, lease changes) are
+  committed apart from the others, first, with ``synchronous=NORMAL``: no fsync of their own. That
+  is safe because every durable commit (a publish, any API write) fsyncs the WAL up to its end,
+  and with it every relaxed commit before it; an OS crash or power cut can lose only relaxed
+  commits made after the last durable one, never an accepted event. Losing those means a delivery
+  is claimed and attempted again (at-least-once allows a repeat; the receiver's idempotency by
+  event id absorbs it), never that an event is lost. A process crash loses nothing either way: the
+  WAL is in the OS's page cache.
 * ``busy_timeout`` (``?busy_timeout=MS``, default 30 s) makes a second process wait for the
   file lock instead of failing; ``foreign_keys`` keeps references honest.
 """
@@ -273,20 +273,28 @@ class Engine:
                     stop = True
                     break
                 batch.append(job)
-            durable = any(queued[3] for queued in batch)
-            if relaxable and durable == relaxed:  # switch only when the kind of batch changes
-                try:
-                    mode = self.options.synchronous if durable else "NORMAL"
-                    conn.execute(f"PRAGMA synchronous = {mode}")
-                    relaxed = not durable
-                except sqlite3.Error as exc:
-                    if durable:  # never commit a durable write without its fsync
-                        _fail_all(batch, exc)
-                        if stop:
-                            return
-                        continue
-                    # (staying fully synchronous for a relaxed batch only costs time)
-            self._run_batch(conn, batch)
+            parts = [(batch, True)]
+            if relaxable:
+                # Relaxed jobs first, in a transaction of their own: a claim never waits for
+                # the fsync of the publishes queued beside it.
+                parts = [
+                    ([queued for queued in batch if not queued[3]], False),
+                    ([queued for queued in batch if queued[3]], True),
+                ]
+            for jobs, durable in parts:
+                if not jobs:
+                    continue
+                if relaxable and durable == relaxed:  # switch only when the kind changes
+                    try:
+                        mode = self.options.synchronous if durable else "NORMAL"
+                        conn.execute(f"PRAGMA synchronous = {mode}")
+                        relaxed = not durable
+                    except sqlite3.Error as exc:
+                        if durable:  # never commit a durable write without its fsync
+                            _fail_all(jobs, exc)
+                            continue
+                        # (staying fully synchronous for a relaxed batch only costs time)
+                self._run_batch(conn, jobs)
             if stop:
                 return
 
