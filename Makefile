@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint types pytest bench clean
+.PHONY: venv run test lint types pytest bench bench-tools clean
 
 venv: $(STAMP)
 
@@ -29,9 +29,13 @@ pytest: venv
 
 test: lint types pytest
 
-# The one-run throughput comparison (needs nginx: see docs/benchmarks.md).
-bench: venv
+# The one-run throughput comparison; the sink is Debian's nginx and publish load comes from wrk.
+bench: venv bench-tools
 	$(BIN)/python bench/run_all.py
+
+bench-tools:
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq nginx wrk; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
