@@ -83,8 +83,9 @@ def main() -> int:
             labels = list(figures)
             for label in labels[run % 3 :] + labels[: run % 3]:  # rotate: no order advantage
                 # Each variant publishes its own copy of the events (fresh ids).
+                tag = f"_{labels.index(label)}"
                 copy = tuple(
-                    NewEvent(e.id + label[0], e.type, e.body, e.content_hash, None) for e in events
+                    NewEvent(e.id + tag, e.type, e.body, e.content_hash, None) for e in events
                 )
                 conn.execute("BEGIN IMMEDIATE")
                 batch = _publish._PublishBatch(conn)
