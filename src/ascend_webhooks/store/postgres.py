@@ -182,6 +182,20 @@ class PostgresStore(Store):
         async with self._connection() as conn, conn.transaction():
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def _relaxed(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction whose commit does not wait for its WAL flush: the worker's writes.
+
+        ``synchronous_commit = off`` for this transaction only. A server crash can take back
+        such a commit only if no later commit of any session was flushed (a flush covers
+        the WAL before it): a lease (the delivery is claimed again) or an outcome (it is
+        attempted again, and that attempt recorded). At-least-once allows both; publishes
+        and API writes keep their synchronous commit, so no accepted event is ever lost.
+        """
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            yield conn
+
     # -- organizations and API tokens ------------------------------------------------------
 
     async def create_organization(self, name: str) -> Organization:
@@ -719,7 +733,7 @@ class PostgresStore(Store):
     ) -> tuple[list[ClaimedDelivery], bool]:
         """One claim statement; also says whether due candidates were left to other claimers."""
         start_org, start_ep = self._claim_from
-        async with self._connection() as conn:  # one statement: its own transaction
+        async with self._relaxed() as conn:
             rows = await conn.fetch(
                 sql.CLAIM,
                 worker_id,
@@ -776,7 +790,7 @@ class PostgresStore(Store):
             [DeliveryStatus(o.status).value for o in batch],
             [o.next_attempt_at for o in batch],
         )
-        async with self._transaction() as conn:
+        async with self._relaxed() as conn:
             keys = await conn.fetch(sql.OUTCOME_KEYS, args[1], worker_id)
             if keys:
                 await conn.execute(
