@@ -31,7 +31,7 @@ class Settings:
     master_key: str | None = None  # base64 AES key; default: a file beside the SQLite database
     ca_file: str | None = None  # extra PEM CA bundle trusted for HTTPS endpoints
     worker_concurrency: int = 128  # attempts working at once per worker process
-    endpoint_concurrency: int = 8  # of which at most this many to one endpoint
+    endpoint_concurrency: int = 8  # per-endpoint limit's start; adapts up to worker_concurrency
     lease_seconds: float = 60.0  # a claimed delivery's lease; renewed while in flight
     startup_timeout: float = 60.0  # how long a starting command waits for the database
     extra: Mapping[str, str] = field(default_factory=dict)
