@@ -48,13 +48,13 @@ _NEXT_PAIR = (
     " WHERE status = 'pending' AND blocked = 0 AND organization_id = ? AND endpoint_id > ?"
     " ORDER BY endpoint_id, next_attempt_at LIMIT 1"
 )
-_FETCH = (
-    "SELECT seq FROM deliveries INDEXED BY deliveries_ready"
+# Fetch and lease an endpoint's earliest due rows in one statement (SQLite >= 3.35 has
+# RETURNING): no list of seqs to bind back one ``UPDATE`` at a time on the writer thread.
+_FETCH_AND_LEASE = (
+    "UPDATE deliveries SET locked_by = ?, lease_expires_at = ?, next_attempt_at = ?"
+    " WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_ready"
     " WHERE status = 'pending' AND blocked = 0 AND organization_id = ? AND endpoint_id = ?"
-    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
-)
-_LEASE = (
-    "UPDATE deliveries SET locked_by = ?, lease_expires_at = ?, next_attempt_at = ? WHERE seq = ?"
+    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING seq"
 )
 _DETAILS = (
     "SELECT d.seq, d.id, d.organization_id, e.id, e.type, d.endpoint_id, p.url, e.body,"
@@ -170,9 +170,14 @@ class Claimer:
                 take = min(share, want - got)
                 if take <= 0:
                     break
-                seqs = [row[0] for row in conn.execute(_FETCH, (org.id, endpoint, now, take))]
+                # RETURNING gives no order: by seq, the order of acceptance (all are due).
+                seqs = sorted(
+                    row[0]
+                    for row in conn.execute(
+                        _FETCH_AND_LEASE, (worker_id, until, until, org.id, endpoint, now, take)
+                    )
+                )
                 if seqs:
-                    conn.executemany(_LEASE, [(worker_id, until, until, seq) for seq in seqs])
                     picked.extend(seqs)
                     got += len(seqs)
                 if len(seqs) < take:
