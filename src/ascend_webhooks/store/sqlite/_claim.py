@@ -58,7 +58,7 @@ _FETCH_AND_LEASE = (
 )
 _DETAILS = (
     "SELECT d.seq, d.id, d.organization_id, e.id, e.type, d.endpoint_id, p.url, e.body,"
-    " d.attempt_count, d.round_start FROM deliveries d"
+    " d.attempt_count + 1, d.attempt_count - d.round_start + 1 FROM deliveries d"
     " JOIN events e ON e.seq = d.event_seq JOIN endpoints p ON p.id = d.endpoint_id"
     " WHERE d.seq IN ({})"
 )
@@ -194,21 +194,14 @@ class Claimer:
             for row in conn.execute(_DETAILS.format(marks(len(part))), part)
         }
         lease_expires_at = from_ms(until)
+        # The columns are ClaimedDelivery's fields in order (attempt_number, round_attempt
+        # computed by the query): positional arguments, the cheapest way to build one.
         claimed = []
         for seq in picked:
-            row = rows[seq]
+            _, id_, org, event, kind, endpoint, url, body, number, in_round = rows[seq]
             claimed.append(
                 ClaimedDelivery(
-                    id=row[1],
-                    organization_id=row[2],
-                    event_id=row[3],
-                    event_type=row[4],
-                    endpoint_id=row[5],
-                    url=row[6],
-                    body=bytes(row[7]),
-                    attempt_number=row[8] + 1,
-                    round_attempt=row[8] - row[9] + 1,
-                    lease_expires_at=lease_expires_at,
+                    id_, org, event, kind, endpoint, url, body, number, in_round, lease_expires_at
                 )
             )
         return claimed
