@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from ...store.models import DeliveryStatus
+from ..counts_cache import CachedCounts
 from ..problems import Problem
 from ..responses import JSONResponse
 from ..schemas import Health
@@ -51,8 +52,21 @@ async def healthz(services: Svc) -> JSONResponse:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
     summary="Prometheus metrics",
 )
-async def metrics(services: Svc) -> Response:
-    counts = await services.store.delivery_counts()
+async def metrics(request: Request, services: Svc) -> Response:
+    counts = await _counts_cache(request, services).get()
     for status in DeliveryStatus:
         DELIVERIES.labels(status=status.value).set(counts.get(status, 0))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _counts_cache(request: Request, services: Svc) -> CachedCounts:
+    """The app's cache of the deliveries-by-status counts (see counts_cache.py).
+
+    Made on the first scrape: nothing awaits between the look-up and the assignment, so two
+    scrapes cannot each make one.
+    """
+    cache: CachedCounts | None = getattr(request.app.state, "delivery_counts", None)
+    if cache is None:
+        cache = CachedCounts(services.store.delivery_counts)
+        request.app.state.delivery_counts = cache
+    return cache
