@@ -132,6 +132,32 @@ async def test_tokens(store: Store) -> None:
         await store.create_token("org_missing", b"d" * 32)
 
 
+async def test_list_and_delete_tokens(store: Store) -> None:
+    org, _ = await setup_org(store)
+    other, _ = await setup_org(store, "other")
+    admin = await store.create_token(None, b"a" * 32, "bootstrap")
+    first = await store.create_token(org, b"b" * 32, "ci")
+    second = await store.create_token(org, b"c" * 32)
+    theirs = await store.create_token(other, b"d" * 32)
+    assert await store.list_tokens(None) == [admin]
+    # Ordered by creation time; two made in the same millisecond may come in either order.
+    assert {t.id for t in await store.list_tokens(org)} == {first.id, second.id}
+    assert await store.list_tokens(other) == [theirs]
+    # Scoped: another organization's token, or an organization's token as admin, is not found.
+    for scope, token_id in [(org, theirs.id), (None, first.id), (org, admin.id), (org, "tok_x")]:
+        with pytest.raises(NotFoundError):
+            await store.delete_token(scope, token_id)
+    await store.delete_token(org, first.id)
+    assert await store.find_token(b"b" * 32) is None
+    assert [t.id for t in await store.list_tokens(org)] == [second.id]
+    with pytest.raises(NotFoundError):
+        await store.delete_token(org, first.id)  # already gone
+    await store.delete_token(None, admin.id)
+    assert await store.list_tokens(None) == []
+    assert await store.count_admin_tokens() == 0
+    assert await store.find_token(b"d" * 32) == theirs
+
+
 # -- webhook keys --------------------------------------------------------------------------------
 
 

@@ -119,6 +119,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_admin_tokens(self) -> int: ...
 
+    @abc.abstractmethod
+    async def list_tokens(self, organization_id: str | None) -> list[ApiToken]:
+        """This organization's tokens (None: the admin tokens), oldest first."""
+
+    @abc.abstractmethod
+    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
+        """Delete a token of this organization (None: an admin token); else NotFoundError."""
+
     # -- webhook keys ----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -263,6 +263,27 @@ class PostgresStore(Store):
             )
         return int(count)
 
+    async def list_tokens(self, organization_id: str | None) -> list[ApiToken]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM api_tokens WHERE organization_id IS NOT DISTINCT FROM $1"
+                " ORDER BY created_at, id",
+                organization_id,
+            )
+        return [recs.token(row) for row in rows]
+
+    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
+        # ``IS NOT DISTINCT FROM`` matches NULL too: None deletes only an admin token.
+        async with self._connection() as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM api_tokens WHERE id = $1"
+                " AND organization_id IS NOT DISTINCT FROM $2 RETURNING id",
+                token_id,
+                organization_id,
+            )
+        if deleted is None:
+            raise NotFoundError(f"token {token_id!r} not found")
+
     # -- webhook keys ----------------------------------------------------------------------
 
     async def create_key(

@@ -38,6 +38,7 @@ __all__ = [
     "list_events",
     "list_keys",
     "list_organizations",
+    "list_tokens",
     "next_due_at",
     "organization",
     "signing_keys",
@@ -88,6 +89,19 @@ def find_token(conn: sqlite3.Connection, token_hash: bytes) -> ApiToken | None:
 def count_admin_tokens(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT COUNT(*) FROM api_tokens WHERE organization_id IS NULL").fetchone()
     return int(row[0])
+
+
+def list_tokens(conn: sqlite3.Connection, organization_id: str | None) -> list[ApiToken]:
+    # ``IS`` matches NULL too: None lists the admin tokens.
+    rows = conn.execute(
+        "SELECT id, organization_id, name, created_at FROM api_tokens"
+        " WHERE organization_id IS ? ORDER BY created_at, id",
+        (organization_id,),
+    ).fetchall()
+    return [
+        ApiToken(id=r[0], organization_id=r[1], name=r[2], created_at=_rows.from_ms(r[3]))
+        for r in rows
+    ]
 
 
 def list_keys(conn: sqlite3.Connection, organization_id: str) -> list[WebhookKey]:

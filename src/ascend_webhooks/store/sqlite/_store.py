@@ -123,6 +123,12 @@ class SQLiteStore(Store):
     async def count_admin_tokens(self) -> int:
         return await self._read(_reads.count_admin_tokens)
 
+    async def list_tokens(self, organization_id: str | None) -> list[ApiToken]:
+        return await self._read(lambda c: _reads.list_tokens(c, organization_id))
+
+    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
+        await self._write(lambda c: _writes.delete_token(c, organization_id, token_id))
+
     # -- webhook keys ------------------------------------------------------------------------
 
     async def create_key(

@@ -37,6 +37,7 @@ __all__ = [
     "create_organization",
     "create_token",
     "delete_endpoint",
+    "delete_token",
     "extend_leases",
     "record",
     "release",
@@ -89,6 +90,15 @@ def create_token(
     except sqlite3.IntegrityError as exc:
         raise StoreError("a token with this hash already exists") from exc
     return token
+
+
+def delete_token(conn: sqlite3.Connection, organization_id: str | None, token_id: str) -> None:
+    # ``IS`` matches NULL too: None deletes only an admin token.
+    deleted = conn.execute(
+        "DELETE FROM api_tokens WHERE id = ? AND organization_id IS ?", (token_id, organization_id)
+    ).rowcount
+    if deleted == 0:
+        raise NotFoundError(f"token {token_id!r} not found")
 
 
 def create_key(
