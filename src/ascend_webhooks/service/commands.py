@@ -13,21 +13,26 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store import Store
 from .crypto import MasterKeyError, SecretBox, load_secret_box
 from .settings import Settings, SettingsError
 from .startup import StartupError, open_store_waiting
 
+if TYPE_CHECKING:  # imported when used: the server's modules are an optional extra
+    from .metrics_server import MetricsServer
+
 __all__ = ["register_service"]
 
 log = logging.getLogger("ascend_webhooks.service")
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_METRICS_PORT_ENV = "ASCEND_WEBHOOKS_METRICS_PORT"
 
 
 class _StartupError(Exception):
@@ -53,6 +58,18 @@ def register_service(sub: Any) -> None:
         type=int,
         default=None,
         help="attempts in flight at once in this process",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics and /healthz on this port "
+        f"(default: ${_METRICS_PORT_ENV}; none if unset)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics listener (default 127.0.0.1)",
     )
     worker.set_defaults(handler=_worker)
 
@@ -211,11 +228,55 @@ def _worker(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.concurrency is not None and args.concurrency < 1:
         return _fail("--concurrency must be at least 1")
+    try:
+        port = _metrics_port(args.metrics_port)
+    except _StartupError as exc:
+        return _fail(str(exc))
     _configure_logging()
-    return _run(_run_worker(settings, box, args.concurrency))
+    metrics = None
+    if port is not None:
+        # Bound before the database is opened: a port already taken is a configuration
+        # mistake, reported at once in one line, not after the wait for the database.
+        from .metrics_server import MetricsServer
+
+        try:
+            metrics = MetricsServer(args.metrics_host, port)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            return _fail(f"cannot serve metrics on {args.metrics_host}:{port}: {reason}")
+        metrics.start()
+        log.info("metrics at http://%s:%d/metrics", args.metrics_host, port)
+    try:
+        return _run(_run_worker(settings, box, args.concurrency, metrics))
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
-async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | None) -> int:
+def _metrics_port(option: int | None) -> int | None:
+    """``--metrics-port``, else ``$ASCEND_WEBHOOKS_METRICS_PORT``; None when neither is set."""
+    if option is not None:
+        port, source = option, "--metrics-port"
+    else:
+        text = os.environ.get(_METRICS_PORT_ENV, "").strip()
+        if not text:
+            return None
+        source = _METRICS_PORT_ENV
+        try:
+            port = int(text)
+        except ValueError:
+            raise _StartupError(f"{source}: {text!r} is not a TCP port") from None
+    if not 1 <= port <= 65535:
+        raise _StartupError(f"{source} {port} is not a TCP port (1-65535)")
+    return port
+
+
+async def _run_worker(
+    settings: Settings,
+    box: SecretBox,
+    concurrency: int | None,
+    metrics: MetricsServer | None = None,
+) -> int:
     from ..delivery.worker import Worker
 
     store = await _open_store(settings)
@@ -230,11 +291,15 @@ async def _run_worker(settings: Settings, box: SecretBox, concurrency: int | Non
 
         def request_stop() -> None:
             log.info("stopping: finishing the attempts in flight")
+            if metrics is not None:
+                metrics.ready.clear()  # /healthz says 503 while the worker drains
             worker.stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, request_stop)
         log.info("delivery worker running on %s", _redacted(settings.database_url))
+        if metrics is not None:
+            metrics.ready.set()
         await worker.run()
     finally:
         await store.close()
