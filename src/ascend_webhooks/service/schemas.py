@@ -52,6 +52,8 @@ __all__ = [
     "ProblemOut",
     "TokenCreate",
     "TokenCreated",
+    "TokenList",
+    "TokenOut",
     "attempt_view",
     "delivery_list_item_view",
     "delivery_view",
@@ -60,6 +62,7 @@ __all__ = [
     "key_view",
     "organization_view",
     "page_view",
+    "token_summary_view",
     "token_view",
 ]
 
@@ -159,9 +162,21 @@ class OrganizationList(_Output):
 class TokenCreated(_Output):
     id: str
     token: str = Field(description="shown once; only its hash is stored")
-    organization_id: str
+    organization_id: str | None = Field(description="null for an admin token")
     name: str | None
     created_at: datetime
+
+
+class TokenOut(_Output):
+    """A stored token as listed: never the token itself, nor its hash."""
+
+    id: str
+    name: str | None
+    created_at: datetime
+
+
+class TokenList(_Output):
+    data: list[TokenOut]
 
 
 class KeyOut(_Output):
@@ -270,6 +285,10 @@ def token_view(token: ApiToken, secret: str) -> dict[str, Any]:
         "name": token.name,
         "created_at": token.created_at,
     }
+
+
+def token_summary_view(token: ApiToken) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "created_at": token.created_at}
 
 
 def key_view(key: WebhookKey, *, signing_key_id: str | None) -> dict[str, Any]:

@@ -32,8 +32,9 @@ class Services:
     settings: Settings
     box: SecretBox
     admin_token_hash: bytes | None = None
-    # token hash -> (principal, monotonic expiry). Tokens cannot be revoked through the API, so
-    # a short positive cache only saves a database round-trip per request.
+    # token hash -> (principal, monotonic expiry): saves a database round-trip per request. A
+    # token deleted through this process is forgotten at once (``forget_token``); another API
+    # process sharing the database stops honouring it within the TTL (30 s).
     token_cache: dict[bytes, tuple[Principal, float]] = field(default_factory=dict)
     # Organizations are never deleted, so one that existed once still exists: an admin's
     # requests skip the lookup that checks the organization of the route.
@@ -54,6 +55,12 @@ class Services:
         if len(self.token_cache) >= 10_000:
             self.token_cache.clear()
         self.token_cache[token_hash] = (principal, time.monotonic() + ttl)
+
+    def forget_token(self, token_id: str) -> None:
+        """Drop a deleted token from the cache, so it stops working in this process at once."""
+        stale = [h for h, (p, _) in self.token_cache.items() if p.token_id == token_id]
+        for token_hash in stale:
+            del self.token_cache[token_hash]
 
 
 async def get_services(request: Request) -> Services:

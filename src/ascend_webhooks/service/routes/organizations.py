@@ -1,10 +1,14 @@
-"""Organizations and their API tokens."""
+"""Organizations and their API tokens: create, list (never the secret), delete.
+
+A deleted token stops working in this process at once (its cache entry is dropped); another API
+process on the same database stops honouring it within the token cache's TTL (30 s).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Path, Response
 
 from ..auth import Auth, OrgScope, require_admin
 from ..responses import JSONResponse
@@ -14,8 +18,10 @@ from ..schemas import (
     OrganizationOut,
     TokenCreate,
     TokenCreated,
+    TokenList,
     organization_view,
     page_view,
+    token_summary_view,
     token_view,
 )
 from ..state import Principal
@@ -85,3 +91,31 @@ async def create_token(
         org, hash_token(secret), body.name if body is not None else None
     )
     return JSONResponse(token_view(token, secret), status_code=201)
+
+
+@router.get(
+    "/organizations/{org}/tokens",
+    response_model=TokenList,
+    responses=problems(404),
+    summary="List this organization's API tokens (never the tokens themselves)",
+)
+async def list_tokens(org: OrgScope, services: Svc) -> JSONResponse:
+    tokens = await services.store.list_tokens(org)
+    return JSONResponse({"data": [token_summary_view(t) for t in tokens]})
+
+
+@router.delete(
+    "/organizations/{org}/tokens/{token}",
+    status_code=204,
+    response_class=Response,
+    responses=problems(404),
+    summary="Delete (revoke) one of this organization's API tokens",
+)
+async def delete_token(
+    org: OrgScope,
+    token: Annotated[str, Path(max_length=200, description="token id")],
+    services: Svc,
+) -> Response:
+    await services.store.delete_token(org, token)  # NotFoundError → 404
+    services.forget_token(token)
+    return Response(status_code=204)
