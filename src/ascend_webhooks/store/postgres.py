@@ -604,15 +604,7 @@ class PostgresStore(Store):
         event_type: str | None = None,
     ) -> Page[Event]:
         limit = max(limit, 0)  # a page of nothing, as on every backend
-        before = recs.seq_cursor(after)
-        where = ["organization_id = $1"]
-        args: list[Any] = [organization_id, limit + 1]
-        if before is not None:
-            args.append(before)
-            where.append(f"seq < ${len(args)}")
-        if event_type is not None:
-            args.append(event_type)
-            where.append(f"type = ${len(args)}")
+        where, args = _newest_first_filter("", organization_id, limit, after, type=event_type)
         async with self._connection() as conn:
             seqs = [
                 row[0]
@@ -654,18 +646,14 @@ class PostgresStore(Store):
         endpoint_id: str | None = None,
     ) -> Page[Delivery]:
         limit = max(limit, 0)  # a page of nothing, as on every backend
-        before = recs.seq_cursor(after)
-        where = ["d.organization_id = $1"]
-        args: list[Any] = [organization_id, limit + 1]
-        if before is not None:
-            args.append(before)
-            where.append(f"d.seq < ${len(args)}")
-        if status is not None:
-            args.append(DeliveryStatus(status).value)
-            where.append(f"d.status = ${len(args)}")
-        if endpoint_id is not None:
-            args.append(endpoint_id)
-            where.append(f"d.endpoint_id = ${len(args)}")
+        where, args = _newest_first_filter(
+            "d.",
+            organization_id,
+            limit,
+            after,
+            status=None if status is None else DeliveryStatus(status).value,
+            endpoint_id=endpoint_id,
+        )
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608
@@ -880,3 +868,22 @@ class PostgresStore(Store):
         for status, count in rows:
             counts[DeliveryStatus(status)] = int(count)
         return counts
+
+
+def _newest_first_filter(
+    prefix: str, organization_id: str, limit: int, after: str | None, **equal: object
+) -> tuple[list[str], list[Any]]:
+    """WHERE terms and arguments of a newest-first page: ``$1`` the organization, ``$2`` the
+    LIMIT (one more than the page, to know whether another follows), then the cursor and each
+    ``column = value`` filter that is not None, columns qualified by ``prefix``."""
+    where = [f"{prefix}organization_id = $1"]
+    args: list[Any] = [organization_id, limit + 1]
+    before = recs.seq_cursor(after)
+    if before is not None:
+        args.append(before)
+        where.append(f"{prefix}seq < ${len(args)}")
+    for column, value in equal.items():
+        if value is not None:
+            args.append(value)
+            where.append(f"{prefix}{column} = ${len(args)}")
+    return where, args
