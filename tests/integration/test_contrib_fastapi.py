@@ -9,14 +9,11 @@ import importlib.util
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +37,7 @@ from ascend_webhooks.receiver.contrib.fastapi import (
     ascend_endpoint,
     ascend_route,
 )
+from tests.support.examples import example_process, free_port, post_until_duplicate, urlopen_post
 
 SECRET = "whsec_fastapi_test"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -235,15 +233,6 @@ def serve(app: Any) -> Iterator[str]:
         sock.close()
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def test_real_server_answers_200_before_a_slow_handler_finishes() -> None:
     router = Router()
     gate = threading.Event()
@@ -259,7 +248,7 @@ def test_real_server_answers_200_before_a_slow_handler_finishes() -> None:
     with serve(app) as base:
         body = event_body()
         started = time.monotonic()
-        status, answer = post(base + "/webhooks", body, signed(body))
+        status, answer = urlopen_post(base + "/webhooks", body, signed(body))
         elapsed = time.monotonic() - started
         assert status == 200
         assert json.loads(answer)["status"] == "accepted"
@@ -270,7 +259,7 @@ def test_real_server_answers_200_before_a_slow_handler_finishes() -> None:
         while not finished and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [e.id for e in finished] == ["evt_1"]
-        bad_status, _ = post(base + "/webhooks", body, signed(body, "wrong"))
+        bad_status, _ = urlopen_post(base + "/webhooks", body, signed(body, "wrong"))
         assert bad_status == 401
 
 
@@ -305,55 +294,6 @@ def test_the_fastapi_example_receives_a_signed_event(monkeypatch: pytest.MonkeyP
 # -- the example, run as a script ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def example_process(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
-    """Run an example script as its README says, until it accepts connections."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            env={**os.environ, **env},
-            cwd=log.parent,
-            stdout=out,
-            stderr=out,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def post_until_duplicate(url: str, body: bytes, headers: Callable[[], dict[str, str]]) -> None:
-    """The first POST is accepted; a redelivery is a duplicate once the handler finished."""
-    status, answer = post(url, body, headers())
-    assert (status, json.loads(answer)["status"]) == (200, "accepted")
-    deadline = time.monotonic() + 5
-    while True:
-        status, answer = post(url, body, headers())
-        if status == 200:
-            assert json.loads(answer)["status"] == "duplicate"
-            return
-        assert status == 409  # still being handled
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_the_fastapi_example_runs_as_a_script(tmp_path: Path) -> None:
     port = free_port()
     env = {"ASCEND_WEBHOOK_SECRETS": f"whsec_new,{SECRET}", "PORT": str(port)}
@@ -361,7 +301,7 @@ def test_the_fastapi_example_runs_as_a_script(tmp_path: Path) -> None:
     with example_process(args, env, port, tmp_path / "server.log") as base:
         body = event_body("evt_script")
         post_until_duplicate(base + "/webhooks", body, lambda: signed(body))
-        status, _ = post(base + "/webhooks", body, signed(body, "wrong"))
+        status, _ = urlopen_post(base + "/webhooks", body, signed(body, "wrong"))
         assert status == 401
 
 
