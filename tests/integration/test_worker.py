@@ -303,25 +303,12 @@ async def test_per_endpoint_limit_bounds_concurrent_attempts(
     org = await new_organization(store)
     await store.create_endpoint(org, receiver.url, None, None)
     deliveries = await publish(store, org, 12)
-    active = 0
-    peak = 0
-    original = receiver._answer
-
-    async def counting(*args: Any) -> bool:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        try:
-            return await original(*args)
-        finally:
-            active -= 1
-
-    receiver._answer = counting  # type: ignore[method-assign]
+    peak = count_concurrency(receiver)
     worker = Worker(store, make_settings(), decrypt, concurrency=16, per_endpoint_limit=3)
     async with running(worker):
         await wait_terminal(store, org, [d.id for d in deliveries])
 
-    assert peak == 3
+    assert peak() == 3
 
 
 def count_concurrency(receiver: Receiver) -> Callable[[], int]:
