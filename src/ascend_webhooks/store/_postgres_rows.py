@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from . import _postgres_sql as sql
-from .base import InvalidCursorError, StoreError
+from .base import InvalidCursorError
 from .models import (
     ApiToken,
     Attempt,
@@ -19,8 +19,6 @@ from .models import (
     Organization,
     WebhookKey,
 )
-
-ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
 
 
 def organization(row: asyncpg.Record) -> Organization:
@@ -112,36 +110,6 @@ def id_cursor(cursor: str | None) -> str | None:
     if cursor is not None and (not cursor.isascii() or not cursor.isprintable()):
         raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
     return cursor
-
-
-def endpoint_changes(changes: dict[str, object]) -> dict[str, object]:
-    """Validate ``update_endpoint`` changes into column values; StoreError names the mistake."""
-    unknown = set(changes) - ENDPOINT_FIELDS
-    if unknown:
-        raise StoreError(f"cannot change {sorted(unknown)} of an endpoint")
-    values: dict[str, object] = {}
-    if "url" in changes:
-        if not isinstance(changes["url"], str):
-            raise StoreError("url must be a string")
-        values["url"] = changes["url"]
-    if "event_types" in changes:
-        types = changes["event_types"]
-        if types is not None and (
-            isinstance(types, str | bytes)
-            or not isinstance(types, Sequence)
-            or not all(isinstance(t, str) for t in types)
-        ):
-            raise StoreError("event_types must be a list of strings or None")
-        values["event_types"] = None if types is None else list(types)
-    if "description" in changes:
-        if changes["description"] is not None and not isinstance(changes["description"], str):
-            raise StoreError("description must be a string or None")
-        values["description"] = changes["description"]
-    if "enabled" in changes:
-        if not isinstance(changes["enabled"], bool):
-            raise StoreError("enabled must be true or false")
-        values["enabled"] = changes["enabled"]
-    return values
 
 
 def new_event(

@@ -57,6 +57,7 @@ import asyncpg
 from ..ids import new_id
 from . import _postgres_rows as recs
 from . import _postgres_sql as sql
+from ._checks import endpoint_changes
 from ._postgres_listen import Notifier, WorkSignal
 from ._postgres_setup import apply_migrations, parse_url
 from .base import (
@@ -422,7 +423,7 @@ class PostgresStore(Store):
     async def update_endpoint(
         self, organization_id: str, endpoint_id: str, **changes: object
     ) -> Endpoint:
-        values = recs.endpoint_changes(changes)
+        values = endpoint_changes(changes)
         async with self._transaction() as conn:
             # FOR UPDATE waits for publishes that hold the row FOR KEY SHARE, so none of them
             # can add a claimable delivery after the endpoint was disabled.
