@@ -93,21 +93,7 @@ def build_event(item: EventCreate, max_payload_bytes: int, where: str = "body") 
 def published_view(result: PublishResult, data: Any = None) -> dict[str, Any]:
     """The answer for one published event. ``data``, when given, is the event's data as just
     validated, saving a parse of the stored body (only for events this call created)."""
-    if data is None:
-        view = event_view(result.event)
-    else:
-        event = result.event
-        view = {
-            "id": event.id,
-            "type": event.type,
-            "data": data,
-            "ordering_key": event.ordering_key,
-            "created_at": event.created_at,
-            "deliveries": [
-                {"id": d.id, "endpoint_id": d.endpoint_id, "status": d.status.value}
-                for d in event.deliveries
-            ],
-        }
+    view = event_view(result.event, data)
     view["created"] = result.created
     return view
 
