@@ -12,6 +12,14 @@ Two workloads, each on a fresh table, same server, same SQL:
 
 Run: ``PGHOST=127.0.0.1 PGUSER=postgres .venv/bin/python bench/bench_pg_driver.py [N] [--durable]``
 (psycopg is not a dependency: ``pip install 'psycopg[binary]'`` to include it). Prints rates.
+
+``--publish`` instead times the store's own ``PostgresStore.publish`` of one event (one endpoint,
+durable commits as deployed): N calls one after another (wall time per call, p50/p99, and the
+client's CPU per call), then N calls 16 at a time, then 200 calls through a counting proxy
+that reads the wire protocol and reports the round trips per call (a ``Sync`` or a simple
+``Query`` is one wait for the server), pool acquire and release included, and the NOTIFY
+that follows a publish. ``--publish-worker`` adds, in the same way, the worker's side: a
+``claim`` of what one publish made and the ``record`` of its outcome.
 """
 
 from __future__ import annotations
@@ -153,10 +161,166 @@ async def bench_psycopg(dsn: str, n: int) -> None:
             await conn.execute("DROP TABLE bench_q")
 
 
+class _CountingProxy:
+    """A loopback TCP proxy to PostgreSQL that counts the client's round trips.
+
+    After the startup packet every frontend message is a type byte and a length; a ``Sync``
+    ('S') ends an extended-protocol exchange and a ``Query`` ('Q') is a simple one: either is
+    one wait for the server's ``ReadyForQuery``.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.round_trips = 0
+        self.messages: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def upstream() -> None:
+            # The startup packet (and an SSL request before it) has no type byte.
+            started = False
+            while not started:
+                head = await reader.readexactly(4)
+                length = int.from_bytes(head, "big")
+                rest = await reader.readexactly(length - 4)
+                up_writer.write(head + rest)
+                started = rest[:4] != (80877103).to_bytes(4, "big")  # not an SSLRequest
+            while True:
+                kind = await reader.readexactly(1)
+                head = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(head, "big") - 4)
+                name = kind.decode()
+                self.messages[name] = self.messages.get(name, 0) + 1
+                if kind in (b"S", b"Q"):
+                    self.round_trips += 1
+                up_writer.write(kind + head + body)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        up_writer.close()
+
+
+async def bench_publish(dsn_of: Callable[[str, str], str], n: int, worker: bool) -> None:
+    import hashlib
+
+    from ascend_webhooks.store.models import Attempt, AttemptOutcome, DeliveryStatus, NewEvent
+    from ascend_webhooks.store.postgres import PostgresStore
+
+    def event(i: int) -> NewEvent:
+        body = b'{"id":"evt_%d","type":"invoice.paid","data":{"amount":%d}}' % (i, i)
+        return NewEvent(f"evt_{i}", "invoice.paid", body, hashlib.sha256(body).digest())
+
+    host = os.environ.get("PGHOST", "127.0.0.1")
+    port = int(os.environ.get("PGPORT", "5432"))
+    store = PostgresStore(dsn_of(host, str(port)) + "?pool_size=16")
+    await store.open()
+    try:
+        org = await store.create_organization("bench")
+        await store.create_endpoint(org.id, "http://127.0.0.1:9/hook", None, None)
+        for i in range(200):  # warm the pool and the statement caches
+            await store.publish(org.id, [event(-1 - i)])
+        times = []
+        cpu = time.process_time()
+        for i in range(n):
+            started = time.perf_counter()
+            await store.publish(org.id, [event(i)])
+            times.append(time.perf_counter() - started)
+        per_call = (time.process_time() - cpu) / n * 1e6
+        times.sort()
+        print(
+            f"  publish 1 event, one at a time: p50 {times[n // 2] * 1e3:.3f} ms,"
+            f" p99 {times[n * 99 // 100] * 1e3:.3f} ms, {per_call:.0f} us client CPU/call"
+        )
+        started, cpu = time.perf_counter(), time.process_time()
+        base = n
+        queue = iter(range(base, base + n))
+
+        async def one() -> None:
+            for i in queue:
+                await store.publish(org.id, [event(i)])
+
+        await asyncio.gather(*(one() for _ in range(16)))
+        elapsed = time.perf_counter() - started
+        per_call = (time.process_time() - cpu) / n * 1e6
+        print(f"  publish 1 event, 16 at a time: {n / elapsed:,.0f}/s, {per_call:.0f} us CPU/call")
+        await store.close()
+    finally:
+        await store.close()
+
+    proxy = _CountingProxy(host, port)
+    proxy_port = await proxy.start()
+    store = PostgresStore(dsn_of("127.0.0.1", str(proxy_port)) + "?pool_size=4")
+    await store.open()
+    try:
+        for i in range(20):
+            await store.publish(org.id, [event(3 * n + i)])
+        await asyncio.sleep(0.2)
+        calls = 200
+        before, kinds = proxy.round_trips, dict(proxy.messages)
+        for i in range(calls):
+            await store.publish(org.id, [event(3 * n + 100 + i)])
+            await asyncio.sleep(0.005)  # let the NOTIFY after each commit go out
+        trips = (proxy.round_trips - before) / calls
+        sent = {k: round((v - kinds.get(k, 0)) / calls, 2) for k, v in proxy.messages.items()}
+        print(f"  publish 1 event: {trips:.2f} round trips per call (NOTIFY included); {sent}")
+        if worker:
+            before = proxy.round_trips
+            for i in range(calls):
+                await store.publish(org.id, [event(4 * n + i)])
+                got = await store.claim("wrk_bench", 8, 60.0)
+                now = time.time()
+                from datetime import UTC, datetime
+
+                await store.record(
+                    "wrk_bench",
+                    [
+                        AttemptOutcome(
+                            d.id,
+                            Attempt(
+                                d.attempt_number,
+                                datetime.fromtimestamp(now, UTC),
+                                1.0,
+                                200,
+                                None,
+                                "ok",
+                            ),
+                            DeliveryStatus.SUCCEEDED,
+                            None,
+                        )
+                        for d in got
+                    ],
+                )
+                await asyncio.sleep(0.005)
+            trips = (proxy.round_trips - before) / calls
+            print(f"  publish + claim + record: {trips:.2f} round trips per event")
+    finally:
+        await store.close()
+        await proxy.close()
+
+
 async def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 10_000
-    durable = "--durable" in sys.argv
+    durable = "--durable" in sys.argv or "--publish" in sys.argv or "--publish-worker" in sys.argv
     admin = await asyncpg.connect(database=os.environ.get("PGDATABASE", "postgres"))
     name = f"aw_bench_{uuid.uuid4().hex[:8]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -167,6 +331,13 @@ async def main() -> None:
         user = os.environ.get("PGUSER", "postgres")
         port = os.environ.get("PGPORT", "5432")
         dsn = f"postgresql://{user}@{host}:{port}/{name}"
+        if "--publish" in sys.argv or "--publish-worker" in sys.argv:
+            await bench_publish(
+                lambda h, p: f"postgresql://{user}@{h}:{p}/{name}",
+                n,
+                "--publish-worker" in sys.argv,
+            )
+            return
         await bench_asyncpg(dsn, n)
         await bench_psycopg(dsn, n)
     finally:

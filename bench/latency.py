@@ -13,7 +13,8 @@ floor: what the publisher and receiver add by themselves. Then it runs the embed
 (one ``serve`` on SQLite) and PostgreSQL with separate API and worker processes (skipped, with
 the reason, where it cannot run)::
 
-    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R] [--no-postgres]
+    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R]
+                                     [--no-postgres | --only-postgres]
 """
 
 from __future__ import annotations
@@ -279,11 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--seconds", type=float, default=None, help=f"default {SECONDS:g}")
     cli.add_argument("--rate", type=float, default=RATE, help=f"events/s (default {RATE:g})")
     cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
+    cli.add_argument("--only-postgres", action="store_true", help="skip the SQLite part")
     args = cli.parse_args(argv)
     warn_if_busy("latency")
     seconds = args.seconds or (2.0 if args.quick else SECONDS)
     results: dict[str, Any] = {"rate": args.rate, "seconds": seconds}
     names = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]
+    if args.only_postgres:
+        names = ["postgres"]
     with receiver() as (url, conn):
         results["floor"] = measure_floor(url, conn, min(seconds, 5.0), args.rate)
         print(_line("floor", results["floor"]))
@@ -292,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_line(name, results[name]))
     if args.no_postgres:
         results["postgres"] = {"skipped": "--no-postgres"}
+    if args.only_postgres:
+        results["sqlite"] = {"skipped": "--only-postgres"}
     print(f"== publish-to-first-attempt latency at {args.rate:g} events/s, {seconds:g} s each ==")
     lines = [_line(name, results[name]) for name in ("floor", "sqlite", "postgres")]
     print("\n".join(lines))
