@@ -31,7 +31,7 @@ test: lint types pytest
 
 # The one-run throughput comparison; the sink is Debian's nginx and publish load comes from wrk.
 bench: venv bench-tools
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/scorecard.py
 
 bench-tools:
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
