@@ -6,7 +6,11 @@ in the same run and interleaved round by round, FastAPI's hello-world (``hello_a
 service as it was at a git revision (``--baseline REV``, checked out into a temporary worktree and
 run from its sources) and the service in this tree, each as ``serve --no-delivery`` on a fresh
 SQLite file: wrk single publishes (the same Lua script as ``publish.py``), then the batch route
-(1,000 events a call, 4 in flight). ``--py-spy FILE.svg`` also records a flame graph of this
+(1,000 events a call, 4 in flight). Besides rates, which follow the machine's load, it reports
+the service's CPU time per accepted event, split by thread (``/proc/PID/task``): the main
+thread, which is the event loop (HTTP, parsing, validation, building each event, the answer),
+and the others, mostly the SQLite writer; the first is the API's own cost with the store's
+taken out. ``--py-spy FILE.svg`` also records a flame graph of this
 tree's service while wrk drives it (py-spy must be installed, and allowed to attach)::
 
     .venv/bin/python bench/profile_publish.py --baseline HEAD~3 [--rounds 2] [--py-spy out.svg]
@@ -68,10 +72,35 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _stat_seconds(path: Path) -> float:
+    """User + system CPU time in a ``/proc`` ``stat`` file (fields 14 and 15)."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU time so far of the process's main thread (the event loop) and of its other threads
+    (the SQLite writer, its readers), each user + system (Linux ``/proc/PID/task``).
+
+    A thread that ended since the last reading takes its time with it; the service's threads
+    live as long as the process, so differences of two readings are what each side spent.
+    """
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = _stat_seconds(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        if task.name == str(pid):
+            main = seconds
+        else:
+            other += seconds
+    return main, other
 
 
 def measure(
@@ -85,9 +114,10 @@ def measure(
     service.setup("http://127.0.0.1:9/", name="profile")
     pid = service.processes[0].pid
     spy = _py_spy(pid, seconds, spy_to) if spy_to is not None else None
-    cpu = cpu_seconds(pid)
+    cpu, threads = cpu_seconds(pid), thread_cpu(pid)
     single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
     single_cpu = cpu_seconds(pid) - cpu
+    single_loop, single_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
     if spy is not None:
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0:
@@ -98,24 +128,58 @@ def measure(
     spy = None
     if spy_batch_to is not None:
         spy = _py_spy(service.processes[0].pid, 600, spy_batch_to)
-    cpu = cpu_seconds(pid)
+    cpu, threads = cpu_seconds(pid), thread_cpu(pid)
     start = time.perf_counter()
     accepted = run_async(lambda: publisher.publish(run, 0, events))
     batch = accepted / (time.perf_counter() - start)
     batch_cpu = cpu_seconds(pid) - cpu
+    batch_loop, batch_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes what it has recorded and exits
         spy.communicate(timeout=60)
     if single["rejected"]:
         print(f"profile: {single['rejected']} single calls were not answered 2xx", file=sys.stderr)
+    singles = max(single["requests"] - single["rejected"], 1)
+    accepted = max(accepted, 1)
     return {
         "single": single["per_s"],
         "p50_ms": single["p50_ms"] or 0.0,
         "batch": batch,
         # The service's own CPU per accepted event: steadier than rates on a busy machine.
-        "single_cpu_us": single_cpu * 1e6 / max(single["requests"] - single["rejected"], 1),
-        "batch_cpu_us": batch_cpu * 1e6 / max(accepted, 1),
+        "single_cpu_us": single_cpu * 1e6 / singles,
+        "batch_cpu_us": batch_cpu * 1e6 / accepted,
+        # Split by thread: the event loop (HTTP, parsing, validation, building, answers) and
+        # the rest (mostly the SQLite writer), so that the API's own cost per event shows
+        # with the store's taken out.
+        "single_loop_us": single_loop * 1e6 / singles,
+        "single_other_us": single_other * 1e6 / singles,
+        "batch_loop_us": batch_loop * 1e6 / accepted,
+        "batch_other_us": batch_other * 1e6 / accepted,
     }
+
+
+_KEYS = (
+    "single",
+    "p50_ms",
+    "batch",
+    "single_cpu_us",
+    "batch_cpu_us",
+    "single_loop_us",
+    "single_other_us",
+    "batch_loop_us",
+    "batch_other_us",
+)
+
+
+def _line(label: str, got: dict[str, float]) -> str:
+    """One variant's figures: rates, then CPU per event (process; event loop + other threads)."""
+    return (
+        f"{label:<22} single {got['single']:>7,.0f}/s (p50 {got['p50_ms']:.1f} ms; CPU/event"
+        f" {got['single_cpu_us']:.0f} us = loop {got['single_loop_us']:.0f}"
+        f" + other {got['single_other_us']:.0f})"
+        f"  batch {got['batch']:>7,.0f}/s (CPU/event {got['batch_cpu_us']:.1f} us ="
+        f" loop {got['batch_loop_us']:.1f} + other {got['batch_other_us']:.1f})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,12 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     with running_service(delivery=False, extra_env=env) as service:
                         got = measure(service, args.seconds, args.events, spy, spy_batch)
                     figures[label].append(got)
-                    print(
-                        f"round {round_ + 1}: {label:<22} single {got['single']:>7,.0f}/s "
-                        f"(p50 {got['p50_ms']:.1f} ms, {got['single_cpu_us']:.0f} us CPU/event)"
-                        f"  batch {got['batch']:>8,.0f}/s ({got['batch_cpu_us']:.1f} us CPU/event)",
-                        flush=True,
-                    )
+                    print(f"round {round_ + 1}: {_line(label, got)}", flush=True)
         except ServiceUnavailable as exc:
             print(f"profile: {exc}", file=sys.stderr)
             return 1
@@ -169,21 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines.append(f"  {'FastAPI hello-world':<24} single {hello_median:>7,.0f}/s")
     summary: dict[str, Any] = {"hello_world": hello_median}
     for label, _ in variants:
-        single = statistics.median(f["single"] for f in figures[label])
-        batch = statistics.median(f["batch"] for f in figures[label])
-        single_cpu = statistics.median(f["single_cpu_us"] for f in figures[label])
-        batch_cpu = statistics.median(f["batch_cpu_us"] for f in figures[label])
-        summary[label] = {
-            "single": single,
-            "batch": batch,
-            "single_cpu_us": single_cpu,
-            "batch_cpu_us": batch_cpu,
-        }
-        lines.append(
-            f"  {label:<24} single {single:>7,.0f}/s ({single / hello_median:.0%} of hello-world,"
-            f" {single_cpu:.0f} us CPU/event)  batch {batch:>8,.0f}/s"
-            f" ({batch_cpu:.1f} us CPU/event)"
-        )
+        medians = {key: statistics.median(f[key] for f in figures[label]) for key in _KEYS}
+        summary[label] = medians
+        lines.append(f"  {_line(label, medians)}")
+        lines.append(f"  {'':<24} single = {medians['single'] / hello_median:.0%} of hello-world")
     print("\n".join(lines))
     print(f"wrote {write_result('profile_publish', {'rounds': figures, 'summary': summary})}")
     return 0
