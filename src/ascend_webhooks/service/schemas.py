@@ -26,7 +26,10 @@ from ..store.models import (
 )
 
 __all__ = [
+    "EVENT_ID_PATTERN",
+    "EVENT_TYPE_PATTERN",
     "MAX_BATCH_EVENTS",
+    "MAX_ORDERING_KEY",
     "AttemptOut",
     "DeliveryList",
     "DeliveryListItem",
@@ -69,10 +72,15 @@ __all__ = [
 MAX_BATCH_EVENTS = 1000
 
 # Event ids and types travel in URL paths and HTTP headers (X-Ascend-Event-Id/-Type), so they
-# are restricted to visible ASCII; ids additionally to URL-safe characters.
-EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:~-]{1,255}$")]
-EventType = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,200}$")]
-OrderingKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# are restricted to visible ASCII; ids additionally to URL-safe characters. The publish front
+# (fastpath.py) checks the same patterns with ``re.fullmatch``, which anchors as pydantic's
+# ``^…$`` does (Python's ``$`` alone would also accept a trailing newline).
+EVENT_ID_PATTERN = r"[A-Za-z0-9._:~-]{1,255}"
+EVENT_TYPE_PATTERN = r"[\x21-\x7e]{1,200}"
+MAX_ORDERING_KEY = 255
+EventId = Annotated[str, StringConstraints(pattern=f"^{EVENT_ID_PATTERN}$")]
+EventType = Annotated[str, StringConstraints(pattern=f"^{EVENT_TYPE_PATTERN}$")]
+OrderingKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ORDERING_KEY)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
 Description = Annotated[str, StringConstraints(max_length=1000)]

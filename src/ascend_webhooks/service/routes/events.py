@@ -35,9 +35,13 @@ from ..schemas import (
 from ..state import Services
 from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
 
-__all__ = ["build_event", "publish_many", "published_view", "router"]
+__all__ = ["build_event", "publish_many", "published_view", "router", "wire_body"]
 
 router = APIRouter(tags=["events"])
+
+_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+_sha256 = hashlib.sha256
 
 
 def _invalid_data(where: str, reason: str) -> Problem:
@@ -63,16 +67,27 @@ def _check_finite(data: Any, where: str) -> None:
             stack.extend(value)
 
 
+def wire_body(
+    event_id: str, event_type: str, data: Any, ordering_key: str | None
+) -> tuple[bytes, bytes]:
+    """An event's stored body (the compact JSON ``{"id","type","data"}`` sent on every attempt)
+    and its content hash (SHA-256 of the canonical ``type``, ``data``, ``ordering_key``, keys
+    sorted). The route and the publish front both build events with this, so that their bodies
+    and hashes are the same bytes. Raises ``orjson.JSONEncodeError`` for what JSON cannot hold
+    (integers beyond 64 bits, lone surrogates, nesting deeper than 254)."""
+    body = _dumps({"id": event_id, "type": event_type, "data": data})
+    canonical = _dumps(
+        {"type": event_type, "data": data, "ordering_key": ordering_key}, option=_SORT_KEYS
+    )
+    return body, _sha256(canonical).digest()
+
+
 def build_event(item: EventCreate, max_payload_bytes: int, where: str = "body") -> NewEvent:
     """The event as stored: its wire body and content hash. 413/422 problems on bad data."""
     _check_finite(item.data, f"{where}.data")
     event_id = item.id if item.id is not None else new_id("evt")
     try:
-        body = orjson.dumps({"id": event_id, "type": item.type, "data": item.data})
-        canonical = orjson.dumps(
-            {"type": item.type, "data": item.data, "ordering_key": item.ordering_key},
-            option=orjson.OPT_SORT_KEYS,
-        )
+        body, content_hash = wire_body(event_id, item.type, item.data, item.ordering_key)
     except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, lone surrogates, depth
         raise _invalid_data(f"{where}.data", str(exc)) from None
     if len(body) > max_payload_bytes:
@@ -85,7 +100,7 @@ def build_event(item: EventCreate, max_payload_bytes: int, where: str = "body") 
         id=event_id,
         type=item.type,
         body=body,
-        content_hash=hashlib.sha256(canonical).digest(),
+        content_hash=content_hash,
         ordering_key=item.ordering_key,
     )
 
