@@ -3,15 +3,31 @@ and hands everything else to the route, whose answers (401, 404, 409, 413, 422) 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.types import Receive, Scope, Send
 
-from ascend_webhooks.service.schemas import EventBatchResult, EventPublished
+from ascend_webhooks.service import fastpath
+from ascend_webhooks.service.problems import Problem
+from ascend_webhooks.service.routes.events import build_event, published_view, wire_body
+from ascend_webhooks.service.schemas import EventBatchResult, EventCreate, EventPublished
 from ascend_webhooks.store import Store
+from ascend_webhooks.store.models import (
+    Delivery,
+    DeliveryStatus,
+    Event,
+    NewEvent,
+    PublishResult,
+)
 from tests.support.api import Api, api_settings, assert_problem, running_api
 
 LIMIT = 2000
@@ -112,3 +128,255 @@ async def test_an_organization_token_uses_the_front_for_its_organization_only(ap
     )  # fmt: skip
     assert_problem(elsewhere, 404)
     assert counted.calls == 1
+
+
+async def test_a_batch_through_the_front_stores_the_routes_bodies(api: Api, store: Store) -> None:
+    org = await api.organization()
+    await api.endpoint(org)
+    await api.publish(org, id="evt_known")  # the organization is known from here on
+    counted = Counted(api)
+    events: list[dict[str, Any]] = [
+        {"type": "invoice.paid", "data": {"name": "Zoë 🚀", "n": 1.5, "big": 2**64 - 1}},
+        {"type": "a", "data": {"digits": "12345678901234567890"}, "ordering_key": "k"},
+        {"id": "e:1", "type": "a", "data": {"nested": [{"x": None}, True]}},
+        {"id": "evt_known", "type": "invoice.paid", "data": {}},  # stored already, same content
+        {"id": "e:1", "type": "a", "data": {"nested": [{"x": None}, True]}},  # a repeat
+    ]
+    path = f"/v1/organizations/{org}/events/batch"
+    response = await api.call("POST", path, json={"events": events}, expect=202)
+    assert counted.calls == 0
+    views = EventBatchResult.model_validate(response.json()).data
+    assert [v.created for v in views] == [True, True, True, False, False]
+    assert [v.data for v in views] == [e["data"] for e in events]
+    assert [v.ordering_key for v in views] == [None, "k", None, None, None]
+    assert views[0].id.startswith("evt_")
+    assert views[1].id.startswith("evt_")
+    assert views[0].id != views[1].id
+    assert views[4].deliveries == views[2].deliveries
+    for view, sent in zip(views, events, strict=True):
+        stored = await store.get_event(org, view.id)
+        assert stored.body == orjson.dumps(
+            {"id": view.id, "type": sent["type"], "data": sent["data"]}
+        )
+
+
+async def test_a_batch_the_front_refuses_gets_the_routes_problem_naming_the_event(
+    api: Api,
+) -> None:
+    org = await api.organization()
+    await api.publish(org, id="old", type="a", data={})  # the organization is known from here on
+    counted = Counted(api)
+    path = f"/v1/organizations/{org}/events/batch"
+    good = {"type": "a", "data": {}}
+    bad_events = [
+        ({"type": "a", "data": {"x": 2**70}}, 422),
+        ({"type": "a", "data": {"x": [1, {"y": -(2**64)}]}}, 422),
+        ({"type": "has space", "data": {}}, 422),
+        ({"type": "a", "data": {}, "extra": 1}, 422),
+        ({"type": "a", "data": {}, "id": "a/b"}, 422),
+        ({"type": "a", "data": {"s": "x" * LIMIT}}, 413),
+    ]
+    for bad, status in bad_events:
+        response = await api.call("POST", path, json={"events": [good, good, bad]})
+        problem = assert_problem(response, status)
+        named = [str(part) for error in problem.get("errors") or [] for part in error["loc"]]
+        assert "2" in named or "events.2" in problem["detail"], problem
+    conflict = await api.call(
+        "POST",
+        path,
+        json={"events": [good | {"id": "d"}, {"id": "d", "type": "a", "data": {"x": 1}}]},
+    )
+    assert "'d'" in assert_problem(conflict, 409)["detail"]
+    stored_conflict = await api.call(
+        "POST", path, json={"events": [{"id": "old", "type": "b", "data": {}}]}
+    )
+    assert "old" in assert_problem(stored_conflict, 409)["detail"]
+    assert counted.calls == len(bad_events) + 2  # each was answered by the route
+    listed = await api.call("GET", f"/v1/organizations/{org}/events", expect=200)
+    assert [e["id"] for e in listed.json()["data"]] == ["old"]
+
+
+# -- the front's own parsing, building and rendering, against the route's ----------------------
+
+
+def _route_event(raw: bytes) -> NewEvent | None:
+    """What the route makes of a single-event body: FastAPI's ``json.loads``, the model, then
+    ``build_event``; None where it answers a problem instead."""
+    try:
+        item = EventCreate.model_validate(json.loads(raw))
+        return build_event(item, LIMIT)
+    except (ValueError, Problem):  # ValidationError and JSONDecodeError are ValueErrors
+        return None
+
+
+def _front_event(raw: bytes, *, batch: bool = False) -> list[NewEvent] | None:
+    services = SimpleNamespace(settings=SimpleNamespace(max_payload_bytes=LIMIT))
+    return fastpath._events(services, fastpath._parsed(raw, batch=batch))  # type: ignore[arg-type]
+
+
+ACCEPTED = [
+    b'{"type": "a", "data": {}}',
+    b'{"type": "a", "data": {}, "id": null, "ordering_key": null}',
+    b'{"ordering_key": "k\\u00e9", "data": {"b": {"c": 2}, "a": [1, 2.5, -0.0, null, true]},'
+    b' "id": "e1", "type": "invoice.paid"}',
+    b'{"type": "~!", "data": {"s": "Zo\xc3\xab \xf0\x9f\x9a\x80 \\ud83d\\ude80 \\"q\\" \\\\"},'
+    b' "id": "a.b:c~d-e_f"}',
+    b'{"type": "a", "data": {"long digits in a string": "12345678901234567890123"}}',
+    b'{"type": "a", "data": {"max": 18446744073709551615, "min": -9223372036854775808}}',
+    b'{"type": "a", "data": {"x": 1, "x": 2, "y": 1e-400, "z": 1E2, "big": 1e19}}',
+    b'{"type": "a", "data": {"k": "' + b"x" * 100 + b'"}, "ordering_key": "' + b"k" * 255 + b'"}',
+    b' {"type": "a", "data": {}}\n',
+]
+REFUSED = [  # the front hands these to the route (which answers some of them 202 itself)
+    b'{"type": "a", "data": {"x": 123456789012345678901234567890}}',
+    b'{"type": "a", "data": {"x": [{"y": -9223372036854775809}]}}',
+    # A float written with 19 digits or more, as large as a 64-bit overflow: the route says.
+    b'{"type": "a", "data": {"x": 10000000000000000000.5}}',
+    b'{"type": "a", "data": {"x": NaN}}',
+    b'{"type": "a", "data": {"x": 1e400}}',
+    b'{"type": "a", "data": {"x": "\\ud800"}}',
+    b'\xef\xbb\xbf{"type": "a", "data": {}}',
+    b'{"type": "a\\n", "data": {}}',
+    b'{"type": "a", "data": {}, "id": "e1\\n"}',
+    b'{"type": "a", "data": {}, "id": "a/b"}',
+    b'{"type": "a", "data": {}, "id": 7}',
+    b'{"type": "a", "data": {}, "ordering_key": ""}',
+    b'{"type": "a", "data": {}, "ordering_key": "' + b"k" * 256 + b'"}',
+    b'{"type": "' + b"t" * 201 + b'", "data": {}}',
+    b'{"type": "a", "data": {}, "extra": 1}',
+    b'{"type": "a", "data": []}',
+    b'{"data": {}}',
+    b'{"type": "a", "data": {"s": "' + b"x" * LIMIT + b'"}}',
+    b'{"type": "a", "data": ' + b"[" * 300 + b"]" * 300 + b"}",
+    b"[]",
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", ACCEPTED)
+def test_the_front_builds_the_routes_stored_body_and_hash(raw: bytes) -> None:
+    route, front = _route_event(raw), _front_event(raw)
+    assert route is not None
+    assert front is not None
+    (event,) = front
+    if json.loads(raw).get("id") is None:
+        assert event.id.startswith("evt_")
+        assert len(event.id) == len(route.id)
+        route = dataclasses.replace(
+            route, id=event.id, body=route.body.replace(route.id.encode(), event.id.encode())
+        )
+    assert event == route  # byte-identical body, same content hash, id, type, ordering key
+
+
+@pytest.mark.parametrize("raw", REFUSED)
+def test_the_front_hands_over_what_it_does_not_accept_as_the_route_would(raw: bytes) -> None:
+    assert _front_event(raw) is None
+    assert (
+        _front_event(b'{"events": [{"type": "a", "data": {}}, ' + raw + b"]}", batch=True) is None
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"events": []}',
+        b'{"events": {}}',
+        b'{"events": [{"type": "a", "data": {}}], "more": 1}',
+        b'{"events": [' + b",".join([b'{"type": "a", "data": {}}'] * 1001) + b"]}",
+        b'{"events": [{"type": "a", "data": {}}, 1]}',
+        b'{"other": [{"type": "a", "data": {}}]}',
+    ],
+)
+def test_the_front_hands_over_a_batch_the_model_refuses(raw: bytes) -> None:
+    assert _front_event(raw, batch=True) is None
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.dictionaries(st.text(max_size=5), json_values, max_size=5),
+    event_type=st.sampled_from(["a", "invoice.paid", "x y", "", "é"]),
+    key=st.none() | st.text(max_size=3),
+)
+def test_whatever_the_front_accepts_the_route_stores_the_same(
+    data: dict[str, Any], event_type: str, key: str | None
+) -> None:
+    raw = json.dumps(
+        {"type": event_type, "data": data, "id": "e1", "ordering_key": key}, ensure_ascii=False
+    ).encode("utf-8", "surrogatepass")
+    front = _front_event(raw)
+    if front is not None:
+        assert front == [_route_event(raw)]
+
+
+def _result(data: Any, key: str | None, created_at: datetime, deliveries: int) -> PublishResult:
+    body, _ = wire_body("evt_1", "invoice.paid", data, key)
+    event = Event(
+        id="evt_1",
+        organization_id="org_1",
+        type="invoice.paid",
+        body=body,
+        ordering_key=key,
+        created_at=created_at,
+        deliveries=tuple(
+            Delivery(
+                id=f"dlv_{n}",
+                organization_id="org_1",
+                event_id="evt_1",
+                endpoint_id=f"ep_{n}",
+                status=DeliveryStatus.PENDING,
+                attempt_count=0,
+                next_attempt_at=created_at,
+                created_at=created_at,
+                updated_at=created_at,
+            )
+            for n in range(deliveries)
+        ),
+    )
+    return PublishResult(event=event, created=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.dictionaries(
+        st.text(max_size=5),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+            ),
+            max_leaves=10,
+        ),
+        max_size=5,
+    ),
+    key=st.none() | st.text(min_size=1, max_size=5),
+    created_at=st.datetimes(timezones=st.just(UTC)),
+    deliveries=st.integers(0, 3),
+)
+def test_the_fronts_answer_is_the_routes_byte_for_byte(
+    data: dict[str, Any], key: str | None, created_at: datetime, deliveries: int
+) -> None:
+    result = _result(data, key, created_at, deliveries)
+    expected = orjson.dumps(published_view(result, data), option=orjson.OPT_UTC_Z)
+    assert fastpath._view(result, True, fresh=True) == expected
+    repeat = published_view(result) | {"created": False}
+    assert fastpath._view(result, False, fresh=False) == orjson.dumps(
+        repeat, option=orjson.OPT_UTC_Z
+    )
