@@ -118,7 +118,7 @@ async def test_concurrent_open_migrates_once() -> None:
             versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
         finally:
             await conn.close()
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
     finally:
         await pg.drop_database(url)
 
@@ -400,6 +400,69 @@ async def test_the_same_event_id_from_two_processes_is_stored_once(
     )
     assert sum(isinstance(o, EventConflictError) for o in outcomes) == 1
     assert len((await a.list_deliveries(org_id, limit=100)).items) == 11
+
+
+async def test_a_publish_passed_too_few_delivery_ids_runs_again_with_enough(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    a, b = await stores(), await stores()
+    org_id, first = await org_with_endpoint(a)
+    (one,) = await a.publish(org_id, [event("evt_1")])
+    assert [d.endpoint_id for d in one.event.deliveries] == [first]
+    # Another process adds endpoints: this store still expects one delivery per event.
+    more = [
+        await b.create_endpoint(org_id, f"https://example.test/{n}", None, None) for n in (2, 3)
+    ]
+    results = await a.publish(org_id, [event("evt_2"), event("evt_3")])
+    for result in results:
+        assert result.created
+        assert [d.endpoint_id for d in result.event.deliveries] == [first, *(e.id for e in more)]
+        assert result.event == await a.get_event(org_id, result.event.id)
+    assert len({d.id for r in results for d in r.event.deliveries}) == 6
+    # None wanted: no ids passed, none needed.
+    none = await a.create_organization("no endpoints")
+    (quiet,) = await a.publish(none.id, [event("evt_1")])
+    assert quiet.created
+    assert quiet.event.deliveries == ()
+    (later,) = await a.publish(none.id, [event("evt_2")])
+    assert later.created
+    assert later.event.deliveries == ()
+
+
+async def test_publish_claim_and_record_are_one_statement_each(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    """One round trip each, committed as it returns (no BEGIN/COMMIT, no reset on release)."""
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    # Warm up the pools, the fan-out and asyncpg's caches (its first use of a type on a
+    # connection asks the server about it).
+    await store.publish(org_id, [event("warm", key="k")])
+    await store._notifier.flush()
+    await store.record(
+        "w", [outcome(c, DeliveryStatus.SUCCEEDED) for c in await store.claim("w", 10, 30)]
+    )
+    sent: list[str] = []
+    for pool in (store._pool, store._relaxed_pool):
+        assert pool is not None
+        for holder in pool._holders:
+            if holder._con is not None:
+                holder._con.add_query_logger(lambda record: sent.append(record.query))
+
+    def statements() -> list[str]:
+        done = [q.split("(")[0].split()[-1] for q in sent if "pg_notify" not in q]
+        sent.clear()
+        return done
+
+    await store.publish(org_id, [event("evt_1", key="k"), event("evt_2", key="k"), event("evt_3")])
+    assert statements() == ["ascend_webhooks_publish"]
+    claimed = await store.claim("w", 10, 30)
+    assert {c.event_id for c in claimed} == {"evt_1", "evt_3"}
+    assert len(statements()) == 1
+    await store.record("w", [outcome(c, DeliveryStatus.SUCCEEDED) for c in claimed])
+    assert statements() == ["ascend_webhooks_record"]
+    [head] = await store.claim("w", 10, 30)
+    assert head.event_id == "evt_2"  # recorded in that one statement: the key's next is free
 
 
 async def test_a_deleted_endpoint_racing_a_publish_leaves_nothing_pending(

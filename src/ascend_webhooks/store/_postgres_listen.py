@@ -1,11 +1,11 @@
 """Wake-ups for idle workers: a dedicated LISTEN connection turned into an ``asyncio.Event``.
 
-``publish`` and ``retry_delivery`` send ``NOTIFY ascend_webhooks_work`` inside their
-transaction, so every worker process on the database learns of new work within milliseconds of
-the commit. The connection is outside the pool (a listener must stay on one session) and comes
-back by itself with capped exponential backoff after a database restart; while it is away,
-waiters fall back to polling, and after it returns they are woken once, since notifications
-sent meanwhile were lost.
+Whatever makes work due (a publish, a retry, an unblocked ordering key, a release) sends
+``NOTIFY ascend_webhooks_work`` right after its commit (:class:`Notifier`), so every worker
+process on the database learns of new work within milliseconds of the commit. The connection is
+outside the pool (a listener must stay on one session) and comes back by itself with capped
+exponential backoff after a database restart; while it is away, waiters fall back to polling,
+and after it returns they are woken once, since notifications sent meanwhile were lost.
 """
 
 from __future__ import annotations

@@ -116,21 +116,24 @@ def new_event(
     organization_id: str,
     new: NewEvent,
     row: asyncpg.Record,
-    made: dict[str, list[asyncpg.Record]],
+    made: Sequence[asyncpg.Record] = (),
 ) -> Event:
+    """A just-published event from ``ascend_webhooks_publish``'s rows: ``row`` its 'e' row,
+    ``made`` its 'd' rows. A new delivery is pending, never attempted, and due, updated and
+    created at the transaction's time (``o_at``)."""
     deliveries = tuple(
         Delivery(
-            id=d["id"],
+            id=d[1],
             organization_id=organization_id,
             event_id=new.id,
-            endpoint_id=d["endpoint_id"],
-            status=DeliveryStatus(d["status"]),
-            attempt_count=d["attempt_count"],
-            next_attempt_at=d["next_attempt_at"],
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
+            endpoint_id=d[4],
+            status=DeliveryStatus.PENDING,
+            attempt_count=0,
+            next_attempt_at=d[5],
+            created_at=d[5],
+            updated_at=d[5],
         )
-        for d in made.get(new.id, [])
+        for d in made
     )
     return Event(
         id=new.id,
@@ -138,7 +141,7 @@ def new_event(
         type=new.type,
         body=new.body,
         ordering_key=new.ordering_key,
-        created_at=row["created_at"],
+        created_at=row[5],
         deliveries=deliveries,
     )
 

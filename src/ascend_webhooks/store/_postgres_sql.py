@@ -23,29 +23,19 @@ DELIVERY_COLUMNS = """
     d.next_attempt_at, d.created_at, d.updated_at, d.seq, d.event_seq
 """
 
-INSERT_EVENTS = """
-INSERT INTO events (organization_id, id, type, body, content_hash, ordering_key)
-SELECT $1, t.id, t.type, t.body, t.content_hash, t.ordering_key
-  FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[])
-       WITH ORDINALITY AS t(id, type, body, content_hash, ordering_key, ord)
- ORDER BY t.ord
-ON CONFLICT (organization_id, id) DO NOTHING
-RETURNING seq, id, created_at
+# A whole publish, one statement (migration 0003): the new events, the conflict check of the
+# others, a delivery per matching endpoint (delivery ids passed in, $7), ordering-key locks.
+# Rows: 'e' a new event (id, seq, created_at), 'x' an existing one (id, seq), 'd' a new delivery
+# (id, seq, event_seq, endpoint_id, created_at: also its next_attempt_at and updated_at).
+PUBLISH = f"""
+SELECT o_kind, o_id, o_seq, o_event_seq, o_endpoint_id, o_at
+  FROM ascend_webhooks_publish($1, $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                               $6::text[], $7::text[], {ORDERING_LOCK_SEED})
 """
-
-EXISTING_EVENTS = """
-SELECT seq, id, content_hash FROM events WHERE organization_id = $1 AND id = ANY($2::text[])
-"""
-
-# FOR KEY SHARE: delete_endpoint and update_endpoint lock the row FOR UPDATE first, so they wait
-# for this publish to commit and then fail (or hold back) the deliveries it made, instead of
-# leaving claimable deliveries to an endpoint that is gone or disabled.
-MATCHING_ENDPOINTS = """
-SELECT id, event_types FROM endpoints
- WHERE organization_id = $1 AND enabled AND deleted_at IS NULL
- ORDER BY created_at, id
-   FOR KEY SHARE
-"""
+# The SQLSTATEs ascend_webhooks_publish raises: an id stored with another body (DETAIL: the
+# id); too few delivery ids passed (DETAIL: how many it needs).
+EVENT_CONFLICT = "AWC01"
+MORE_DELIVERY_IDS = "AWC02"
 
 # Sorted, so two transactions locking overlapping keys cannot deadlock.
 LOCK_ORDERING_KEYS = f"""
@@ -56,27 +46,10 @@ SELECT pg_advisory_xact_lock(h) FROM (
 ) AS locks
 """
 
-# A keyed delivery starts blocked when an older delivery with its (endpoint, key) is pending,
-# already stored or earlier in this very batch.
-INSERT_DELIVERIES = """
-INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,
-                        next_attempt_at, blocked)
-SELECT t.id, $1, t.event_seq, t.endpoint_id, t.ordering_key, now(),
-       CASE WHEN t.ordering_key IS NOT NULL AND (
-           row_number() OVER (PARTITION BY t.endpoint_id, t.ordering_key ORDER BY t.ord) > 1
-           OR EXISTS (SELECT 1 FROM deliveries o
-                       WHERE o.endpoint_id = t.endpoint_id AND o.ordering_key = t.ordering_key
-                         AND o.status = 'pending')) THEN 1 ELSE 0 END
-  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[])
-       WITH ORDINALITY AS t(id, event_seq, endpoint_id, ordering_key, ord)
- ORDER BY t.ord
-RETURNING seq, id, event_seq, endpoint_id, status, attempt_count, next_attempt_at,
-          created_at, updated_at
-"""
-
-# Its own tiny transaction, after the data's commit. synchronous_commit off: listeners hear it
-# at commit, and a hint needs no fsync (the work it points at is already durable).
-NOTIFY = f"BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('{CHANNEL}', ''); COMMIT"
+# Its own tiny transaction, after the data's commit, on a connection whose commits do not wait
+# for their flush: listeners hear it at commit, and a hint needs no fsync (the work it points
+# at is already durable).
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 
 EVENTS_BY_SEQ = """
 SELECT seq, id, organization_id, type, body, ordering_key, created_at
@@ -184,45 +157,14 @@ SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, 
 
 # -- record ---------------------------------------------------------------------------------
 
-OUTCOME_KEYS = """
-SELECT DISTINCT organization_id, ordering_key FROM deliveries
- WHERE id = ANY($1::text[]) AND locked_by = $2 AND status = 'pending'
-   AND ordering_key IS NOT NULL
-"""
-
-# Only rows this worker still holds: an outcome for a lease that was lost (and perhaps taken
-# by another worker) is dropped, attempt and all.
-RECORD = """
-WITH o AS (
-    SELECT * FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::float8[], $6::int[],
-                         $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-           AS t(id, number, started_at, duration_ms, status_code, error, excerpt, status,
-                next_at)
-),
-upd AS (
-    UPDATE deliveries AS d
-       SET status = o.status,
-           attempt_count = d.attempt_count + 1,
-           next_attempt_at = CASE WHEN o.status = 'pending'
-                                  THEN coalesce(o.next_at, now()) END,
-           blocked = CASE WHEN o.status = 'pending' THEN d.blocked ELSE 0 END,
-           locked_by = NULL,
-           lease_expires_at = NULL,
-           updated_at = now()
-      FROM o
-     WHERE d.id = o.id AND d.locked_by = $1 AND d.status = 'pending'
-    RETURNING d.seq, d.id, d.status, d.endpoint_id, d.ordering_key, d.attempt_count
-),
-att AS (
-    INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, status_code, error,
-                          response_excerpt)
-    SELECT upd.seq, upd.attempt_count, o.started_at, o.duration_ms, o.status_code, o.error,
-           o.excerpt
-      FROM upd JOIN o ON o.id = upd.id
-    ON CONFLICT DO NOTHING
-)
-SELECT endpoint_id, ordering_key FROM upd
- WHERE status <> 'pending' AND ordering_key IS NOT NULL
+# The outcomes, their attempts, the ordering keys they end: one statement (migration 0003).
+# Only rows this worker still holds change: an outcome for a lease that was lost (and perhaps
+# taken by another worker) is dropped, attempt and all. Returns how many deliveries became the
+# head of their ordering key.
+RECORD = f"""
+SELECT ascend_webhooks_record($1, $2::text[], $3::int[], $4::timestamptz[], $5::float8[],
+                              $6::int[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                              {ORDERING_LOCK_SEED})
 """
 
 # The next delivery of each (endpoint, key) whose head just left 'pending' may now go.

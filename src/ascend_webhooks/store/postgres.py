@@ -9,6 +9,15 @@ Why it is built this way:
 * **Set-based statements.** Batches (events of a publish, outcomes of a record, ids of a lease
   extension) are passed as parallel arrays and ``unnest``-ed: one round trip and one cached plan
   whatever the batch size. The SQL lives in ``_postgres_sql.py``.
+* **One statement, one round trip per call on the hot paths**, committed as it returns: a
+  publish is one call of ``ascend_webhooks_publish`` and a record one of
+  ``ascend_webhooks_record`` (PL/pgSQL, migration 0003), whose steps stay separate statements
+  inside, each with a fresh snapshot after the locks before it; a claim is one statement. A
+  publish had been six round trips (``BEGIN``, three statements, ``COMMIT``, the pool's reset)
+  and a record seven: on a busy machine each one is a wake-up of the event loop and of a server
+  process. The publish passes the delivery ids it expects to need (the organization's fan-out
+  seen last time); when endpoints were added meanwhile it is told how many and runs again.
+  Pools skip asyncpg's reset query on release: the store leaves no session state behind.
 * **Claim in one statement** (candidates, each locked ``FOR UPDATE SKIP LOCKED`` by primary
   key, then ``UPDATE … RETURNING`` joined with events and endpoints): concurrent workers never
   wait for each other and never get the same row; one left short by racing claimers runs again
@@ -36,12 +45,19 @@ Why it is built this way:
   The NOTIFY is sent right after the commit, not inside the transaction: PostgreSQL serializes
   the commits of notifying transactions on one lock, which halved publish throughput; after
   the commit, concurrent wake-ups coalesce into one and cost no publish any time.
+* **The worker's writes do not wait for the WAL flush**: claims, outcomes, lease extensions,
+  releases and NOTIFYs go through a second pool whose connections run with
+  ``synchronous_commit = off`` (a connection option: no ``SET LOCAL``, no transaction block);
+  see :meth:`PostgresStore._relaxed` for why at-least-once allows it. Publishes and API writes
+  use the first pool and keep the server's setting.
 * **Faults**: a connection lost to a restart raises :class:`StoreUnavailableError` for the call
   in flight (nothing half-committed: every write is one transaction); the pool replaces broken
   connections on their next use and the listener reconnects with backoff.
 
 URL: ``postgresql://user@host:port/dbname?pool_size=10&pool_min_size=1`` (libpq ``PG*``
-variables fill in what the URL leaves out, as for psql).
+variables fill in what the URL leaves out, as for psql). ``pool_size`` bounds each of the two
+pools; the worker's opens connections only when used (a handful in a worker process, one for
+NOTIFYs in an API process).
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ from typing import Any
 
 import asyncpg
 
-from ..ids import new_id
+from ..ids import new_id, new_ids
 from . import _postgres_rows as recs
 from . import _postgres_sql as sql
 from ._checks import endpoint_changes
@@ -106,6 +122,18 @@ _ENDPOINT_DISABLED = 2
 # claimers locked) and runs again, a few times at most, if it was still left short by them.
 _CLAIM_SLACK = 16
 _CLAIM_ROUNDS = 8
+# A publish passes as many delivery ids as it expects to need (the organization's fan-out seen
+# last time); one that needs more is told how many and runs again, a few times at most.
+_PUBLISH_TRIES = 4
+_FANOUT_MEMORY = 10_000
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. The store leaves no session state behind (settings are
+    ``SET LOCAL`` or connection options, advisory locks transaction-scoped, no cursors or
+    LISTEN outside the listener's own connection), so asyncpg's default reset query (``RESET
+    ALL``, ``UNLISTEN *``, …) would be a round trip per use for nothing. An open transaction
+    is still rolled back by asyncpg before this is called."""
 
 
 class PostgresStore(Store):
@@ -114,6 +142,11 @@ class PostgresStore(Store):
     def __init__(self, url: str, *, claim_pairs: int = 64, poll_interval: float = 1.0) -> None:
         self._options = parse_url(url)
         self._pool: asyncpg.Pool | None = None
+        # The worker's writes (claims, outcomes, leases) and NOTIFYs: connections whose commits
+        # do not wait for their WAL flush (see _relaxed).
+        self._relaxed_pool: asyncpg.Pool | None = None
+        # Organization → the most deliveries one of its events made last time (see publish).
+        self._fanout: dict[str, int] = {}
         self._signal = WorkSignal(self._connect, poll_interval=poll_interval)
         self._notifier = Notifier(self._send_notify)
         self._claim_pairs = claim_pairs
@@ -138,21 +171,33 @@ class PostgresStore(Store):
                 max_size=self._options.pool_size,
                 max_inactive_connection_lifetime=300,
                 timeout=10,
+                reset=_keep_session,
+            )
+            # Opened on first use: an API process only sends NOTIFYs on it.
+            self._relaxed_pool = await asyncpg.create_pool(
+                self._options.dsn,
+                min_size=0,
+                max_size=self._options.pool_size,
+                max_inactive_connection_lifetime=300,
+                timeout=10,
+                reset=_keep_session,
+                server_settings={"synchronous_commit": "off"},
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
         self._signal.start()
 
     async def _send_notify(self) -> None:
-        async with self._connection() as conn:
+        async with self._relaxed() as conn:
             await conn.execute(sql.NOTIFY)
 
     async def close(self) -> None:
         await self._notifier.flush()
         await self._signal.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        for pool in (self._pool, self._relaxed_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._relaxed_pool = None
 
     async def ping(self) -> bool:
         try:
@@ -161,13 +206,16 @@ class PostgresStore(Store):
         except StoreError:
             return False
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
         """A pooled connection; a lost or refused connection becomes StoreUnavailableError."""
-        if self._pool is None:
+        return self._pooled(self._pool)
+
+    @contextlib.asynccontextmanager
+    async def _pooled(self, pool: asyncpg.Pool | None) -> AsyncIterator[asyncpg.Connection]:
+        if pool is None:
             raise StoreError("the store is not open: call open() first")
         try:
-            async with self._pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 try:
                     yield conn  # type: ignore[misc]  # a proxy with the Connection API
                 except asyncpg.InternalClientError:
@@ -183,19 +231,19 @@ class PostgresStore(Store):
         async with self._connection() as conn, conn.transaction():
             yield conn
 
-    @contextlib.asynccontextmanager
-    async def _relaxed(self) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction whose commit does not wait for its WAL flush: the worker's writes.
+    def _relaxed(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """A connection whose commits do not wait for their WAL flush: the worker's writes.
 
-        ``synchronous_commit = off`` for this transaction only. A server crash can take back
-        such a commit only if no later commit of any session was flushed (a flush covers
-        the WAL before it): a lease (the delivery is claimed again) or an outcome (it is
-        attempted again, and that attempt recorded). At-least-once allows both; publishes
-        and API writes keep their synchronous commit, so no accepted event is ever lost.
+        ``synchronous_commit = off`` as a connection option of a pool of its own, so each
+        write is one statement, one round trip (no ``BEGIN``, ``SET LOCAL``, ``COMMIT``). A
+        server crash can take back such a commit only if no later commit of any session was
+        flushed (a flush covers the WAL before it): a lease or its extension (the delivery is
+        claimed again once the lease is over), a release (it waits out its lease), an outcome
+        (it is attempted again, and that attempt recorded). At-least-once allows all of them;
+        publishes and API writes use the other pool and keep their synchronous commit, so no
+        accepted event is ever lost.
         """
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit TO OFF")
-            yield conn
+        return self._pooled(self._relaxed_pool)
 
     # -- organizations and API tokens ------------------------------------------------------
 
@@ -502,34 +550,8 @@ class PostgresStore(Store):
         if not unique:
             await self.get_organization(organization_id)  # NotFoundError, as for a real batch
             return []
-        try:
-            async with self._transaction() as conn:
-                # No separate existence check: the events' foreign key is it.
-                created, existing = await self._insert_events(conn, organization_id, unique)
-                made = await self._insert_deliveries(conn, organization_id, unique, created)
-                stored = await recs.load_events(conn, list(existing.values())) if existing else {}
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFoundError(f"organization {organization_id!r} not found") from None
-        if made:
-            self._wake_workers()
-        results: list[PublishResult] = []
-        reported: set[str] = set()
-        for new in events:
-            if new.id in created:
-                event = recs.new_event(organization_id, new, created[new.id], made)
-                results.append(PublishResult(event, created=new.id not in reported))
-            else:
-                results.append(PublishResult(stored[existing[new.id]], created=False))
-            reported.add(new.id)
-        return results
-
-    async def _insert_events(
-        self, conn: asyncpg.Connection, organization_id: str, unique: dict[str, NewEvent]
-    ) -> tuple[dict[str, asyncpg.Record], dict[str, int]]:
-        """Insert what is new; returns (new id → row, existing id → seq). Raises on conflict."""
         news = list(unique.values())
-        rows = await conn.fetch(
-            sql.INSERT_EVENTS,
+        args = (
             organization_id,
             [n.id for n in news],
             [n.type for n in news],
@@ -537,53 +559,63 @@ class PostgresStore(Store):
             [n.content_hash for n in news],
             [n.ordering_key for n in news],
         )
-        created = {row["id"]: row for row in rows}
-        existing: dict[str, int] = {}
-        if len(created) < len(unique):
-            # ON CONFLICT waited for any concurrent publisher of the same id to finish, so
-            # what we read now is committed.
-            others = [event_id for event_id in unique if event_id not in created]
-            for row in await conn.fetch(sql.EXISTING_EVENTS, organization_id, others):
-                if bytes(row["content_hash"]) != unique[row["id"]].content_hash:
-                    raise EventConflictError(row["id"])
-                existing[row["id"]] = row["seq"]
-        return created, existing
+        wanted = len(news) * self._fanout.get(organization_id, 1)
+        try:
+            # One statement, committed when it returns (no separate existence check of the
+            # organization: the events' foreign key is it).
+            async with self._connection() as conn:
+                for _ in range(_PUBLISH_TRIES):
+                    try:
+                        rows = await conn.fetch(sql.PUBLISH, *args, new_ids("dlv", wanted))
+                        break
+                    except asyncpg.PostgresError as exc:
+                        if exc.sqlstate == sql.MORE_DELIVERY_IDS:
+                            wanted = int(exc.detail or 0)  # endpoints were added: again
+                            continue
+                        if exc.sqlstate == sql.EVENT_CONFLICT:
+                            raise EventConflictError(str(exc.detail)) from None
+                        raise
+                else:
+                    raise StoreUnavailableError("endpoints kept changing during the publish")
+                created: dict[str, asyncpg.Record] = {}
+                existing: dict[str, int] = {}
+                made: dict[int, list[asyncpg.Record]] = {}
+                for row in rows:
+                    kind = row[0]
+                    if kind == "d":
+                        made.setdefault(row[3], []).append(row)
+                    elif kind == "e":
+                        created[row[1]] = row
+                    else:
+                        existing[row[1]] = row[2]
+                # Read after the commit; an existing event and its deliveries were committed
+                # before this call, by whoever published that id first.
+                stored = await recs.load_events(conn, list(existing.values())) if existing else {}
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFoundError(f"organization {organization_id!r} not found") from None
+        if created:
+            self._remember_fanout(organization_id, made)
+        if made:
+            self._wake_workers()
+        results: list[PublishResult] = []
+        reported: set[str] = set()
+        for new in events:
+            made_row = created.get(new.id)
+            if made_row is not None:
+                event = recs.new_event(organization_id, new, made_row, made.get(made_row[2], ()))
+                results.append(PublishResult(event, created=new.id not in reported))
+            else:
+                results.append(PublishResult(stored[existing[new.id]], created=False))
+            reported.add(new.id)
+        return results
 
-    async def _insert_deliveries(
-        self,
-        conn: asyncpg.Connection,
-        organization_id: str,
-        unique: dict[str, NewEvent],
-        created: dict[str, asyncpg.Record],
-    ) -> dict[str, list[asyncpg.Record]]:
-        if not created:
-            return {}
-        endpoints = await conn.fetch(sql.MATCHING_ENDPOINTS, organization_id)
-        ids: list[str] = []
-        event_seqs: list[int] = []
-        endpoint_ids: list[str] = []
-        keys: list[str | None] = []
-        for event_id, row in created.items():
-            new = unique[event_id]
-            for endpoint in endpoints:
-                types = endpoint["event_types"]
-                if types is None or new.type in types:
-                    ids.append(new_id("dlv"))
-                    event_seqs.append(row["seq"])
-                    endpoint_ids.append(endpoint["id"])
-                    keys.append(new.ordering_key)
-        if not ids:
-            return {}
-        ordered = sorted({key for key in keys if key is not None})
-        if ordered:
-            await conn.execute(sql.LOCK_ORDERING_KEYS, [organization_id] * len(ordered), ordered)
-        rows = await conn.fetch(
-            sql.INSERT_DELIVERIES, organization_id, ids, event_seqs, endpoint_ids, keys
-        )
-        by_event: dict[int, list[asyncpg.Record]] = {}
-        for row in rows:
-            by_event.setdefault(row["event_seq"], []).append(row)
-        return {event_id: by_event.get(row["seq"], []) for event_id, row in created.items()}
+    def _remember_fanout(self, organization_id: str, made: dict[int, list[asyncpg.Record]]) -> None:
+        """The most deliveries one new event made (0: no endpoint wanted them)."""
+        fanout = max((len(rows) for rows in made.values()), default=0)
+        if self._fanout.get(organization_id) != fanout:
+            if len(self._fanout) >= _FANOUT_MEMORY:
+                self._fanout.clear()
+            self._fanout[organization_id] = fanout
 
     async def get_event(self, organization_id: str, event_id: str) -> Event:
         async with self._connection() as conn:
@@ -801,29 +833,16 @@ class PostgresStore(Store):
             [o.next_attempt_at for o in batch],
         )
         async with self._relaxed() as conn:
-            keys = await conn.fetch(sql.OUTCOME_KEYS, args[1], worker_id)
-            if keys:
-                await conn.execute(
-                    sql.LOCK_ORDERING_KEYS,
-                    [k["organization_id"] for k in keys],
-                    [k["ordering_key"] for k in keys],
-                )
-            ended = await conn.fetch(sql.RECORD, *args)
-            if ended:
-                await conn.execute(
-                    sql.UNBLOCK_HEADS,
-                    [row["endpoint_id"] for row in ended],
-                    [row["ordering_key"] for row in ended],
-                )
-        if ended:
-            self._wake_workers()
+            unblocked = await conn.fetchval(sql.RECORD, *args)
+        if unblocked:
+            self._wake_workers()  # the next delivery of an ordering key may go now
 
     async def extend_leases(
         self, worker_id: str, delivery_ids: Sequence[str], lease_seconds: float
     ) -> None:
         if not delivery_ids:
             return
-        async with self._connection() as conn:
+        async with self._relaxed() as conn:
             await conn.execute(
                 sql.EXTEND_LEASES, worker_id, list(delivery_ids), float(lease_seconds)
             )
@@ -831,7 +850,7 @@ class PostgresStore(Store):
     async def release(self, worker_id: str, delivery_ids: Sequence[str]) -> None:
         if not delivery_ids:
             return
-        async with self._connection() as conn:
+        async with self._relaxed() as conn:
             status = await conn.execute(sql.RELEASE, worker_id, list(delivery_ids))
         if status != "UPDATE 0":
             self._wake_workers()

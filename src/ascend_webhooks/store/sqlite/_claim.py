@@ -23,18 +23,29 @@ walk stops once ``limit`` organizations have due work, and is capped at ``_MAX_P
 (the round-robin cursor resumes where a capped walk stopped). Ordering keys cost nothing
 here: only the head of each key is unblocked. The queries say ``INDEXED BY``: a planner
 without statistics once preferred a scan of every pending row.
+
+What the writer thread spends per claimed delivery is Python time the event loop of the same
+process waits for (the GIL), so the lease is one statement per endpoint that also returns
+everything the worker needs: the event's id, type and body by rowid subqueries in the
+``RETURNING`` clause (no second query joining the leased seqs back), the endpoint's URL read
+once per endpoint and claim (not per row, and never cached across claims: another process may
+change it), and each ``ClaimedDelivery`` built through its slot descriptors rather than the
+frozen dataclass's ``__init__``. The claim also remembers each leased delivery's seq (and
+ordering key), which never change, so that ``record`` and ``release`` find the rows by their
+integer key instead of looking the text ids up again (``Leases``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from datetime import datetime
 
 from ..models import ClaimedDelivery
-from ._rows import chunks, from_ms, marks, now_ms
+from ._rows import from_ms, now_ms
 
-__all__ = ["Claimer"]
+__all__ = ["Claimer", "Leases"]
 
 _MAX_PAIRS = 4096
 
@@ -49,19 +60,53 @@ _NEXT_PAIR = (
     " ORDER BY endpoint_id, next_attempt_at LIMIT 1"
 )
 # Fetch and lease an endpoint's earliest due rows in one statement (SQLite >= 3.35 has
-# RETURNING): no list of seqs to bind back one ``UPDATE`` at a time on the writer thread.
+# RETURNING), returning with them what the worker needs: the event's columns by rowid lookups
+# (cheap C work with the GIL released, unlike a second query binding every seq back).
 _FETCH_AND_LEASE = (
     "UPDATE deliveries SET locked_by = ?, lease_expires_at = ?, next_attempt_at = ?"
     " WHERE seq IN (SELECT seq FROM deliveries INDEXED BY deliveries_ready"
     " WHERE status = 'pending' AND blocked = 0 AND organization_id = ? AND endpoint_id = ?"
-    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?) RETURNING seq"
+    " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
+    " RETURNING seq, id, (SELECT e.id FROM events e WHERE e.seq = event_seq),"
+    " (SELECT e.type FROM events e WHERE e.seq = event_seq),"
+    " (SELECT e.body FROM events e WHERE e.seq = event_seq),"
+    " attempt_count + 1, attempt_count - round_start + 1, ordering_key"
 )
-_DETAILS = (
-    "SELECT d.seq, d.id, d.organization_id, e.id, e.type, d.endpoint_id, p.url, e.body,"
-    " d.attempt_count + 1, d.attempt_count - d.round_start + 1 FROM deliveries d"
-    " JOIN events e ON e.seq = d.event_seq JOIN endpoints p ON p.id = d.endpoint_id"
-    " WHERE d.seq IN ({})"
-)
+_URL = "SELECT url FROM endpoints WHERE id = ?"
+
+# Entries ``Leases`` keeps at most; past that it starts afresh (a lookup by id is the fallback).
+_MAX_KNOWN = 100_000
+
+
+class Leases:
+    """What a claim learned of each delivery it leased, for ``record`` and ``release``.
+
+    ``delivery id -> (seq, endpoint id, ordering key)``: facts that never change for a
+    delivery, so an entry is never wrong, only possibly missing (another store instance
+    claimed it, or the map was reset): callers fall back to a lookup by id. Whether the lease
+    is still this worker's is checked by every statement that uses the seq, never assumed.
+    Used on the writer thread only.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, tuple[int, str, str | None]] = {}
+
+    def forget(self, delivery_ids: Sequence[str]) -> None:
+        pop = self.known.pop
+        for delivery_id in delivery_ids:
+            pop(delivery_id, None)
+
+
+# ClaimedDelivery built through its slot descriptors: the frozen dataclass's __init__ sets
+# each of its ten fields with object.__setattr__, twice the cost (checked by the tests).
+_SETTERS = [getattr(ClaimedDelivery, f.name).__set__ for f in fields(ClaimedDelivery)]
+if [f.name for f in fields(ClaimedDelivery)] != [
+    "id", "organization_id", "event_id", "event_type", "endpoint_id", "url", "body",
+    "attempt_number", "round_attempt", "lease_expires_at",
+]:  # fmt: skip
+    raise ImportError("ClaimedDelivery changed: update _claim's builder")
+(_c_id, _c_org, _c_event, _c_type, _c_endpoint, _c_url, _c_body, _c_number, _c_round,
+ _c_lease) = _SETTERS  # fmt: skip
 
 
 @dataclass
@@ -73,8 +118,9 @@ class _Organization:
 class Claimer:
     """Claims for one store; remembers where the round robin stands (writer thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, leases: Leases | None = None) -> None:
         self._after_org = ""
+        self.leases = Leases() if leases is None else leases
 
     def claim(
         self,
@@ -89,7 +135,11 @@ class Claimer:
         now = now_ms()
         until = now + max(1, round(lease_seconds * 1000))
         due = self._due_organizations(conn, now, frozenset(exclude_endpoints), limit)
-        picked: list[int] = []
+        known = self.leases.known
+        if len(known) > _MAX_KNOWN:  # leases recorded elsewhere or expired: start afresh
+            known.clear()
+        lease = _Lease(conn, worker_id, until, from_ms(until), now, known)
+        picked: list[ClaimedDelivery] = []
         served_first_pass: list[str] = []
         first_pass = True
         while due and len(picked) < limit:
@@ -98,7 +148,7 @@ class Claimer:
                 want = min(share, limit - len(picked))
                 if want <= 0:
                     break
-                got = self._take_from(conn, org, want, now, worker_id, until, picked)
+                got = lease.take_from(org, want, picked)
                 if got and first_pass:
                     served_first_pass.append(org.id)
                 if not org.endpoints:
@@ -106,7 +156,7 @@ class Claimer:
             first_pass = False
         if served_first_pass:
             self._after_org = served_first_pass[-1]
-        return self._details(conn, picked, until)
+        return picked
 
     def _due_organizations(
         self, conn: sqlite3.Connection, now: int, excluded: frozenset[str], enough: int
@@ -152,16 +202,27 @@ class Claimer:
                 return
             yield current
 
-    @staticmethod
-    def _take_from(
+
+class _Lease:
+    """One claim's leasing: the statement per endpoint and the records it returns."""
+
+    def __init__(
+        self,
         conn: sqlite3.Connection,
-        org: _Organization,
-        want: int,
-        now: int,
         worker_id: str,
         until: int,
-        picked: list[int],
-    ) -> int:
+        lease_expires_at: datetime,
+        now: int,
+        known: dict[str, tuple[int, str, str | None]],
+    ) -> None:
+        self.conn = conn
+        self.worker_id = worker_id
+        self.until = until
+        self.lease_expires_at = lease_expires_at
+        self.now = now
+        self.known = known
+
+    def take_from(self, org: _Organization, want: int, picked: list[ClaimedDelivery]) -> int:
         """Lease up to ``want`` rows of ``org``, shared across its endpoints."""
         got = 0
         while org.endpoints and got < want:
@@ -170,38 +231,36 @@ class Claimer:
                 take = min(share, want - got)
                 if take <= 0:
                     break
-                # RETURNING gives no order: by seq, the order of acceptance (all are due).
-                seqs = sorted(
-                    row[0]
-                    for row in conn.execute(
-                        _FETCH_AND_LEASE, (worker_id, until, until, org.id, endpoint, now, take)
-                    )
-                )
-                if seqs:
-                    picked.extend(seqs)
-                    got += len(seqs)
-                if len(seqs) < take:
+                taken = self.lease(org.id, endpoint, take, picked)
+                got += taken
+                if taken < take:
                     org.endpoints.remove(endpoint)
         return got
 
-    @staticmethod
-    def _details(conn: sqlite3.Connection, picked: list[int], until: int) -> list[ClaimedDelivery]:
-        if not picked:
-            return []
-        rows = {
-            row[0]: row
-            for part in chunks(picked)
-            for row in conn.execute(_DETAILS.format(marks(len(part))), part)
-        }
-        lease_expires_at = from_ms(until)
-        # The columns are ClaimedDelivery's fields in order (attempt_number, round_attempt
-        # computed by the query): positional arguments, the cheapest way to build one.
-        claimed = []
-        for seq in picked:
-            _, id_, org, event, kind, endpoint, url, body, number, in_round = rows[seq]
-            claimed.append(
-                ClaimedDelivery(
-                    id_, org, event, kind, endpoint, url, body, number, in_round, lease_expires_at
-                )
-            )
-        return claimed
+    def lease(self, org_id: str, endpoint: str, take: int, picked: list[ClaimedDelivery]) -> int:
+        conn = self.conn
+        rows = conn.execute(
+            _FETCH_AND_LEASE,
+            (self.worker_id, self.until, self.until, org_id, endpoint, self.now, take),
+        ).fetchall()
+        if not rows:
+            return 0
+        url_row = conn.execute(_URL, (endpoint,)).fetchone()
+        url = "" if url_row is None else url_row[0]  # (a foreign key: always there)
+        rows.sort()  # RETURNING gives no order: by seq, the order of acceptance (all are due)
+        known, lease_expires_at, new = self.known, self.lease_expires_at, object.__new__
+        for seq, id_, event, kind, body, number, in_round, key in rows:
+            claimed: ClaimedDelivery = new(ClaimedDelivery)
+            _c_id(claimed, id_)
+            _c_org(claimed, org_id)
+            _c_event(claimed, event)
+            _c_type(claimed, kind)
+            _c_endpoint(claimed, endpoint)
+            _c_url(claimed, url)
+            _c_body(claimed, body)
+            _c_number(claimed, number)
+            _c_round(claimed, in_round)
+            _c_lease(claimed, lease_expires_at)
+            picked.append(claimed)
+            known[id_] = (seq, endpoint, key)
+        return len(rows)

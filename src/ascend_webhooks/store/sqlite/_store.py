@@ -264,7 +264,8 @@ class SQLiteStore(Store):
         batch = tuple(outcomes)
         if not batch:
             return
-        if await self._write(lambda c: _writes.record(c, worker_id, batch), durable=False):
+        known = self._claimer.leases.known  # seqs of the deliveries this store claimed
+        if await self._write(lambda c: _writes.record(c, worker_id, batch, known), durable=False):
             self._wake()
 
     async def extend_leases(
@@ -280,7 +281,13 @@ class SQLiteStore(Store):
         ids = tuple(delivery_ids)
         if not ids:
             return
-        released = await self._write(lambda c: _writes.release(c, worker_id, ids), durable=False)
+        leases = self._claimer.leases
+
+        def release(conn: sqlite3.Connection) -> int:
+            leases.forget(ids)
+            return _writes.release(conn, worker_id, ids)
+
+        released = await self._write(release, durable=False)
         if released > 0:
             self._wake()
 

@@ -268,72 +268,109 @@ def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: 
     return _reads.delivery(conn, organization_id, delivery_id)
 
 
+# Both guarded by the lease: an outcome whose lease went to another worker (or whose delivery
+# ended meanwhile) writes nothing. The attempt goes first: its number is the row's count + 1.
+# ``id`` is checked beside ``seq`` so that a seq taken from ``Leases`` can never touch another
+# delivery, whatever happens to the table.
 _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, status_code,"
-    " error, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " error, response_excerpt) SELECT seq, attempt_count + 1, ?, ?, ?, ?, ? FROM deliveries"
+    " WHERE seq = ? AND id = ? AND locked_by = ? AND status = 'pending'"
 )
 _UPDATE_RECORDED = (
-    "UPDATE deliveries SET status = ?, attempt_count = ?, next_attempt_at = ?,"
-    " locked_by = NULL, lease_expires_at = NULL, updated_at = ? WHERE seq = ?"
+    "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1,"
+    " next_attempt_at = ?, locked_by = NULL, lease_expires_at = NULL, updated_at = ?"
+    " WHERE seq = ? AND id = ? AND locked_by = ? AND status = 'pending'"
 )
+_STATUSES = {status.value: status for status in DeliveryStatus}
 
 
-def record(conn: sqlite3.Connection, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> bool:
+def record(
+    conn: sqlite3.Connection,
+    worker_id: str,
+    outcomes: Sequence[AttemptOutcome],
+    known: dict[str, tuple[int, str, str | None]] | None = None,
+) -> bool:
     """Apply outcomes of deliveries still leased to ``worker_id``; True if any stays pending.
 
-    Set-based: one lookup per 500 outcomes and one ``executemany`` per table, rather than
-    three statements per outcome (the worker records hundreds per call). Two outcomes for one
-    delivery in a call (possible when an earlier record failed and its lease came back)
-    are applied one after the other instead, as the plain loop would.
+    Set-based: one ``executemany`` per table whose statements check the lease themselves,
+    rather than three statements per outcome (the worker records hundreds per call). The rows
+    are found by seq: ``known`` (``Leases.known``, filled by the claim; entries used are
+    removed) or else one lookup by id per 500 outcomes. Deliveries with an ordering key go one
+    by one (whether their outcome applied decides whether the next of the key is unblocked).
+    Two outcomes for one delivery in a call (possible when an earlier record failed and its
+    lease came back) are applied one after the other, as the plain loop would.
     """
+    if known is None:
+        known = {}
     ids = [outcome.delivery_id for outcome in outcomes]
     if len(set(ids)) != len(ids):
-        return any([record(conn, worker_id, [outcome]) for outcome in outcomes])
-    leased: dict[str, tuple[int, int, str, str | None]] = {}
-    for part in chunks(ids):
+        return any([record(conn, worker_id, [outcome], known) for outcome in outcomes])
+    found: dict[str, tuple[int, str, str | None]] = {}
+    missing = []
+    pop = known.pop
+    for delivery_id in ids:
+        entry = pop(delivery_id, None)
+        if entry is None:
+            missing.append(delivery_id)
+        else:
+            found[delivery_id] = entry
+    for part in chunks(missing):
         for row in conn.execute(
-            "SELECT id, seq, attempt_count, endpoint_id, ordering_key FROM deliveries"  # noqa: S608
+            "SELECT id, seq, endpoint_id, ordering_key FROM deliveries"  # noqa: S608
             f" WHERE id IN ({marks(len(part))}) AND locked_by = ? AND status = 'pending'",
             (*part, worker_id),
         ):
-            leased[row[0]] = (row[1], row[2], row[3], row[4])
+            found[row[0]] = (row[1], row[2], row[3])
     now = now_ms()
-    any_pending = False
+    may_be_pending = False
     attempts = []
     updates = []
-    heads: list[tuple[int, str, str]] = []
+    keyed: list[tuple[tuple[object, ...], tuple[object, ...], str, str, bool]] = []
     for outcome in outcomes:
-        found = leased.get(outcome.delivery_id)
-        if found is None:  # the lease went to another worker, or the delivery ended meanwhile
+        delivery_id = outcome.delivery_id
+        entry = found.get(delivery_id)
+        if entry is None:  # not leased to this worker (any more): nothing to write
             continue
-        seq, attempt_count, endpoint_id, ordering_key = found
-        attempt = outcome.attempt
-        attempts.append(
-            (
-                seq,
-                attempt_count + 1,
-                to_ms(attempt.started_at),
-                float(attempt.duration_ms),
-                attempt.status_code,
-                attempt.error,
-                attempt.response_excerpt,
-            )
-        )
-        status = DeliveryStatus(outcome.status)
+        seq, endpoint_id, ordering_key = entry
+        status = outcome.status
+        if type(status) is not DeliveryStatus:
+            status = _STATUSES.get(status) or DeliveryStatus(status)  # ValueError if unknown
         if status is DeliveryStatus.PENDING:
-            any_pending = True
+            pending = True
             due = now if outcome.next_attempt_at is None else to_ms(outcome.next_attempt_at)
         else:
+            pending = False
             due = None
-            if ordering_key is not None:
-                heads.append((seq, endpoint_id, ordering_key))
-        updates.append((status.value, attempt_count + 1, due, now, seq))
-    conn.executemany(_INSERT_ATTEMPT, attempts)
-    conn.executemany(_UPDATE_RECORDED, updates)
-    for seq, endpoint_id, ordering_key in heads:
-        conn.execute("UPDATE deliveries SET blocked = 0 WHERE seq = ?", (seq,))
-        _unblock_head(conn, endpoint_id, ordering_key)
-        any_pending = True
+        attempt = outcome.attempt
+        insert = (to_ms(attempt.started_at), float(attempt.duration_ms), attempt.status_code,
+                  attempt.error, attempt.response_excerpt, seq, delivery_id, worker_id)  # fmt: skip
+        update = (status.value, due, now, seq, delivery_id, worker_id)
+        if ordering_key is None:
+            attempts.append(insert)
+            updates.append(update)
+            may_be_pending = may_be_pending or pending
+        else:
+            keyed.append((insert, update, endpoint_id, ordering_key, pending))
+    any_pending = False
+    if attempts:
+        conn.executemany(_INSERT_ATTEMPT, attempts)
+        conn.executemany(_UPDATE_RECORDED, updates)
+        # True if one that stays pending was in the call, even if its lease was gone: at
+        # worst the claim loop wakes once for nothing.
+        any_pending = may_be_pending
+    for one_insert, one_update, endpoint_id, ordering_key, pending in keyed:
+        if conn.execute(_INSERT_ATTEMPT, one_insert).rowcount == 0:
+            continue  # the lease is gone
+        conn.execute(_UPDATE_RECORDED, one_update)
+        if pending:
+            any_pending = True
+        else:
+            # It ended: the next delivery of its key may go (blocked = 0 for this one, too,
+            # so that a manual retry starts from a clean state).
+            conn.execute("UPDATE deliveries SET blocked = 0 WHERE seq = ?", (one_update[3],))
+            _unblock_head(conn, endpoint_id, ordering_key)
+            any_pending = True
     return any_pending
 
 
