@@ -86,3 +86,15 @@ def test_invalid_policies_are_refused() -> None:
         RetryPolicy((-1.0,))
     with pytest.raises(ValueError, match="1-based"):
         RetryPolicy((1.0,)).decide(0, False, NOW)
+
+
+def test_without_now_a_retry_is_scheduled_from_the_current_time() -> None:
+    policy = RetryPolicy((60.0,), jitter=0.0)
+    before = datetime.now(UTC)
+    status, when = policy.decide(1, False)
+    after = datetime.now(UTC)
+    assert status is DeliveryStatus.PENDING
+    assert when is not None
+    assert before + timedelta(seconds=60) <= when <= after + timedelta(seconds=60)
+    assert policy.decide(1, True) == (DeliveryStatus.SUCCEEDED, None)
+    assert policy.decide(2, False) == (DeliveryStatus.FAILED, None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ..store.models import DeliveryStatus
 
@@ -54,17 +54,21 @@ class RetryPolicy:
         return base * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
     def decide(
-        self, round_attempt: int, succeeded: bool, now: datetime
+        self, round_attempt: int, succeeded: bool, now: datetime | None = None
     ) -> tuple[DeliveryStatus, datetime | None]:
         """After attempt ``round_attempt`` (1-based in its round): the status and next due time.
 
         Success → (SUCCEEDED, None). A failure with delays left → (PENDING, now + delay).
-        A failure after the last scheduled retry → (FAILED, None).
+        A failure after the last scheduled retry → (FAILED, None). ``now`` defaults to the
+        current time, read only when a retry is scheduled (the worker decides thousands of
+        successes a second, which need no clock).
         """
         if round_attempt < 1:
             raise ValueError("round_attempt is 1-based")
         if succeeded:
             return DeliveryStatus.SUCCEEDED, None
         if round_attempt <= len(self.schedule):
+            if now is None:
+                now = datetime.now(UTC)
             return DeliveryStatus.PENDING, now + timedelta(seconds=self.delay(round_attempt))
         return DeliveryStatus.FAILED, None
