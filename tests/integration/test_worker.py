@@ -18,7 +18,9 @@ from prometheus_client import REGISTRY
 
 from ascend_webhooks.delivery.worker import Worker
 from ascend_webhooks.ids import new_id
+from ascend_webhooks.metrics import BatchHistogram
 from ascend_webhooks.service.settings import Settings
+from ascend_webhooks.signature import sign
 from ascend_webhooks.store import Store
 from ascend_webhooks.store.models import (
     AttemptOutcome,
@@ -113,6 +115,11 @@ def attempts_counter(outcome: str) -> float:
     return value or 0.0
 
 
+def attempt_seconds_count() -> float:
+    value = REGISTRY.get_sample_value("ascend_webhooks_attempt_duration_seconds_count")
+    return value or 0.0
+
+
 async def test_a_signed_delivery_verifies_on_the_receiver(
     store: Store, receivers: ReceiverFactory
 ) -> None:
@@ -121,6 +128,7 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
     endpoint = await store.create_endpoint(org, receiver.url, None, None)
     (delivery,) = await publish(store, org)
     succeeded_before = attempts_counter("succeeded")
+    observed_before = attempt_seconds_count()
 
     async with running(Worker(store, make_settings(), decrypt)):
         (done,) = await wait_terminal(store, org, [delivery.id])
@@ -131,6 +139,12 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
     assert (attempt.number, attempt.status_code, attempt.error) == (1, 200, None)
     (request,) = receiver.requests
     assert request.verified, request.verify_error
+    timestamp = request.header("x-ascend-request-timestamp") or ""
+    # Byte for byte what the public signing function makes for this body and timestamp.
+    assert (
+        request.header("x-ascend-signature")
+        == sign(request.body, SECRET, int(timestamp))["X-Ascend-Signature"]
+    )
     event = await store.get_event(org, delivery.event_id)
     assert request.body == event.body
     assert request.event is not None
@@ -143,6 +157,29 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
     assert (request.header("user-agent") or "").startswith("ascend-webhooks/")
     assert done.endpoint_id == endpoint.id
     assert attempts_counter("succeeded") == succeeded_before + 1
+    assert attempt_seconds_count() == observed_before + 1
+
+
+def test_observing_many_durations_at_once_equals_observing_each() -> None:
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 29.0, 30.0, 31.0, 120.0, 0.0049]
+    buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)
+    one_by_one = BatchHistogram("one_by_one_seconds", "each", buckets=buckets, registry=None)
+    batched = BatchHistogram("batched_seconds", "batched", buckets=buckets, registry=None)
+    for value in values:
+        one_by_one.observe(value)
+    batched.observe_many(values[:4])
+    batched.observe_many([])
+    batched.observe_many(values[4:])
+
+    def samples(histogram: BatchHistogram) -> list[tuple[str, dict[str, str], float]]:
+        (metric,) = histogram.collect()
+        return [
+            (s.name.split("_seconds")[1], s.labels, round(s.value, 9))
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples(batched) == samples(one_by_one)
 
 
 @pytest.mark.parametrize(
@@ -202,6 +239,7 @@ async def test_ten_retries_then_failed_with_identical_bodies(
     org = await new_organization(store)
     await store.create_endpoint(org, receiver.url, None, None)
     (delivery,) = await publish(store, org)
+    retrying_before, failed_before = attempts_counter("retrying"), attempts_counter("failed")
 
     async with running(Worker(store, make_settings(retry_schedule=TINY), decrypt)):
         (done,) = await wait_terminal(store, org, [delivery.id])
@@ -213,6 +251,8 @@ async def test_ten_retries_then_failed_with_identical_bodies(
     assert [a.number for a in done.attempts] == list(range(1, 12))
     assert {a.response_excerpt for a in done.attempts} == {"down"}
     assert len(receiver.requests) == 11
+    assert attempts_counter("retrying") == retrying_before + 10
+    assert attempts_counter("failed") == failed_before + 1
     assert len({r.body for r in receiver.requests}) == 1
     assert [r.header("x-ascend-attempt") for r in receiver.requests] == [
         str(n) for n in range(1, 12)
@@ -622,6 +662,42 @@ async def test_an_undecryptable_key_is_recorded_never_sent_and_never_logged(
     assert receiver.requests == []
     assert "key_error" in caplog.text or "cannot decrypt" in caplog.text
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("secret", ["", "whsec_\udcff"], ids=["empty", "not-utf8"])
+async def test_a_secret_that_cannot_sign_is_a_key_error_never_sent(
+    store: Store, receivers: ReceiverFactory, secret: str
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    async with running(Worker(store, make_settings(), lambda _: secret)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert [a.error for a in done.attempts] == ["key_error", "key_error"]
+    assert receiver.requests == []
+
+
+async def test_attempt_runners_are_reused_and_end_with_the_worker(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 60)
+    worker = Worker(store, make_settings(), decrypt, concurrency=4, per_endpoint_limit=4)
+    async with running(worker):
+        states = await wait_terminal(store, org, [d.id for d in deliveries])
+        runners = len(worker._tasks)
+
+    assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
+    assert len(receiver.requests) == 60
+    assert 1 <= runners <= 4  # one runner per slot, not one task per attempt
+    assert worker._tasks == set()
+    assert worker._idle_slots == []
+    assert worker.in_flight == 0
 
 
 async def test_secrets_never_reach_the_logs(

@@ -24,11 +24,19 @@ The loop, and why it looks like this:
   seconds stops counting against it (it costs a socket and a coroutine, not CPU), so even many
   hanging endpoints cannot starve healthy ones. A hard ceiling (``concurrency *
   SLOW_HEADROOM``) still bounds sockets; every attempt ends at the attempt timeout anyway.
+  While an endpoint has an attempt waiting past ``slow_after``, its limit stays at the base.
+  In-flight attempts are kept in start order too, so a claim looks only at those that ended
+  or turned slow since the last one, never at all of them.
+* **Attempt runners.** Attempts run in long-lived runner tasks, one per busy slot, each
+  handed its next delivery when idle (at most ``concurrency`` idle runners are kept): a task
+  per attempt cost the event loop's thread more than the hand-over does.
 * **Signing.** The organization's current signing key comes from ``store.signing_keys`` and is
   cached for ``key_cache_seconds`` (2 s): a key rotation takes effect within that time. The
   secret is decrypted with the ``decrypt`` callable (the master key never reaches this module)
-  and never logged. Each attempt is signed with a fresh timestamp; the body is the stored
-  bytes, identical on every attempt. An organization without a signing key gets an attempt
+  and never logged; it is kept as a keyed HMAC-SHA256 (a secret that cannot sign, empty or
+  not UTF-8, is a ``key_error``). Each attempt is signed with a fresh timestamp, exactly as
+  :func:`ascend_webhooks.signature.sign` signs; the body is the stored bytes, identical on
+  every attempt. An organization without a signing key gets an attempt
   recorded with error ``no_signing_key`` and retried on schedule: nothing is sent unsigned.
 * **Decide and record in batches.** The :class:`RetryPolicy` turns each response into
   succeeded / retry-at / failed; outcomes are buffered and written with one ``store.record``
@@ -48,24 +56,28 @@ The loop, and why it looks like this:
   attempt timeout plus a grace), their outcomes are recorded, and anything claimed but not
   attempted is released. :meth:`Worker.drain` is stop-and-wait.
 
-Metrics: ``ATTEMPTS{outcome=succeeded|retrying|failed}`` and ``ATTEMPT_SECONDS``.
+Metrics: ``ATTEMPTS{outcome=succeeded|retrying|failed}`` and ``ATTEMPT_SECONDS``, counted per
+attempt in the worker and added to the shared registry by the flush loop, before each batch
+is written (so a recorded outcome is always counted), and when the worker stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import sha256
 
 from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
-from ..signature import sign
+from ..signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from ..store.base import Store
 from ..store.models import Attempt, AttemptOutcome, ClaimedDelivery, DeliveryStatus
 from .identity import is_dead_here, new_worker_id
@@ -92,18 +104,35 @@ _ATTEMPTS_BY_STATUS = {
 }
 
 
-@dataclass(slots=True)
 class _InFlight:
-    delivery: ClaimedDelivery
-    started: float  # time.monotonic()
+    __slots__ = ("delivery", "done", "slow", "started")
+
+    def __init__(self, delivery: ClaimedDelivery, started: float) -> None:
+        self.delivery = delivery
+        self.started = started  # time.monotonic()
+        self.slow = False  # waited past slow_after: no longer counts against concurrency
+        self.done = False  # ended: _capacity drops it from the start-ordered queue
 
 
 @dataclass(slots=True)
 class _CachedKey:
     fetched_at: float
     key_id: str | None
-    secret: str | None
+    mac: hmac.HMAC | None  # HMAC-SHA256 keyed with the secret, copied for each attempt
     error: str | None  # why there is no secret: no_signing_key or key_error
+
+
+def _keyed_mac(secret: str) -> hmac.HMAC:
+    """What ``signature.sign`` computes, with the key schedule done once per key, not per call.
+
+    Raises ValueError for a secret ``sign`` would refuse (empty, not encodable as UTF-8).
+    """
+    if not secret:
+        raise ValueError("empty signing secret")
+    try:
+        return hmac.new(secret.encode("utf-8"), digestmod=sha256)
+    except UnicodeEncodeError:
+        raise ValueError("signing secret not encodable as UTF-8") from None
 
 
 def _header_safe(value: str) -> bool:
@@ -126,6 +155,8 @@ class _Backoff:
 
 class Worker:
     """Delivers pending deliveries from ``store`` until stopped."""
+
+    _loop: asyncio.AbstractEventLoop  # the loop run() runs in
 
     def __init__(
         self,
@@ -177,11 +208,25 @@ class Worker:
         self.flush_interval = flush_interval
         self.drain_grace = drain_grace
 
+        self._attempt_timeout = settings.attempt_timeout
         self._inflight: dict[str, _InFlight] = {}
+        # The same attempts in the order they started: the oldest still working is at the
+        # left once _capacity has dropped the ended and the slow ones (no scan per claim).
+        self._started: deque[_InFlight] = deque()
+        self._slow = 0  # in-flight attempts that waited past slow_after
+        self._slow_per_endpoint: Counter[str] = Counter()
         self._per_endpoint: Counter[str] = Counter()
         self._limits: dict[str, float] = {}  # endpoints whose limit is above the base
+        # Attempt runners: long-lived tasks, each making one attempt after another; an idle
+        # one waits on a future of its own in _idle_slots for its next delivery.
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_slots: list[asyncio.Future[ClaimedDelivery | None]] = []
+        self._slots_closing = False
+        self._drained: asyncio.Future[None] | None = None  # set once nothing is in flight
         self._outcomes: list[AttemptOutcome] = []
+        # Metrics counted here and added to the shared registry by the flush loop.
+        self._attempt_counts: dict[DeliveryStatus, int] = dict.fromkeys(_ATTEMPTS_BY_STATUS, 0)
+        self._durations: list[float] = []
         self._keys: dict[str, _CachedKey] = {}
         self._retry_hint: datetime | None = None  # earliest retry this worker recorded
         self._stopping = asyncio.Event()
@@ -217,6 +262,9 @@ class Worker:
         self._running = True
         self._done.clear()
         self._closing = False
+        self._slots_closing = False
+        self._drained = None
+        self._loop = asyncio.get_running_loop()
         flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
         reaper = asyncio.create_task(self._reaper_loop(), name=f"{self.worker_id}-reaper")
@@ -244,6 +292,7 @@ class Worker:
             if self._owns_transport:
                 await self.transport.close()
         finally:
+            self._publish_metrics()
             self._running = False
             self._done.set()
             logger.info("worker %s stopped", self.worker_id)
@@ -257,7 +306,7 @@ class Worker:
             self._wakeup.clear()
             free, recheck = self._capacity()
             if free <= 0:
-                await self._pause(recheck, store=False)
+                await self._wait_for_slot(recheck)
                 continue
             if free < self.concurrency // 4 and not gathered:
                 # Only a few slots are free and more attempts are about to end: let them, so
@@ -266,7 +315,8 @@ class Worker:
                 await asyncio.sleep(self.flush_interval)
                 continue
             gathered = False
-            exclude = [e for e, n in self._per_endpoint.items() if n >= self.endpoint_limit(e)]
+            limits, base = self._limits, self.per_endpoint_limit
+            exclude = [e for e, n in self._per_endpoint.items() if n >= limits.get(e, base)]
             try:
                 claimed = await self.store.claim(
                     self.worker_id, free, self.lease_seconds, exclude_endpoints=exclude
@@ -288,23 +338,41 @@ class Worker:
                 backoff.reset()
 
     def _capacity(self) -> tuple[int, float]:
-        """Free slots, and in how many seconds a slot frees by an attempt turning slow."""
+        """Free slots, and in how many seconds a slot frees by an attempt turning slow.
+
+        Amortized O(1): each attempt is looked at here once when it has ended or turned slow,
+        not once per claim.
+        """
         now = time.monotonic()
-        working = []
-        for flight in self._inflight.values():
-            if now - flight.started < self.slow_after:
-                working.append(flight.started)
-            elif self._limits:
-                # Waiting that long: the endpoint is struggling; back to the base at once.
-                self._limits.pop(flight.delivery.endpoint_id, None)
+        started = self._started
+        slow_since = now - self.slow_after
+        while started:
+            flight = started[0]
+            if flight.done:
+                started.popleft()
+            elif flight.started <= slow_since:
+                started.popleft()
+                self._turned_slow(flight)
+            else:
+                break
         free = min(
-            self.concurrency - len(working),
+            self.concurrency - (len(self._inflight) - self._slow),
             self.concurrency * SLOW_HEADROOM - len(self._inflight),
         )
         recheck = self.poll_interval
-        if working:
-            recheck = max(0.001, min(recheck, min(working) + self.slow_after - now))
+        if started:  # the oldest attempt still working
+            recheck = max(0.001, min(recheck, started[0].started - slow_since))
         return free, recheck
+
+    def _turned_slow(self, flight: _InFlight) -> None:
+        """An attempt waited past slow_after: it stops counting against concurrency, and its
+        endpoint (struggling) is back to the base limit at once, and stays there while it has
+        a slow attempt in flight (see _adapt)."""
+        flight.slow = True
+        self._slow += 1
+        endpoint_id = flight.delivery.endpoint_id
+        self._slow_per_endpoint[endpoint_id] += 1
+        self._limits.pop(endpoint_id, None)
 
     async def _idle(self, *, excluding: bool) -> None:
         """Nothing claimable: sleep until work may be due (or a slot frees)."""
@@ -326,6 +394,16 @@ class Worker:
                 wait = 0.01  # became due just after the claim: claim again shortly
             # else: what is due belongs to endpoints at their limit; a freed slot wakes us
         await self._pause(wait, store=True)
+
+    async def _wait_for_slot(self, seconds: float) -> None:
+        """Wait ``seconds`` or until a slot frees / stop(); cheaper than _pause (no tasks)."""
+        if self._wakeup.is_set():
+            return
+        timer = self._loop.call_later(seconds, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     async def _pause(self, seconds: float, *, store: bool) -> None:
         """Wait ``seconds`` or until a slot frees / stop(); with ``store``, also new work."""
@@ -359,23 +437,54 @@ class Worker:
             await self._release(d.id for d in claimed)
             raise
         excess: list[str] = []
+        inflight, per_endpoint = self._inflight, self._per_endpoint
+        now = time.monotonic()
         for delivery in claimed:
-            if delivery.id in self._inflight:
+            if delivery.id in inflight:
                 # Its lease ran out during our attempt and came back to us: the attempt in
                 # flight records it (the lease is ours again); releasing it would not be.
                 continue
-            if self._per_endpoint[delivery.endpoint_id] >= self.endpoint_limit(
-                delivery.endpoint_id
-            ):
+            endpoint_id = delivery.endpoint_id
+            if per_endpoint[endpoint_id] >= self.endpoint_limit(endpoint_id):
                 excess.append(delivery.id)
                 continue
-            self._per_endpoint[delivery.endpoint_id] += 1
-            self._inflight[delivery.id] = _InFlight(delivery, time.monotonic())
-            task = asyncio.create_task(self._attempt(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            per_endpoint[endpoint_id] += 1
+            flight = _InFlight(delivery, now)
+            inflight[delivery.id] = flight
+            self._started.append(flight)
+            self._dispatch(delivery)
         if excess:
             await self._release(excess)
+
+    def _dispatch(self, delivery: ClaimedDelivery) -> None:
+        """Hand ``delivery`` to an idle attempt runner, or start one.
+
+        A runner per slot rather than a task per attempt: creating a task costs the event
+        loop's thread several microseconds (asyncio's task registry, a pid check per
+        ``get_running_loop``), waking a waiting runner much less.
+        """
+        idle = self._idle_slots
+        while idle:
+            waiter = idle.pop()  # the most recently idle: its frames are warm
+            if not waiter.done():  # (a cancelled runner's waiter is done)
+                waiter.set_result(delivery)
+                return
+        task = self._loop.create_task(self._run_slot(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_slot(self, delivery: ClaimedDelivery) -> None:
+        """Make attempts, one at a time, until told to end (None) or the worker stops."""
+        while True:
+            await self._attempt(delivery)
+            if self._slots_closing or len(self._idle_slots) >= self.concurrency:
+                return  # more runners idle than can be busy at once: this one is not needed
+            waiter: asyncio.Future[ClaimedDelivery | None] = self._loop.create_future()
+            self._idle_slots.append(waiter)
+            handed = await waiter
+            if handed is None:
+                return
+            delivery = handed
 
     # -- per-endpoint limits ---------------------------------------------------------------
 
@@ -397,8 +506,13 @@ class Worker:
             or attempt.duration_ms > self._fast_ms * 2
         ):
             limit = max(float(self.per_endpoint_limit), limit / 2)
-        elif attempt.duration_ms < self._fast_ms and self._per_endpoint[endpoint_id] >= limit:
-            # (this attempt still counts as in flight: the endpoint used its whole limit)
+        elif (
+            attempt.duration_ms < self._fast_ms
+            and self._per_endpoint[endpoint_id] >= limit
+            and endpoint_id not in self._slow_per_endpoint
+        ):
+            # (this attempt still counts as in flight: the endpoint used its whole limit; an
+            # endpoint with an attempt waiting past slow_after stays at the base meanwhile)
             limit = min(float(self.max_per_endpoint), limit + 1)
         else:
             return
@@ -441,11 +555,11 @@ class Worker:
             previous = self._keys.get(org)
             if key is None:
                 self._keys[org] = _CachedKey(now, None, None, "no_signing_key")
-            elif previous is not None and previous.key_id == key.id and previous.secret:
-                previous.fetched_at = now  # same key: keep the decrypted secret
+            elif previous is not None and previous.key_id == key.id and previous.mac:
+                previous.fetched_at = now  # same key: keep the keyed MAC
             else:
                 try:
-                    secret = self.decrypt(key.secret_ciphertext)
+                    mac = _keyed_mac(self.decrypt(key.secret_ciphertext))
                 except Exception as exc:
                     # The exception may quote key material: log its type only.
                     logger.error(
@@ -457,7 +571,7 @@ class Worker:
                     )
                     self._keys[org] = _CachedKey(now, key.id, None, "key_error")
                 else:
-                    self._keys[org] = _CachedKey(now, key.id, secret, None)
+                    self._keys[org] = _CachedKey(now, key.id, mac, None)
 
     # -- one attempt -----------------------------------------------------------------------
 
@@ -473,29 +587,51 @@ class Worker:
                 delivery, datetime.now(UTC), Response(None, "internal_error", None, 0.0)
             )
         self._adapt(delivery.endpoint_id, outcome.attempt)
-        self._outcomes.append(outcome)
+        outcomes = self._outcomes
+        outcomes.append(outcome)
         self._outcome_ready.set()
-        if len(self._outcomes) >= self.flush_size:
+        if len(outcomes) >= self.flush_size:
             self._flush_now.set()
         self._free_slot(delivery, abandoned=False)
 
     def _free_slot(self, delivery: ClaimedDelivery, *, abandoned: bool) -> None:
         if abandoned:
             return  # _drain_attempts releases it; the slot bookkeeping ends with the worker
-        self._inflight.pop(delivery.id, None)
-        self._per_endpoint[delivery.endpoint_id] -= 1
-        if self._per_endpoint[delivery.endpoint_id] <= 0:
-            del self._per_endpoint[delivery.endpoint_id]
+        flight = self._inflight.pop(delivery.id, None)
+        endpoint_id = delivery.endpoint_id
+        if flight is not None:
+            flight.done = True
+            if flight.slow:
+                self._slow -= 1
+                self._slow_per_endpoint[endpoint_id] -= 1
+                if self._slow_per_endpoint[endpoint_id] <= 0:
+                    del self._slow_per_endpoint[endpoint_id]
+        left = self._per_endpoint[endpoint_id] - 1
+        if left <= 0:
+            del self._per_endpoint[endpoint_id]
+        else:
+            self._per_endpoint[endpoint_id] = left
         self._wakeup.set()
+        if self._drained is not None and not self._inflight and not self._drained.done():
+            self._drained.set_result(None)
 
     async def _make_attempt(self, delivery: ClaimedDelivery) -> AttemptOutcome:
         started_at = datetime.now(UTC)
         key = self._keys.get(delivery.organization_id)
-        if key is None or key.secret is None:
+        if key is None or key.mac is None:
             error = key.error if key is not None else "no_signing_key"
             return self._outcome(delivery, started_at, Response(None, error, None, 0.0))
-        headers = sign(delivery.body, key.secret)  # a fresh timestamp for every attempt
-        headers["Content-Type"] = "application/json"
+        # A fresh timestamp and signature for every attempt, exactly as signature.sign makes
+        # them (X-Ascend-Signature: t=<ts>,v1=<hex HMAC-SHA256 of "<ts>:" + body>).
+        timestamp = str(int(time.time()))
+        mac = key.mac.copy()
+        mac.update(timestamp.encode("ascii") + b":")
+        mac.update(delivery.body)
+        headers = {
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: f"t={timestamp},v1={mac.hexdigest()}",
+            "Content-Type": "application/json",
+        }
         # Informational copies of what the signed body says; a publisher-chosen id or type
         # that is no valid header value (non-ASCII, control characters) is left out rather
         # than failing every attempt.
@@ -506,23 +642,22 @@ class Worker:
         headers["X-Ascend-Delivery-Id"] = delivery.id
         headers["X-Ascend-Attempt"] = str(delivery.attempt_number)
         response = await self.transport.post(
-            delivery.url, delivery.body, headers, self.settings.attempt_timeout
+            delivery.url, delivery.body, headers, self._attempt_timeout
         )
-        ATTEMPT_SECONDS.observe(response.duration_ms / 1000)
+        self._durations.append(response.duration_ms / 1000)
         return self._outcome(delivery, started_at, response)
 
     def _outcome(
         self, delivery: ClaimedDelivery, started_at: datetime, response: Response
     ) -> AttemptOutcome:
         succeeded = is_success(response.status_code, response.error)
-        status, next_attempt_at = self.policy.decide(
-            delivery.round_attempt, succeeded, datetime.now(UTC)
-        )
+        # The clock is read only when a retry is scheduled.
+        status, next_attempt_at = self.policy.decide(delivery.round_attempt, succeeded)
+        self._attempt_counts[status] += 1
         error = response.error
-        if error is None and not succeeded and response.status_code is not None:
-            error = f"status_{response.status_code}"
-        _ATTEMPTS_BY_STATUS[status].inc()
         if not succeeded:
+            if error is None and response.status_code is not None:
+                error = f"status_{response.status_code}"
             logger.log(
                 logging.DEBUG if status is DeliveryStatus.PENDING else logging.INFO,
                 "delivery %s to endpoint %s: attempt %d failed (%s), %s",
@@ -542,6 +677,16 @@ class Worker:
         )
         return AttemptOutcome(delivery.id, attempt, status, next_attempt_at)
 
+    def _publish_metrics(self) -> None:
+        """Add the attempts counted since the last call to the shared metrics."""
+        durations, self._durations = self._durations, []
+        ATTEMPT_SECONDS.observe_many(durations)
+        counts = self._attempt_counts
+        for status, count in counts.items():
+            if count:
+                _ATTEMPTS_BY_STATUS[status].inc(count)
+                counts[status] = 0
+
     # -- recording -------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
@@ -550,10 +695,16 @@ class Worker:
         while True:
             await self._outcome_ready.wait()
             if len(self._outcomes) < self.flush_size and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush_now.wait(), self.flush_interval)
+                # Until flush_size outcomes or flush_interval, whichever first (a timer that
+                # sets the event: asyncio.wait_for would create a task per batch).
+                timer = self._loop.call_later(self.flush_interval, self._flush_now.set)
+                try:
+                    await self._flush_now.wait()
+                finally:
+                    timer.cancel()
             self._flush_now.clear()
             self._outcome_ready.clear()
+            self._publish_metrics()
             if self._outcomes:
                 batch, self._outcomes = self._outcomes, []
                 try:
@@ -644,15 +795,24 @@ class Worker:
 
     async def _drain_attempts(self) -> list[str]:
         """Let in-flight attempts end (bounded); return the ids of those cut short."""
-        if not self._tasks:
-            return []
-        _, pending = await asyncio.wait(
-            set(self._tasks), timeout=self.settings.attempt_timeout + self.drain_grace
-        )
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if self._inflight:
+            self._drained = self._loop.create_future()
+            await asyncio.wait({self._drained}, timeout=self._attempt_timeout + self.drain_grace)
+        # Idle runners end now, busy ones when their attempt ends or is cut short here.
+        self._slots_closing = True
+        for waiter in self._idle_slots:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._idle_slots.clear()
+        tasks = list(self._tasks)
+        if self._inflight:
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         abandoned = list(self._inflight)
         self._inflight.clear()
+        self._started.clear()
+        self._slow = 0
+        self._slow_per_endpoint.clear()
         self._per_endpoint.clear()
         return abandoned
