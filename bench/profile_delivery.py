@@ -129,9 +129,10 @@ async def drive(args: argparse.Namespace, sink: Sink) -> Drain:
     process_before = time.process_time()
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
-    # Polled from a thread: the sink's status read blocks, the worker's loop must not.
+    # Polled from a thread: the sink's status read blocks, the worker's loop must not. Every
+    # 50 ms, not 5: each poll parses HTTP in Python, holding the GIL the worker needs.
     with contextlib.suppress(TimeoutError):
-        await asyncio.to_thread(sink.wait_for, before + args.events, args.timeout)
+        await asyncio.to_thread(sink.wait_for, before + args.events, args.timeout, 0.05)
     elapsed = time.perf_counter() - started
     cpu = cpu_by_name(cpu_before, thread_cpu())
     process = time.process_time() - process_before
