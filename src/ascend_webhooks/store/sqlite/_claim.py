@@ -28,7 +28,7 @@ What the writer thread spends per claimed delivery is Python time the event loop
 process waits for (the GIL), so the lease is one statement per endpoint that also returns
 everything the worker needs: the event's id, type and body by rowid subqueries in the
 ``RETURNING`` clause (no second query joining the leased seqs back), the endpoint's URL read
-once per endpoint and claim (not per row, and never cached across claims: another process may
+in one query per claim (not per row, and never cached across claims: another process may
 change it), and each ``ClaimedDelivery`` built through its slot descriptors rather than the
 frozen dataclass's ``__init__``. The claim also remembers each leased delivery's seq (and
 ordering key), which never change, so that ``record`` and ``release`` find the rows by their
@@ -40,10 +40,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from typing import Any
 
 from ..models import ClaimedDelivery
-from ._rows import from_ms, now_ms
+from ._rows import chunks, from_ms, marks, now_ms
 
 __all__ = ["Claimer", "Leases"]
 
@@ -72,7 +72,7 @@ _FETCH_AND_LEASE = (
     " (SELECT e.body FROM events e WHERE e.seq = event_seq),"
     " attempt_count + 1, attempt_count - round_start + 1, ordering_key"
 )
-_URL = "SELECT url FROM endpoints WHERE id = ?"
+_URLS = "SELECT id, url FROM endpoints WHERE id IN ({})"
 
 # Entries ``Leases`` keeps at most; past that it starts afresh (a lookup by id is the fallback).
 _MAX_KNOWN = 100_000
@@ -138,17 +138,16 @@ class Claimer:
         known = self.leases.known
         if len(known) > _MAX_KNOWN:  # leases recorded elsewhere or expired: start afresh
             known.clear()
-        lease = _Lease(conn, worker_id, until, from_ms(until), now, known)
-        picked: list[ClaimedDelivery] = []
+        lease = _Lease(conn, worker_id, until, now)
         served_first_pass: list[str] = []
         first_pass = True
-        while due and len(picked) < limit:
-            share = max(1, (limit - len(picked)) // len(due))
+        while due and lease.count < limit:
+            share = max(1, (limit - lease.count) // len(due))
             for org in list(due):
-                want = min(share, limit - len(picked))
+                want = min(share, limit - lease.count)
                 if want <= 0:
                     break
-                got = lease.take_from(org, want, picked)
+                got = lease.take_from(org, want)
                 if got and first_pass:
                     served_first_pass.append(org.id)
                 if not org.endpoints:
@@ -156,7 +155,7 @@ class Claimer:
             first_pass = False
         if served_first_pass:
             self._after_org = served_first_pass[-1]
-        return picked
+        return lease.claimed(known)
 
     def _due_organizations(
         self, conn: sqlite3.Connection, now: int, excluded: frozenset[str], enough: int
@@ -204,25 +203,17 @@ class Claimer:
 
 
 class _Lease:
-    """One claim's leasing: the statement per endpoint and the records it returns."""
+    """One claim's leasing: a statement per endpoint, then the records of what it returned."""
 
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        worker_id: str,
-        until: int,
-        lease_expires_at: datetime,
-        now: int,
-        known: dict[str, tuple[int, str, str | None]],
-    ) -> None:
+    def __init__(self, conn: sqlite3.Connection, worker_id: str, until: int, now: int) -> None:
         self.conn = conn
         self.worker_id = worker_id
         self.until = until
-        self.lease_expires_at = lease_expires_at
         self.now = now
-        self.known = known
+        self.count = 0
+        self.parts: list[tuple[str, str, list[tuple[Any, ...]]]] = []  # org, endpoint, rows
 
-    def take_from(self, org: _Organization, want: int, picked: list[ClaimedDelivery]) -> int:
+    def take_from(self, org: _Organization, want: int) -> int:
         """Lease up to ``want`` rows of ``org``, shared across its endpoints."""
         got = 0
         while org.endpoints and got < want:
@@ -231,36 +222,43 @@ class _Lease:
                 take = min(share, want - got)
                 if take <= 0:
                     break
-                taken = self.lease(org.id, endpoint, take, picked)
-                got += taken
-                if taken < take:
+                rows = self.conn.execute(
+                    _FETCH_AND_LEASE,
+                    (self.worker_id, self.until, self.until, org.id, endpoint, self.now, take),
+                ).fetchall()
+                if rows:
+                    rows.sort()  # RETURNING gives no order: by seq, the order of acceptance
+                    self.parts.append((org.id, endpoint, rows))
+                    got += len(rows)
+                if len(rows) < take:
                     org.endpoints.remove(endpoint)
+        self.count += got
         return got
 
-    def lease(self, org_id: str, endpoint: str, take: int, picked: list[ClaimedDelivery]) -> int:
-        conn = self.conn
-        rows = conn.execute(
-            _FETCH_AND_LEASE,
-            (self.worker_id, self.until, self.until, org_id, endpoint, self.now, take),
-        ).fetchall()
-        if not rows:
-            return 0
-        url_row = conn.execute(_URL, (endpoint,)).fetchone()
-        url = "" if url_row is None else url_row[0]  # (a foreign key: always there)
-        rows.sort()  # RETURNING gives no order: by seq, the order of acceptance (all are due)
-        known, lease_expires_at, new = self.known, self.lease_expires_at, object.__new__
-        for seq, id_, event, kind, body, number, in_round, key in rows:
-            claimed: ClaimedDelivery = new(ClaimedDelivery)
-            _c_id(claimed, id_)
-            _c_org(claimed, org_id)
-            _c_event(claimed, event)
-            _c_type(claimed, kind)
-            _c_endpoint(claimed, endpoint)
-            _c_url(claimed, url)
-            _c_body(claimed, body)
-            _c_number(claimed, number)
-            _c_round(claimed, in_round)
-            _c_lease(claimed, lease_expires_at)
-            picked.append(claimed)
-            known[id_] = (seq, endpoint, key)
-        return len(rows)
+    def claimed(self, known: dict[str, tuple[int, str, str | None]]) -> list[ClaimedDelivery]:
+        """The records of the leased rows, in the order leased; ``known`` learns their seqs."""
+        if not self.parts:
+            return []
+        endpoints = list({endpoint for _, endpoint, _ in self.parts})
+        urls: dict[str, str] = {}
+        for part in chunks(endpoints):
+            urls.update(self.conn.execute(_URLS.format(marks(len(part))), part).fetchall())
+        lease_expires_at, new = from_ms(self.until), object.__new__
+        claimed = []
+        for org_id, endpoint, rows in self.parts:
+            url = urls.get(endpoint, "")  # (a foreign key: always there)
+            for seq, id_, event, kind, body, number, in_round, key in rows:
+                one: ClaimedDelivery = new(ClaimedDelivery)
+                _c_id(one, id_)
+                _c_org(one, org_id)
+                _c_event(one, event)
+                _c_type(one, kind)
+                _c_endpoint(one, endpoint)
+                _c_url(one, url)
+                _c_body(one, body)
+                _c_number(one, number)
+                _c_round(one, in_round)
+                _c_lease(one, lease_expires_at)
+                claimed.append(one)
+                known[id_] = (seq, endpoint, key)
+        return claimed

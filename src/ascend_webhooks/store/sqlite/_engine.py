@@ -304,33 +304,28 @@ class Engine:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            singles: list[int] = []
-            groups: dict[Any, list[int]] = {}
-            for index, (job, future, _loop, _durable) in enumerate(batch):
-                if future.cancelled():
-                    continue
-                if isinstance(job, GroupJob):
-                    groups.setdefault(job.run_group, []).append(index)
+            if len(batch) == 1:
+                # Alone in its transaction (the worker's claims and outcomes usually are): no
+                # SAVEPOINT; a failure rolls back the transaction, which holds nothing else.
+                job, future = batch[0][0], batch[0][1]
+                try:
+                    if not future.cancelled():
+                        results[0] = (True, job(conn))
+                except Exception as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    results[0] = (False, exc)
                 else:
-                    singles.append(index)
-            for run_group, members in groups.items():
-                if len(members) == 1 or not _run_group(conn, run_group, batch, members, results):
-                    singles.extend(members)
-            for index in sorted(singles):
-                results[index] = _run_single(conn, batch[index][0])
-            conn.execute("COMMIT")
+                    conn.execute("COMMIT")  # (raises if SQLite ended the transaction itself)
+            else:
+                _run_jobs(conn, batch, results)
+                conn.execute("COMMIT")
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of this batch is stored
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             results = [(False, exc)] * len(batch)
-        # One wake-up per event loop for the whole batch, not one per caller.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_job, future, loop, _durable), (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((future, ok, value))
-        for loop, outcomes in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-                loop.call_soon_threadsafe(_resolve_all, outcomes)
+        _hand_back(batch, results)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -407,6 +402,39 @@ def _run_group(
     for index, outcome in zip(members, outcomes, strict=True):
         results[index] = outcome
     return True
+
+
+def _run_jobs(conn: sqlite3.Connection, batch: list[_Job], results: list[tuple[bool, Any]]) -> None:
+    """Several jobs in one transaction: same-kind groups together, each other job alone."""
+    singles: list[int] = []
+    groups: dict[Any, list[int]] = {}
+    for index, (job, future, _loop, _durable) in enumerate(batch):
+        if future.cancelled():
+            continue
+        if isinstance(job, GroupJob):
+            groups.setdefault(job.run_group, []).append(index)
+        else:
+            singles.append(index)
+    for run_group, members in groups.items():
+        if len(members) == 1 or not _run_group(conn, run_group, batch, members, results):
+            singles.extend(members)
+    for index in sorted(singles):
+        results[index] = _run_single(conn, batch[index][0])
+
+
+def _hand_back(batch: list[_Job], results: list[tuple[bool, Any]]) -> None:
+    """Resolve the batch's futures: one wake-up per event loop, not one per caller."""
+    if len(batch) == 1:
+        _job, future, loop, _durable = batch[0]
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+            loop.call_soon_threadsafe(_resolve_all, [(future, *results[0])])
+        return
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_job, future, loop, _durable), (ok, value) in zip(batch, results, strict=True):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, outcomes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+            loop.call_soon_threadsafe(_resolve_all, outcomes)
 
 
 def _fail_all(batch: list[_Job], exc: Exception) -> None:

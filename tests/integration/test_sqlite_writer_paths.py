@@ -1,0 +1,253 @@
+"""The SQLite writer's short cuts keep every guarantee of the slow paths they replace.
+
+``record`` finds a claimed delivery by the seq its claim remembered (``Leases``) and checks the
+lease in the writing statements themselves; a delivery it does not know is looked up by id.
+A claim returns its records from the leasing statement and builds them without the
+dataclass ``__init__``. A lone job commits without a SAVEPOINT. Each test here would fail if
+one of those short cuts lost what the general suite (test_store.py) asks of the slow path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ascend_webhooks.store.models import (
+    Attempt,
+    AttemptOutcome,
+    ClaimedDelivery,
+    DeliveryStatus,
+    NewEvent,
+)
+from ascend_webhooks.store.sqlite import SQLiteStore
+
+PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
+
+
+def event(event_id: str, ordering_key: str | None = None) -> NewEvent:
+    body = json.dumps({"id": event_id}).encode()
+    digest = hashlib.sha256(body + (ordering_key or "").encode()).digest()
+    return NewEvent(event_id, "invoice.paid", body, digest, ordering_key)
+
+
+def outcome(
+    delivery_id: str, status: DeliveryStatus, retry_in: float | None = None
+) -> AttemptOutcome:
+    now = datetime.now(UTC)
+    return AttemptOutcome(
+        delivery_id,
+        Attempt(0, now, 3.0, 200 if status is SUCCEEDED else 500, None, "x"),
+        status,
+        None if retry_in is None else now + timedelta(seconds=retry_in),
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "writer.db"
+
+
+async def opened(path: Path) -> SQLiteStore:
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    return store
+
+
+async def setup(store: SQLiteStore, endpoints: int = 1) -> tuple[str, list[str]]:
+    org = await store.create_organization("acme")
+    ids = []
+    for n in range(endpoints):
+        ids.append((await store.create_endpoint(org.id, f"https://e{n}.example/", None, None)).id)
+    return org.id, ids
+
+
+def known(store: SQLiteStore) -> dict[str, tuple[int, str, str | None]]:
+    return store._claimer.leases.known
+
+
+def attempts(path: Path, delivery_id: str) -> list[tuple[int, int | None]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT a.number, a.status_code FROM attempts a JOIN deliveries d"
+            " ON d.seq = a.delivery_seq WHERE d.id = ? ORDER BY a.number",
+            (delivery_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_a_claim_builds_the_same_records_as_the_dataclass(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, (a, b) = await setup(store, endpoints=2)
+        results = await store.publish(org, [event("evt_1"), event("evt_2")])
+        claimed = await store.claim("w", 10, 30)
+        assert len(claimed) == 4
+        by_id = {d.id: d for r in results for d in r.event.deliveries}
+        bodies = {r.event.id: r.event.body for r in results}
+        for one in claimed:
+            expected = ClaimedDelivery(
+                id=one.id,
+                organization_id=org,
+                event_id=by_id[one.id].event_id,
+                event_type="invoice.paid",
+                endpoint_id=by_id[one.id].endpoint_id,
+                url="https://e0.example/"
+                if by_id[one.id].endpoint_id == a
+                else "https://e1.example/",
+                body=bodies[by_id[one.id].event_id],
+                attempt_number=1,
+                round_attempt=1,
+                lease_expires_at=one.lease_expires_at,
+            )
+            assert one == expected
+            assert hash(one) == hash(expected)
+            assert isinstance(one.body, bytes)
+        # In the order of acceptance within each endpoint.
+        for endpoint in (a, b):
+            events = [c.event_id for c in claimed if c.endpoint_id == endpoint]
+            assert events == ["evt_1", "evt_2"]
+        assert set(known(store)) == {c.id for c in claimed}
+    finally:
+        await store.close()
+
+
+async def test_record_by_seq_refuses_an_outcome_whose_lease_went_elsewhere(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, _ = await setup(store)
+        await store.publish(org, [event("evt_1"), event("evt_2", "k"), event("evt_3", "k")])
+        first = await store.claim("w1", 10, 0.05)
+        assert {c.event_id for c in first} == {"evt_1", "evt_2"}
+        await asyncio.sleep(0.1)
+        second = await store.claim("w2", 10, 30)
+        assert {c.id for c in second} == {c.id for c in first}
+        # w1 lost both leases: its outcomes (one plain, one with an ordering key) write nothing
+        # and unblock nothing, though the claim remembered both seqs.
+        await store.record("w1", [outcome(c.id, SUCCEEDED) for c in first])
+        for one in first:
+            delivery = await store.get_delivery(org, one.id)
+            assert delivery.status is PENDING
+            assert delivery.attempts == ()
+            assert attempts(path, one.id) == []
+        assert await store.claim("w3", 10, 30) == []  # evt_3 still waits behind evt_2
+        await store.record("w2", [outcome(c.id, SUCCEEDED) for c in second])
+        for one in second:
+            assert (await store.get_delivery(org, one.id)).status is SUCCEEDED
+            assert attempts(path, one.id) == [(1, 200)]
+        (third,) = await store.claim("w3", 10, 30)
+        assert third.event_id == "evt_3"
+        assert known(store).keys() == {third.id}  # recorded ones were forgotten
+    finally:
+        await store.close()
+
+
+async def test_a_delivery_claimed_by_another_store_is_recorded_by_id(path: Path) -> None:
+    claiming, recording = await opened(path), await opened(path)
+    try:
+        org, _ = await setup(claiming)
+        await claiming.publish(org, [event("evt_1"), event("evt_2", "k"), event("evt_3", "k")])
+        claimed = await claiming.claim("w", 10, 30)
+        assert len(claimed) == 2
+        assert known(recording) == {}
+        await recording.record("w", [outcome(c.id, SUCCEEDED) for c in claimed])
+        for one in claimed:
+            assert (await claiming.get_delivery(org, one.id)).status is SUCCEEDED
+            assert attempts(path, one.id) == [(1, 200)]
+        (last,) = await claiming.claim("w", 10, 30)  # the key's next was unblocked
+        assert last.event_id == "evt_3"
+        # Another worker id on the fallback path is refused as on the fast one.
+        await recording.record("other", [outcome(last.id, FAILED)])
+        assert (await claiming.get_delivery(org, last.id)).status is PENDING
+    finally:
+        await claiming.close()
+        await recording.close()
+
+
+async def test_one_call_mixing_kinds_of_outcome(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, _ = await setup(store)
+        await store.publish(
+            org,
+            [event("evt_p"), event("evt_r"), event("evt_k1", "k"), event("evt_k2", "k")],
+        )
+        claimed = {c.event_id: c.id for c in await store.claim("w", 10, 30)}
+        assert set(claimed) == {"evt_p", "evt_r", "evt_k1"}
+        unknown = "dlv_" + "0" * 26
+        await store.record(
+            "w",
+            [
+                outcome(claimed["evt_p"], SUCCEEDED),
+                outcome(claimed["evt_r"], PENDING, retry_in=0),
+                outcome(unknown, SUCCEEDED),  # no such delivery: ignored
+                outcome(claimed["evt_k1"], FAILED),
+                outcome(claimed["evt_r"], SUCCEEDED),  # twice in one call: one after the other
+            ],
+        )
+        retried = await store.get_delivery(org, claimed["evt_r"])
+        # The second outcome of evt_r found its lease gone (the first released it).
+        assert retried.status is PENDING
+        assert [a.number for a in retried.attempts] == [1]
+        assert (await store.get_delivery(org, claimed["evt_p"])).status is SUCCEEDED
+        assert (await store.get_delivery(org, claimed["evt_k1"])).status is FAILED
+        again = {c.event_id: c for c in await store.claim("w", 10, 30)}
+        assert set(again) == {"evt_r", "evt_k2"}
+        assert again["evt_r"].attempt_number == 2
+        assert again["evt_r"].round_attempt == 2
+    finally:
+        await store.close()
+
+
+async def test_release_forgets_and_a_retry_is_recorded_under_its_next_number(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, _ = await setup(store)
+        await store.publish(org, [event("evt_1")])
+        (one,) = await store.claim("w", 10, 30)
+        await store.release("w", [one.id])
+        assert known(store) == {}
+        (one,) = await store.claim("w", 10, 30)
+        assert one.attempt_number == 1
+        await store.record("w", [outcome(one.id, PENDING, retry_in=0)])
+        (one,) = await store.claim("w", 10, 30)
+        assert one.attempt_number == 2
+        await store.record("w", [outcome(one.id, FAILED)])
+        assert attempts(path, one.id) == [(1, 500), (2, 500)]
+        await store.retry_delivery(org, one.id)
+        (one,) = await store.claim("w", 10, 30)
+        assert (one.attempt_number, one.round_attempt) == (3, 1)
+    finally:
+        await store.close()
+
+
+async def test_a_failing_lone_write_leaves_nothing_and_the_next_commits(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, _ = await setup(store)
+
+        def half_then_fail(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO organizations VALUES ('org_half', 'half', 0)")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await store._engine.submit(half_then_fail, durable=False)
+        with pytest.raises(RuntimeError, match="boom"):
+            await store._engine.submit(half_then_fail)
+        names = await store._engine.read(
+            lambda c: [row[0] for row in c.execute("SELECT id FROM organizations")]
+        )
+        assert names == [org]
+        assert (await store.create_organization("next")).name == "next"
+        conn = store._engine._write_conn
+        assert conn is not None
+        assert not conn.in_transaction
+    finally:
+        await store.close()
