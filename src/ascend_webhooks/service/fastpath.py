@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..ids import new_ids
 from ..metrics import EVENTS_PUBLISHED
 from ..store.base import StoreError
-from ..store.models import NewEvent, PublishResult
+from ..store.models import DeliveryStatus, NewEvent, PublishResult
 from .limits import RequestLimits
 from .problems import problem_response
 from .routes.events import published_view, wire_body
@@ -55,6 +56,7 @@ _BATCH_SUFFIX = "/events/batch"
 _MAX_TOKEN_LENGTH = 512
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _UTC_Z = orjson.OPT_UTC_Z
+_dumps = orjson.dumps
 _EVENT_KEYS = frozenset(("type", "data", "id", "ordering_key"))
 _valid_id = re.compile(EVENT_ID_PATTERN).fullmatch
 _valid_type = re.compile(EVENT_TYPE_PATTERN).fullmatch
@@ -169,7 +171,7 @@ async def _publish(services: Services, org: str, body: bytes) -> tuple[int, byte
     (result,) = await services.store.publish(org, events)
     if result.created:
         EVENTS_PUBLISHED.inc()
-    return (202 if result.created else 200), _view(result, result.created, fresh=True)
+    return (202 if result.created else 200), _Answers().view(result, result.created, fresh=True)
 
 
 async def _publish_batch(services: Services, org: str, body: bytes) -> tuple[int, bytes] | None:
@@ -185,19 +187,29 @@ async def _publish_batch(services: Services, org: str, body: bytes) -> tuple[int
         org, events if len(unique) == len(events) else list(unique.values())
     )
     by_id = {result.event.id: result for result in results}
-    views: list[bytes] = []
-    first_seen: set[str] = set()
-    for event in events:
-        result = by_id[event.id]
-        if event.id in first_seen:  # a repeat within the batch created nothing itself
-            views.append(_view(result, False, fresh=False))
-        else:
-            first_seen.add(event.id)
-            views.append(_view(result, result.created, fresh=True))
+    answers = _Answers()
+    view = answers.view
+    if len(unique) == len(events):
+        views = [
+            view(result, result.created, fresh=True) for result in map(by_id.__getitem__, unique)
+        ]
+    else:
+        views = []
+        first_seen: set[str] = set()
+        for event in events:
+            result = by_id[event.id]
+            if event.id in first_seen:  # a repeat within the batch created nothing itself
+                views.append(view(result, False, fresh=False))
+            else:
+                first_seen.add(event.id)
+                views.append(view(result, result.created, fresh=True))
     created = sum(1 for result in results if result.created)
     if created:
         EVENTS_PUBLISHED.inc(created)
-    return (202 if created else 200), b'{"data":[' + b",".join(views) + b"]}"
+    # {"data":[view,view,...]} in one join: the answer is about as large as the request.
+    views[0] = b'{"data":[' + views[0]
+    views[-1] += b"]}"
+    return (202 if created else 200), b",".join(views)
 
 
 def _parsed(body: bytes, *, batch: bool) -> list[dict[str, Any]] | None:
@@ -291,36 +303,76 @@ def _events(services: Services, items: list[dict[str, Any]] | None) -> list[NewE
             return None
         if len(body) > limit:
             return None
-        append(NewEvent(event_id, event_type, body, content_hash, key))
+        event = _allocate(NewEvent)
+        _set_id(event, event_id)
+        _set_type(event, event_type)
+        _set_body(event, body)
+        _set_hash(event, content_hash)
+        _set_key(event, key)
+        append(event)
     return events
 
 
-def _view(result: PublishResult, created: bool, *, fresh: bool) -> bytes:
-    """One event's answer as the route renders it: ``orjson.dumps(published_view(...))``.
+# ``NewEvent`` is a frozen dataclass: its ``__init__`` sets each field through
+# ``object.__setattr__``, twice the cost of setting its slots directly (as ``event.py`` does for
+# the receiver's events). A test checks that these are all of its fields.
+_allocate = object.__new__
+_set_id, _set_type, _set_body, _set_hash, _set_key = (
+    vars(NewEvent)[name].__set__ for name in ("id", "type", "body", "content_hash", "ordering_key")
+)
+
+
+class _Answers:
+    """Renders the answer for each published event as the route does, with
+    ``orjson.dumps(published_view(...), option=OPT_UTC_Z)``, in fewer steps.
 
     For an event this call created (``fresh`` and ``created``), its stored body is the exact
     start of that answer: ``{"id":…,"type":…,"data":…`` are the answer's first three keys,
     rendered by the same orjson from the same values. The rest is appended to it instead of
-    rendering the data again. Anything else goes through ``published_view``.
+    rendering the data again, from parts that repeat across a batch rendered once each (the
+    time it was stored, each endpoint with its delivery status). Anything else goes through
+    ``published_view``.
     """
-    event = result.event
-    if not (fresh and created):
-        view = published_view(result)
-        view["created"] = created
-        return orjson.dumps(view, option=_UTC_Z)
-    rest = orjson.dumps(
-        {
-            "ordering_key": event.ordering_key,
-            "created_at": event.created_at,
-            "deliveries": [
-                {"id": d.id, "endpoint_id": d.endpoint_id, "status": d.status}
-                for d in event.deliveries
-            ],
-            "created": True,
-        },
-        option=_UTC_Z,
-    )
-    return event.body[:-1] + b"," + rest[1:]
+
+    __slots__ = ("_ends", "_stamp", "_stamp_of")
+
+    def __init__(self) -> None:
+        self._stamp_of: datetime | None = None
+        self._stamp = b""
+        self._ends: dict[str, tuple[DeliveryStatus, bytes]] = {}
+
+    def view(self, result: PublishResult, created: bool, *, fresh: bool) -> bytes:
+        event = result.event
+        if not (fresh and created):
+            view = published_view(result)
+            view["created"] = created
+            return _dumps(view, option=_UTC_Z)
+        if event.created_at is not self._stamp_of:
+            self._stamp_of = event.created_at
+            self._stamp = b',"created_at":' + _dumps(event.created_at, option=_UTC_Z)
+        deliveries = []
+        for delivery in event.deliveries:
+            status = delivery.status
+            known = self._ends.get(delivery.endpoint_id)
+            if known is None or known[0] is not status:  # (statuses are enum members)
+                end = b',"endpoint_id":%b,"status":%b}' % (
+                    _dumps(delivery.endpoint_id),
+                    _dumps(status.value),
+                )
+                known = self._ends[delivery.endpoint_id] = (status, end)
+            deliveries.append(b'{"id":' + _dumps(delivery.id) + known[1])
+        key = event.ordering_key
+        return b"".join(
+            (
+                event.body[:-1],
+                b',"ordering_key":',
+                b"null" if key is None else _dumps(key),
+                self._stamp,
+                b',"deliveries":[',
+                b",".join(deliveries),
+                b'],"created":true}',
+            )
+        )
 
 
 def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
