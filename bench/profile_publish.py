@@ -6,7 +6,7 @@ in the same run and interleaved round by round, FastAPI's hello-world (``hello_a
 service as it was at a git revision (``--baseline REV``, checked out into a temporary worktree and
 run from its sources) and the service in this tree, each as ``serve --no-delivery`` on a fresh
 SQLite file: wrk single publishes (the same Lua script as ``publish.py``), then the batch route
-(1,000 events a call, 4 in flight). Besides rates, which follow the machine's load, it reports
+(1,000 events a call, 4 in flight, the bodies built before the clock starts). Besides rates, which follow the machine's load, it reports
 the service's CPU time per accepted event, split by thread (``/proc/PID/task``): the main
 thread, which is the event loop (HTTP, parsing, validation, building each event, the answer),
 and the others, mostly the SQLite writer; the first is the API's own cost with the store's
@@ -19,6 +19,7 @@ tree's service while wrk drives it (py-spy must be installed, and allowed to att
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -32,12 +33,66 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from harness import run_async, run_tag, warn_if_busy, write_result
 from publish import hello_world, wrk_post
-from run_all import Publisher
-from service_process import Service, ServiceUnavailable, running_service
+from service_process import (
+    ADMIN_TOKEN,
+    Service,
+    ServiceUnavailable,
+    publish_payload,
+    running_service,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+BATCH = 1_000  # events per call: the batch route's limit
+BATCHES_IN_FLIGHT = 4
+
+
+def batch_bodies(run: str, events: int) -> list[bytes]:
+    """The request bodies of ``events`` events, 1,000 a call (built before any timing)."""
+    return [
+        orjson.dumps(
+            {"events": [publish_payload(run, i) for i in range(n, min(n + BATCH, events))]}
+        )
+        for n in range(0, events, BATCH)
+    ]
+
+
+def post_batches(service: Service, bodies: list[bytes]) -> int:
+    """POST every body to the batch route, 4 calls in flight; the events answered 202.
+
+    The bodies are built beforehand and the answers only counted, not parsed, so that the
+    client's own CPU (on the same cores) stays small beside the service's.
+    """
+    from datetime import timedelta
+
+    from pyreqwest.client import ClientBuilder
+
+    url = f"{service.base_url}{service.events_path}/batch"
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+
+    async def run() -> int:
+        builder = ClientBuilder().timeout(timedelta(seconds=60)).default_headers(headers)
+        async with builder.max_connections(BATCHES_IN_FLIGHT).build() as client:
+            queue = list(reversed(bodies))
+
+            async def worker() -> int:
+                done = 0
+                while queue:
+                    response = await client.post(url).body_bytes(queue.pop()).build().send()
+                    answer = bytes(await response.bytes())
+                    if response.status != 202:
+                        raise ServiceUnavailable(
+                            f"batch answered {response.status}: {answer[:300]!r}"
+                        )
+                    done += answer.count(b'"created":true')
+                return done
+
+            return sum(await asyncio.gather(*(worker() for _ in range(BATCHES_IN_FLIGHT))))
+
+    return run_async(run)
 
 
 @contextlib.contextmanager
@@ -109,34 +164,41 @@ def measure(
     events: int,
     spy_to: Path | None,
     spy_batch_to: Path | None = None,
+    parts: Sequence[str] = ("single", "batch"),
 ) -> dict[str, float]:
     """Single calls by wrk, then the batch route, on one service (either under py-spy)."""
     service.setup("http://127.0.0.1:9/", name="profile")
     pid = service.processes[0].pid
-    spy = _py_spy(pid, seconds, spy_to) if spy_to is not None else None
-    cpu, threads = cpu_seconds(pid), thread_cpu(pid)
-    single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
-    single_cpu = cpu_seconds(pid) - cpu
-    single_loop, single_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
-    if spy is not None:
-        _, err = spy.communicate(timeout=60)
-        if spy.returncode != 0:
-            print(f"profile: py-spy failed: {err.decode()[-400:]}", file=sys.stderr)
-    publisher = Publisher(service)
-    run = run_tag()
-    run_async(lambda: publisher.publish(f"w{run}", 0, 2_000))
-    spy = None
-    if spy_batch_to is not None:
-        spy = _py_spy(service.processes[0].pid, 600, spy_batch_to)
-    cpu, threads = cpu_seconds(pid), thread_cpu(pid)
-    start = time.perf_counter()
-    accepted = run_async(lambda: publisher.publish(run, 0, events))
-    batch = accepted / (time.perf_counter() - start)
-    batch_cpu = cpu_seconds(pid) - cpu
-    batch_loop, batch_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)  # py-spy writes what it has recorded and exits
-        spy.communicate(timeout=60)
+    single: dict[str, Any] = {"per_s": 0.0, "p50_ms": 0.0, "requests": 0, "rejected": 0}
+    single_cpu = single_loop = single_other = 0.0
+    if "single" in parts:
+        spy = _py_spy(pid, seconds, spy_to) if spy_to is not None else None
+        cpu, threads = cpu_seconds(pid), thread_cpu(pid)
+        single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
+        single_cpu = cpu_seconds(pid) - cpu
+        single_loop, single_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
+        if spy is not None:
+            _, err = spy.communicate(timeout=60)
+            if spy.returncode != 0:
+                print(f"profile: py-spy failed: {err.decode()[-400:]}", file=sys.stderr)
+    batch = batch_cpu = batch_loop = batch_other = 0.0
+    accepted = 0
+    if "batch" in parts:
+        run = run_tag()
+        post_batches(service, batch_bodies(f"w{run}", 2_000))  # warm-up
+        bodies = batch_bodies(run, events)
+        spy = None
+        if spy_batch_to is not None:
+            spy = _py_spy(pid, 600, spy_batch_to)
+        cpu, threads = cpu_seconds(pid), thread_cpu(pid)
+        start = time.perf_counter()
+        accepted = post_batches(service, bodies)
+        batch = accepted / (time.perf_counter() - start)
+        batch_cpu = cpu_seconds(pid) - cpu
+        batch_loop, batch_other = (b - a for a, b in zip(threads, thread_cpu(pid), strict=True))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has recorded and exits
+            spy.communicate(timeout=60)
     if single["rejected"]:
         print(f"profile: {single['rejected']} single calls were not answered 2xx", file=sys.stderr)
     singles = max(single["requests"] - single["rejected"], 1)
@@ -190,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--events", type=int, default=30_000, help="batch events (default 30,000)")
     cli.add_argument("--py-spy", type=Path, help="flame graph (.svg) or raw stacks (.txt)")
     cli.add_argument("--py-spy-batch", type=Path, help="the same, while batches are published")
+    cli.add_argument(
+        "--only", choices=("single", "batch"), help="measure only single calls or only batches"
+    )
+    cli.add_argument("--no-hello", action="store_true", help="skip FastAPI's hello-world")
     args = cli.parse_args(argv)
     warn_if_busy("profile_publish")
     workdir = Path(tempfile.mkdtemp(prefix="ascend-profile-publish-"))
@@ -204,18 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants.append(("this tree", {"PYTHONPATH": str(REPO / "src")}))
         for label, _ in variants:
             figures[label] = []
+        parts = (args.only,) if args.only else ("single", "batch")
         try:
             for round_ in range(args.rounds):
-                with hello_world() as base:
-                    hello = wrk_post(base, "/hello", args.seconds, workdir)
-                figures["hello_world"].append({"single": hello["per_s"], "p50_ms": 0.0})
-                print(f"round {round_ + 1}: hello-world {hello['per_s']:,.0f}/s", flush=True)
+                if not args.no_hello and args.only != "batch":
+                    with hello_world() as base:
+                        hello = wrk_post(base, "/hello", args.seconds, workdir)
+                    figures["hello_world"].append({"single": hello["per_s"], "p50_ms": 0.0})
+                    print(f"round {round_ + 1}: hello-world {hello['per_s']:,.0f}/s", flush=True)
                 for label, env in variants:
                     first = label == "this tree" and round_ == 0
                     spy = args.py_spy if first else None
                     spy_batch = args.py_spy_batch if first else None
                     with running_service(delivery=False, extra_env=env) as service:
-                        got = measure(service, args.seconds, args.events, spy, spy_batch)
+                        got = measure(service, args.seconds, args.events, spy, spy_batch, parts)
                     figures[label].append(got)
                     print(f"round {round_ + 1}: {_line(label, got)}", flush=True)
         except ServiceUnavailable as exc:
@@ -223,15 +291,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    hello_median = statistics.median(f["single"] for f in figures["hello_world"])
+    hellos = [f["single"] for f in figures["hello_world"]]
+    hello_median = statistics.median(hellos) if hellos else 0.0
     lines = [f"== publish, median of {args.rounds} rounds, load {os.getloadavg()[0]:.1f} =="]
-    lines.append(f"  {'FastAPI hello-world':<24} single {hello_median:>7,.0f}/s")
+    if hellos:
+        lines.append(f"  {'FastAPI hello-world':<24} single {hello_median:>7,.0f}/s")
     summary: dict[str, Any] = {"hello_world": hello_median}
     for label, _ in variants:
         medians = {key: statistics.median(f[key] for f in figures[label]) for key in _KEYS}
         summary[label] = medians
         lines.append(f"  {_line(label, medians)}")
-        lines.append(f"  {'':<24} single = {medians['single'] / hello_median:.0%} of hello-world")
+        if hellos and medians["single"]:
+            ratio = medians["single"] / hello_median
+            lines.append(f"  {'':<24} single = {ratio:.0%} of hello-world")
     print("\n".join(lines))
     print(f"wrote {write_result('profile_publish', {'rounds': figures, 'summary': summary})}")
     return 0
