@@ -251,3 +251,71 @@ def test_a_bad_ca_file_is_refused_at_start(tmp_path: Path) -> None:
     garbage.write_text("not a certificate\n")
     with pytest.raises(ValueError, match=r"garbage\.pem"):
         PyreqwestTransport(ca_file=garbage)
+
+
+async def test_a_url_accepted_under_other_settings_is_still_checked(
+    transport: PyreqwestTransport, receivers: ReceiverFactory
+) -> None:
+    """Validated URLs are cached per URL *and* settings: a stricter transport checks anew."""
+    receiver = await receivers()
+    assert (await transport.post(receiver.url, BODY, {}, 5.0)).status_code == 200
+    no_private = PyreqwestTransport(allow_http=True, allow_private=False)
+    https_only = PyreqwestTransport(allow_http=False, allow_private=True)
+    try:
+        for _ in range(2):  # the refusal is not cached away either
+            refused = await no_private.post(receiver.url, BODY, {}, 5.0)
+            assert refused.error == "forbidden_address"
+            assert (await https_only.post(receiver.url, BODY, {}, 5.0)).error == "invalid_url"
+    finally:
+        await no_private.close()
+        await https_only.close()
+    assert len(receiver.requests) == 1
+
+
+async def test_a_medium_body_is_capped_by_the_excerpt_size_too(receivers: ReceiverFactory) -> None:
+    receiver = await receivers(behaviour=Reply(500, body=b"m" * 3000))
+    transport = PyreqwestTransport(allow_http=True, allow_private=True, excerpt_bytes=1000)
+    try:
+        response = await transport.post(receiver.url, BODY, {}, 5.0)
+        empty = await transport.post(receiver.url, BODY, {}, 5.0)
+    finally:
+        await transport.close()
+    assert response.excerpt == "m" * 1000
+    assert empty.excerpt == "m" * 1000  # the connection, cut or reused, still works
+
+
+class _Reader:
+    """A body reader handing out fixed chunks (then None), for the short-read path."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.asked: list[int] = []
+
+    async def read(self, amount: int) -> bytes | None:
+        self.asked.append(amount)
+        if not self.chunks:
+            return None
+        chunk = self.chunks.pop(0)
+        if len(chunk) > amount:  # as pyreqwest: never more than asked, the rest kept
+            chunk, rest = chunk[:amount], chunk[amount:]
+            self.chunks.insert(0, rest)
+        return chunk
+
+
+async def test_a_short_first_read_is_completed_up_to_the_cap() -> None:
+    from pyreqwest.bytes import Bytes
+
+    reader = _Reader(b"cd", b"efgh", b"never read")
+    kept = await PyreqwestTransport._read_more(reader, Bytes(b"ab"), 6)  # type: ignore[arg-type]
+    assert bytes(kept) == b"abcdef"
+    assert reader.asked == [4, 2]
+    assert reader.chunks == [b"gh", b"never read"]
+
+
+async def test_a_short_body_ends_the_reads() -> None:
+    from pyreqwest.bytes import Bytes
+
+    reader = _Reader(b"cd")
+    kept = await PyreqwestTransport._read_more(reader, Bytes(b"ab"), 4096)  # type: ignore[arg-type]
+    assert bytes(kept) == b"abcd"
+    assert reader.asked == [4094, 4092]

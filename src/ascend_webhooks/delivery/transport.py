@@ -51,8 +51,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from pyreqwest.bytes import Bytes
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import DecodeError, PyreqwestError, RequestError
 from pyreqwest.response import ResponseBodyReader
@@ -86,9 +87,12 @@ logger = logging.getLogger(__name__)
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
-    """What one POST produced: a status, or an error class (never both absent)."""
+class Response(NamedTuple):
+    """What one POST produced: a status, or an error class (never both absent).
+
+    Immutable; a named tuple rather than a frozen dataclass, which costs twice as much to
+    build (one per attempt).
+    """
 
     status_code: int | None
     error: str | None
@@ -145,6 +149,9 @@ class PyreqwestTransport:
         self.allow_http = allow_http
         self.allow_private = allow_private
         self.excerpt_bytes = excerpt_bytes
+        # What reqwest reads ahead of us into memory per response (its default is 64 KiB):
+        # about the excerpt, so that a thousand attempts in flight cannot hold 64 MiB.
+        self._read_buffer = max(excerpt_bytes, 1024)
         self.resolve_ttl = resolve_ttl
         self.max_pinned_hosts = max_pinned_hosts
         # Kept at least as large as the attempts a worker may have in flight to one endpoint:
@@ -176,27 +183,40 @@ class PyreqwestTransport:
         status: int | None = None
         excerpt: str | None = None
         error: str | None = None
-        self._linger = max(self._linger, timeout + 5)
+        if timeout + 5 > self._linger:
+            self._linger = timeout + 5
         try:
-            client = await self._client_for(url, timeout)
-            spent = time.perf_counter() - started
-            # Without a name lookup, what was spent is noise: reuse one timedelta per timeout.
-            limit = _timedelta(timeout if spent < 0.001 else max(timeout - spent, 0.001))
+            client = self._ready_client(url)
+            if client is None:  # a name to (re)resolve: that counts against the deadline
+                client = await self._client_for(url, timeout)
+                spent = time.perf_counter() - started
+                limit = _timedelta(timeout if spent < 0.001 else max(timeout - spent, 0.001))
+            else:
+                limit = _timedelta(timeout)  # one timedelta per timeout, reused
             request = (
                 client.post(url)
-                .headers(headers if isinstance(headers, dict) else dict(headers))
+                .headers(headers if type(headers) is dict else dict(headers))
                 .body_bytes(body)
                 .timeout(limit)
+                .streamed_read_buffer_limit(self._read_buffer)
                 .build_streamed()
             )
             async with request as response:
                 status = response.status
-                # Each read is a round trip to reqwest's thread: none for an empty body (the
-                # usual answer to a webhook), and none past a Content-Length already read.
+                # No read at all for an empty body (the usual answer to a webhook), and none
+                # past a Content-Length already read.
                 length = response.get_header("content-length")
                 if length != "0":
-                    expected = int(length) if length is not None and length.isdigit() else None
-                    excerpt = await self._read_excerpt(response.body_reader, expected)
+                    wanted = self.excerpt_bytes
+                    if length is not None and length.isdigit():
+                        wanted = min(int(length), wanted)
+                    reader = response.body_reader
+                    chunk = await reader.read(wanted)  # the whole excerpt, as a rule
+                    if chunk is not None:
+                        data: Bytes | bytearray = chunk
+                        if len(chunk) < wanted:
+                            data = await self._read_more(reader, chunk, wanted)
+                        excerpt = str(data, "utf-8", "replace")
         except _AttemptRefused as exc:
             error = exc.code
             logger.info("attempt refused: %s", exc)
@@ -207,17 +227,37 @@ class PyreqwestTransport:
         duration_ms = (time.perf_counter() - started) * 1000
         return Response(status, error, excerpt, duration_ms)
 
-    async def _read_excerpt(self, reader: ResponseBodyReader, expected: int | None) -> str | None:
-        kept = bytearray()
-        wanted = self.excerpt_bytes if expected is None else min(expected, self.excerpt_bytes)
+    @staticmethod
+    async def _read_more(reader: ResponseBodyReader, first: Bytes, wanted: int) -> bytearray:
+        """Read on after a short first read, up to ``wanted`` bytes in all, or to the end."""
+        kept = bytearray(first)
         while len(kept) < wanted:
             chunk = await reader.read(wanted - len(kept))
             if chunk is None:
                 break
-            kept += bytes(chunk)
-        return kept.decode("utf-8", errors="replace") if kept else None
+            kept += chunk
+        return kept
 
     # -- clients ---------------------------------------------------------------------------
+
+    def _ready_client(self, url: str) -> Client | None:
+        """The client for ``url`` if no name has to be resolved first, else None.
+
+        The URL is validated (a cached result: pure, per URL and settings) on every call,
+        and a pinned client is used only while its resolution is fresh.
+        """
+        try:
+            scheme, host, port, is_ip = _target(url, self.allow_http, self.allow_private)
+        except ForbiddenURLError as exc:
+            raise _AttemptRefused(exc.code, str(exc)) from None
+        if self.allow_private or is_ip:
+            return self._shared or self._shared_client()
+        key = (scheme, host, port)
+        entry = self._pinned.get(key)
+        if entry is not None and entry.expires_at > time.monotonic():
+            self._pinned.move_to_end(key)
+            return entry.client
+        return None
 
     async def _client_for(self, url: str, timeout: float) -> Client:  # noqa: ASYNC109
         try:
