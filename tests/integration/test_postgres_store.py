@@ -118,7 +118,7 @@ async def test_concurrent_open_migrates_once() -> None:
             versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
         finally:
             await conn.close()
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4]
     finally:
         await pg.drop_database(url)
 
