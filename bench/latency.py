@@ -196,11 +196,27 @@ async def _publish_at_rate(
 
 
 def measure_latency(
-    service: Service, url: str, conn: Connection, seconds: float, rate: float
+    service: Service,
+    url: str,
+    conn: Connection,
+    seconds: float,
+    rate: float,
+    database: str | None = None,
 ) -> dict[str, Any]:
-    """Set up an endpoint on the receiver, warm up, then measure ``seconds`` at ``rate``."""
+    """Set up an endpoint on the receiver, warm up, then measure ``seconds`` at ``rate``.
+
+    With ``database`` (PostgreSQL's), also the CPU time per event of the API process, the
+    workers and the database's sessions over the measured part (from ``/proc``, as
+    ``pg_scaling.py`` reads it): on a shared machine it moves far less than the latency does.
+    """
     service.setup(url)
-    return _measure(f"{service.base_url}{service.events_path}", 202, conn, seconds, rate)
+    roles = None
+    if database is not None:
+        from pg_scaling import Roles
+
+        pids = [p.pid for p in service.processes]
+        roles = Roles(database, pids[0], pids[1:], "-")
+    return _measure(f"{service.base_url}{service.events_path}", 202, conn, seconds, rate, roles)
 
 
 def measure_floor(url: str, conn: Connection, seconds: float, rate: float) -> dict[str, Any]:
@@ -209,7 +225,12 @@ def measure_floor(url: str, conn: Connection, seconds: float, rate: float) -> di
 
 
 def _measure(
-    target: str, expect: int, conn: Connection, seconds: float, rate: float
+    target: str,
+    expect: int,
+    conn: Connection,
+    seconds: float,
+    rate: float,
+    roles: Any = None,
 ) -> dict[str, Any]:
     run = run_tag()
     conn.send("count")
@@ -217,10 +238,22 @@ def _measure(
     warm = max(1, int(WARMUP_SECONDS * rate))
     run_async(lambda: _publish_at_rate(target, expect, f"w{run}", 0, warm, rate))
     count = int(seconds * rate)
+    cpu, sampling = None, threading.Event()
+    if roles is not None:
+        from pg_scaling import CpuWindow
+
+        cpu = CpuWindow(roles)
+
+        def sample() -> None:
+            while not sampling.wait(0.5):
+                cpu.sample()
+
+        threading.Thread(target=sample, daemon=True).start()
     sent, answered, errors = run_async(
         lambda: _publish_at_rate(target, expect, run, 0, count, rate)
     )
     complete = _arrived(conn, base + warm + count, timeout=30)
+    sampling.set()
     conn.send("dump")
     arrivals: dict[str, float] = conn.recv()
     latencies = sorted(
@@ -241,6 +274,21 @@ def _measure(
     }
     if not complete:
         figures["incomplete"] = f"{len(latencies)} of {count} events arrived"
+    if cpu is not None:
+        window = cpu.close()
+        percent = window["cpu_percent_of_one_core"]
+        per_event = 1e4 * window["seconds"] / count  # % of one core -> us per event
+        figures["cpu"] = window
+        figures["cpu_us_per_event"] = {
+            "api": round(percent.get("api (serve --no-delivery)", 0.0) * per_event),
+            "workers": round(
+                sum(v for k, v in percent.items() if k.startswith("worker")) * per_event
+            ),
+            "postgres": round(percent.get("postgres: sessions of this database", 0.0) * per_event),
+            "other work on the machine": round(
+                percent.get("everything else on the machine", 0.0) * per_event
+            ),
+        }
     return figures
 
 
@@ -250,7 +298,7 @@ def _mode(name: str, url: str, conn: Connection, seconds: float, rate: float) ->
             with running_service() as service:
                 return measure_latency(service, url, conn, seconds, rate)
         with postgres_database() as database, running_service(database, workers=2) as service:
-            return measure_latency(service, url, conn, seconds, rate)
+            return measure_latency(service, url, conn, seconds, rate, database.rsplit("/", 1)[1])
     except ServiceUnavailable as exc:
         return {"skipped": str(exc)}
 
@@ -266,6 +314,10 @@ def _line(name: str, part: dict[str, Any]) -> str:
     extra = f" [INCOMPLETE: {part['incomplete']}]" if "incomplete" in part else ""
     if part["publish_errors"]:
         extra += f" [{part['publish_errors']} publish calls not answered 202]"
+    if "cpu_us_per_event" in part:
+        extra += "; CPU per event: " + ", ".join(
+            f"{k} {v} us" for k, v in part["cpu_us_per_event"].items()
+        )
     return (
         f"  {name:<28} p50 {part['p50_ms']:6.2f} ms  p90 {part['p90_ms']:6.2f} ms  "
         f"p99 {part['p99_ms']:6.2f} ms  max {part['max_ms']:7.2f} ms  "

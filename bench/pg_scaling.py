@@ -432,6 +432,27 @@ def table_sizes(url: str) -> dict[str, Any]:
     return sizes
 
 
+def row_updates(url: str, deliveries: int) -> dict[str, Any]:
+    """Updates of ``deliveries`` rows per delivery, over the whole run (read once the workers
+    have exited, so that their sessions' statistics are in). Each delivery made in one attempt
+    needs two: its lease (claim) and its outcome (record); every give-back (a release) adds two
+    more, its release and the claim that leases it again; a lease extension adds one."""
+    rows = query(
+        url,
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'deliveries'",
+    )
+    if not rows or not deliveries:
+        return {}
+    updates, hot = int(rows[0][0]), int(rows[0][1])
+    per = updates / deliveries
+    return {
+        "updates": updates,
+        "hot_updates": hot,
+        "per_delivery": round(per, 3),
+        "give_backs_per_delivery_at_most": round(max(0.0, per - 2) / 2, 3),
+    }
+
+
 def server_settings(url: str) -> dict[str, str]:
     names = (
         "server_version",
@@ -674,45 +695,46 @@ def measure(
                 f"  {count} worker(s): drain {drain['deliveries_per_s']:,.0f} deliveries/s"
                 f"{'  [INCOMPLETE: ' + problem.splitlines()[0] + ']' if problem else ''}"
             )
-            if problem or not live_events:
-                result["tables"] = table_sizes(url)
-                return result
-
-            # 3. Publishing while the workers deliver.
-            time.sleep(0.3)
-            extra = sink.posts() - base - events
-            result["drain"]["extra_posts"] = extra
-            base2 = sink.posts()
-            cpu = CpuWindow(roles)
-            start = time.perf_counter()
-            with ActivitySampler(url, database) as activity, WalTracker(url) as wal:
-                accepted = run_async(lambda: publisher.publish(f"l{run}", 0, live_events))
-                published = time.perf_counter()
-                followed = _follow(sink, service, base2, live_events, cpu, LIVE_TIMEOUT, None)
-            t1, problem = followed.ended, followed.problem
-            delivered = min(live_events, sink.posts() - base2)
-            live: dict[str, Any] = {
-                "events": live_events,
-                "accepted": accepted,
-                "publish_per_s": round(live_events / (published - start)),
-                "deliveries_per_s": round(delivered / (t1 - start), 1),
-                "seconds": round(t1 - start, 2),
-                "cpu": cpu.close(),
-                "postgres_sessions": activity.summary(),
-                "wal_per_event_published_and_delivered": wal.figures(delivered),
-            }
-            if problem:
-                live["incomplete"] = problem
-            else:
+            if not problem and live_events:
+                # 3. Publishing while the workers deliver.
                 time.sleep(0.3)
-                live["extra_posts"] = sink.posts() - base2 - live_events
-            result["live"] = live
-            print(
-                f"  {count} worker(s): publishing while delivering"
-                f" {live['deliveries_per_s']:,.0f} deliveries/s"
-                f" (published at {live['publish_per_s']:,}/s)"
-                f"{'  [INCOMPLETE: ' + problem.splitlines()[0] + ']' if problem else ''}"
-            )
+                extra = sink.posts() - base - events
+                result["drain"]["extra_posts"] = extra
+                base2 = sink.posts()
+                cpu = CpuWindow(roles)
+                start = time.perf_counter()
+                with ActivitySampler(url, database) as activity, WalTracker(url) as wal:
+                    accepted = run_async(lambda: publisher.publish(f"l{run}", 0, live_events))
+                    published = time.perf_counter()
+                    followed = _follow(sink, service, base2, live_events, cpu, LIVE_TIMEOUT, None)
+                t1, problem = followed.ended, followed.problem
+                delivered = min(live_events, sink.posts() - base2)
+                live: dict[str, Any] = {
+                    "events": live_events,
+                    "accepted": accepted,
+                    "publish_per_s": round(live_events / (published - start)),
+                    "deliveries_per_s": round(delivered / (t1 - start), 1),
+                    "seconds": round(t1 - start, 2),
+                    "cpu": cpu.close(),
+                    "postgres_sessions": activity.summary(),
+                    "wal_per_event_published_and_delivered": wal.figures(delivered),
+                }
+                if problem:
+                    live["incomplete"] = problem
+                else:
+                    time.sleep(0.3)
+                    live["extra_posts"] = sink.posts() - base2 - live_events
+                result["live"] = live
+                print(
+                    f"  {count} worker(s): publishing while delivering"
+                    f" {live['deliveries_per_s']:,.0f} deliveries/s"
+                    f" (published at {live['publish_per_s']:,}/s)"
+                    f"{'  [INCOMPLETE: ' + problem.splitlines()[0] + ']' if problem else ''}"
+                )
+        # The workers have exited (their sessions' statistics are flushed as they end).
+        result["row_updates"] = row_updates(
+            url, events + (result.get("live") or {}).get("events", 0)
+        )
         result["tables"] = table_sizes(url)
     return result
 
@@ -728,6 +750,16 @@ def _wal(figures: dict[str, Any]) -> str:
             f" ({figures['database_fpi_bytes_per_unit']:,} B of it full-page images), {text}"
         )
     return text
+
+
+def _cpu_per_delivery(percent: dict[str, float], rate: float) -> dict[str, float]:
+    """Microseconds of CPU per delivery of the database's sessions and of all workers together:
+    far steadier than rates on a shared machine."""
+    if not rate:
+        return {}
+    postgres = percent.get("postgres: sessions of this database", 0.0)
+    workers = sum(v for k, v in percent.items() if k.startswith("worker"))
+    return {"postgres": postgres * 1e4 / rate, "workers": workers * 1e4 / rate}
 
 
 def report(results: dict[str, Any]) -> list[str]:
@@ -754,6 +786,11 @@ def report(results: dict[str, Any]) -> list[str]:
         )
         for role, value in sorted(cpu["cpu_percent_of_one_core"].items(), key=lambda kv: -kv[1]):
             lines.append(f"      {value:6.1f}  {role}")
+        per = _cpu_per_delivery(cpu["cpu_percent_of_one_core"], drain["deliveries_per_s"])
+        if per:
+            lines.append(
+                "    CPU per delivery: " + ", ".join(f"{k} {v:,.0f} us" for k, v in per.items())
+            )
         sessions = drain["postgres_sessions"].get("mean_sessions", {})
         if sessions:
             described = ", ".join(f"{k} {v:g}" for k, v in list(sessions.items())[:5])
@@ -765,6 +802,13 @@ def report(results: dict[str, Any]) -> list[str]:
         if drain.get("rate_by_fifth_of_window"):
             lines.append(f"    rate by fifth of the window: {drain['rate_by_fifth_of_window']}")
         lines.append(f"    WAL per delivery: {_wal(drain['wal_per_delivery'])}")
+        updates = part.get("row_updates") or {}
+        if updates:
+            lines.append(
+                f"    deliveries row updates per delivery (whole run): {updates['per_delivery']:g}"
+                f" (2 = a claim and an outcome; give-backs at most"
+                f" {updates['give_backs_per_delivery_at_most']:g} per delivery)"
+            )
         if "live" in part:
             live[n] = part["live"]["deliveries_per_s"]
     if 1 in rates and 2 in rates:
