@@ -251,3 +251,72 @@ async def test_a_failing_lone_write_leaves_nothing_and_the_next_commits(path: Pa
         assert not conn.in_transaction
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("json_path", [True, False])
+async def test_outcomes_are_stored_exactly_by_either_statement_shape(
+    path: Path, json_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ascend_webhooks.store.sqlite import _writes
+
+    monkeypatch.setattr(_writes, "_json_path", [json_path])
+    documents: list[str] = []
+    dumps = _writes._dumps
+
+    def spy(rows: object) -> str:
+        documents.append(dumps(rows))
+        return documents[-1]
+
+    monkeypatch.setattr(_writes, "_dumps", spy)
+    store = await opened(path)
+    try:
+        org, _ = await setup(store)
+        await store.publish(org, [event(f"evt_{n}") for n in range(5)])
+        claimed = await store.claim("w", 10, 30)
+        started = datetime(2026, 1, 2, 3, 4, 5, 678_999, tzinfo=UTC)
+        retry_at = datetime(2030, 1, 1, 0, 0, 0, 1_999, tzinfo=UTC)
+        texts = [
+            ("status_500", 'ünïcode "quoted" \\ back\nslash 😀'),
+            ("connect_error", "has a \x00 NUL inside"),  # JSON text cannot carry it
+            (None, None),
+            ("timeout", ""),
+            ("status_503", "x" * 2000),
+        ]
+        durations = [0.1 + 0.2, float("inf"), 12.5, 1e-9, 29_999.999]
+        outcomes = []
+        for n, one in enumerate(claimed):
+            error, excerpt = texts[n]
+            status = [FAILED, SUCCEEDED, PENDING, PENDING, FAILED][n]
+            outcomes.append(
+                AttemptOutcome(
+                    one.id,
+                    Attempt(0, started, durations[n], None if error else 200, error, excerpt),
+                    status,
+                    retry_at if n == 2 else None,
+                )
+            )
+        before = datetime.now(UTC)
+        # The NUL and the infinite duration apart: each sends its call to executemany.
+        await store.record("w", [outcomes[n] for n in (0, 2, 3, 4)])
+        assert len(documents) == (1 if json_path else 0)
+        await store.record("w", [outcomes[1]])
+        for n, one in enumerate(claimed):
+            delivery = await store.get_delivery(org, one.id)
+            (attempt,) = delivery.attempts
+            assert attempt.number == 1
+            assert attempt.started_at == datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+            assert attempt.duration_ms == durations[n]
+            assert (attempt.error, attempt.response_excerpt) == texts[n]
+            assert attempt.status_code == (None if texts[n][0] else 200)
+            assert delivery.status is outcomes[n].status
+            assert delivery.attempt_count == 1
+        retried = await store.get_delivery(org, claimed[2].id)
+        assert retried.next_attempt_at == datetime(2030, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC)
+        now_due = await store.get_delivery(org, claimed[3].id)
+        assert now_due.next_attempt_at is not None
+        assert before - timedelta(seconds=1) < now_due.next_attempt_at
+        (again,) = await store.claim("w", 10, 30)
+        assert again.id == claimed[3].id
+        assert again.attempt_number == 2
+    finally:
+        await store.close()
