@@ -4,6 +4,7 @@ and hands everything else to the route, whose answers (401, 404, 409, 413, 422) 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from starlette.types import Receive, Scope, Send
 
 from ascend_webhooks.service import fastpath
+from ascend_webhooks.service.app import GC_THRESHOLD
 from ascend_webhooks.service.problems import Problem
 from ascend_webhooks.service.routes.events import build_event, published_view, wire_body
 from ascend_webhooks.service.schemas import EventBatchResult, EventCreate, EventPublished
@@ -406,3 +408,18 @@ def test_the_fronts_answer_is_the_routes_byte_for_byte(
     assert answers.view(moved_result, True, fresh=True) == orjson.dumps(
         published_view(moved_result, data), option=orjson.OPT_UTC_Z
     )
+
+
+async def test_the_collector_is_tuned_while_the_app_runs_and_put_back_after(
+    store: Store, database_url: str
+) -> None:
+    before = gc.get_threshold()
+    settings = api_settings(database_url, max_payload_bytes=LIMIT)
+    async with running_api(settings, store=store):
+        assert gc.get_threshold()[0] >= GC_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        async with running_api(settings, store=store):  # a second app in the same process
+            assert gc.get_threshold()[0] >= GC_THRESHOLD
+        assert gc.get_threshold()[0] >= GC_THRESHOLD  # still tuned: the first app runs
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
