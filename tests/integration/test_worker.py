@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from ascend_webhooks.delivery.transport import PyreqwestTransport, Response
 from ascend_webhooks.delivery.worker import Worker
 from ascend_webhooks.ids import new_id
 from ascend_webhooks.metrics import BatchHistogram
@@ -697,6 +698,45 @@ async def test_attempt_runners_are_reused_and_end_with_the_worker(
     assert 1 <= runners <= 4  # one runner per slot, not one task per attempt
     assert worker._tasks == set()
     assert worker._idle_slots == []
+    assert worker.in_flight == 0
+
+
+class CrashingTransport:
+    """Raises (a bug in a transport) on the first ``crashes`` posts, then really sends."""
+
+    def __init__(self, crashes: int) -> None:
+        self.crashes = crashes
+        self.inner = PyreqwestTransport(allow_http=True, allow_private=True)
+
+    async def post(self, *args: Any) -> Response:
+        if self.crashes > 0:
+            self.crashes -= 1
+            raise RuntimeError("transport bug")
+        return await self.inner.post(*args)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_an_attempt_that_crashes_is_recorded_and_retried(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 3)
+    transport = CrashingTransport(crashes=2)
+    worker = Worker(store, make_settings(), decrypt, transport=transport, concurrency=2)
+    try:
+        async with running(worker):
+            states = await wait_terminal(store, org, [d.id for d in deliveries])
+    finally:
+        await transport.close()
+
+    assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
+    errors = sorted(str(a.error) for s in states for a in s.attempts)
+    assert errors == ["None", "None", "None", "internal_error", "internal_error"]
+    assert len(receiver.requests) == 3
     assert worker.in_flight == 0
 
 

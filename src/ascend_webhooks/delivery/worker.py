@@ -474,9 +474,36 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_slot(self, delivery: ClaimedDelivery) -> None:
-        """Make attempts, one at a time, until told to end (None) or the worker stops."""
+        """Make attempts, one at a time, until told to end (None) or the worker stops.
+
+        The attempt itself is inline (not a coroutine of its own): each coroutine between
+        the runner and the transport is created per attempt and resumed at every wake-up.
+        """
         while True:
-            await self._attempt(delivery)
+            started_at = datetime.now(UTC)
+            try:
+                key = self._keys.get(delivery.organization_id)
+                if key is None or key.mac is None:
+                    error = key.error if key is not None else "no_signing_key"
+                    response = Response(None, error, None, 0.0)
+                else:
+                    response = await self.transport.post(
+                        delivery.url,
+                        delivery.body,
+                        self._signed_headers(delivery, key.mac),
+                        self._attempt_timeout,
+                    )
+                    self._durations.append(response.duration_ms / 1000)
+                outcome = self._outcome(delivery, started_at, response)
+            except asyncio.CancelledError:
+                self._free_slot(delivery, abandoned=True)
+                raise
+            except Exception:  # a bug: record a failed attempt rather than lose the worker
+                logger.exception("worker %s: attempt of %s crashed", self.worker_id, delivery.id)
+                outcome = self._outcome(
+                    delivery, started_at, Response(None, "internal_error", None, 0.0)
+                )
+            self._ended(delivery, outcome)
             if self._slots_closing or len(self._idle_slots) >= self.concurrency:
                 return  # more runners idle than can be busy at once: this one is not needed
             waiter: asyncio.Future[ClaimedDelivery | None] = self._loop.create_future()
@@ -575,17 +602,8 @@ class Worker:
 
     # -- one attempt -----------------------------------------------------------------------
 
-    async def _attempt(self, delivery: ClaimedDelivery) -> None:
-        try:
-            outcome = await self._make_attempt(delivery)
-        except asyncio.CancelledError:
-            self._free_slot(delivery, abandoned=True)
-            raise
-        except Exception:  # a bug: record it as a failed attempt rather than lose the worker
-            logger.exception("worker %s: attempt of %s crashed", self.worker_id, delivery.id)
-            outcome = self._outcome(
-                delivery, datetime.now(UTC), Response(None, "internal_error", None, 0.0)
-            )
+    def _ended(self, delivery: ClaimedDelivery, outcome: AttemptOutcome) -> None:
+        """Adapt the endpoint's limit, buffer the outcome for the flush loop, free the slot."""
         self._adapt(delivery.endpoint_id, outcome.attempt)
         outcomes = self._outcomes
         outcomes.append(outcome)
@@ -615,18 +633,16 @@ class Worker:
         if self._drained is not None and not self._inflight and not self._drained.done():
             self._drained.set_result(None)
 
-    async def _make_attempt(self, delivery: ClaimedDelivery) -> AttemptOutcome:
-        started_at = datetime.now(UTC)
-        key = self._keys.get(delivery.organization_id)
-        if key is None or key.mac is None:
-            error = key.error if key is not None else "no_signing_key"
-            return self._outcome(delivery, started_at, Response(None, error, None, 0.0))
-        # A fresh timestamp and signature for every attempt, exactly as signature.sign makes
-        # them (X-Ascend-Signature: t=<ts>,v1=<hex HMAC-SHA256 of "<ts>:" + body>).
+    @staticmethod
+    def _signed_headers(delivery: ClaimedDelivery, mac: hmac.HMAC) -> dict[str, str]:
+        """The attempt's headers, signed now: a fresh timestamp and signature every attempt.
+
+        Exactly what :func:`ascend_webhooks.signature.sign` makes (``X-Ascend-Signature:
+        t=<ts>,v1=<hex HMAC-SHA256 of "<ts>:" + body>``), from a copy of the key's MAC.
+        """
         timestamp = str(int(time.time()))
-        mac = key.mac.copy()
-        mac.update(timestamp.encode("ascii") + b":")
-        mac.update(delivery.body)
+        mac = mac.copy()
+        mac.update(timestamp.encode("ascii") + b":" + delivery.body)
         headers = {
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: f"t={timestamp},v1={mac.hexdigest()}",
@@ -641,11 +657,7 @@ class Worker:
             headers["X-Ascend-Event-Type"] = delivery.event_type
         headers["X-Ascend-Delivery-Id"] = delivery.id
         headers["X-Ascend-Attempt"] = str(delivery.attempt_number)
-        response = await self.transport.post(
-            delivery.url, delivery.body, headers, self._attempt_timeout
-        )
-        self._durations.append(response.duration_ms / 1000)
-        return self._outcome(delivery, started_at, response)
+        return headers
 
     def _outcome(
         self, delivery: ClaimedDelivery, started_at: datetime, response: Response
