@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -164,6 +164,48 @@ async def test_concurrent_claimers_on_separate_pools_never_share(
     assert len(seen) == 300
     assert len(set(seen)) == 300
     assert second  # another organization's endpoint without work does not disturb the walk
+
+
+async def test_a_claim_left_short_by_racers_runs_again_only_if_it_missed_due_rows(
+    stores: Callable[[], Awaitable[PostgresStore]], pg_url: str
+) -> None:
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    await store.publish(org_id, [event("evt_0")])
+    rounds = 0
+    real = store._claim_once
+
+    async def counted(*args: Any) -> tuple[list[ClaimedDelivery], bool]:
+        nonlocal rounds
+        rounds += 1
+        return await real(*args)
+
+    store._claim_once = counted  # type: ignore[method-assign]
+    racer = await asyncpg.connect(pg_url)
+    lock = (
+        "SELECT 1 FROM deliveries WHERE seq IN (SELECT seq FROM deliveries ORDER BY seq LIMIT $1)"
+    )
+    try:
+        async with racer.transaction():
+            # Another worker is leasing the one event just published: this claim saw every due
+            # row, so it does not run again.
+            await racer.execute(lock + " FOR UPDATE", 1)
+            assert await store.claim("w", 5, 30) == []
+            assert rounds == 1
+        await store.publish(org_id, [event(f"evt_{i}") for i in range(1, 30)])
+        rounds = 0
+        async with racer.transaction():
+            # The racer holds the first 21, as many as this claim looks at in a pair (5 + 16):
+            # due rows behind them were not seen, so it runs again, up to its bound.
+            await racer.execute(lock + " FOR UPDATE", 21)
+            assert await store.claim("w", 5, 30) == []
+            assert rounds == 8
+        # The racer leased nothing after all: the rows are there for the next claim.
+        rounds = 0
+        assert len(await store.claim("w", 5, 30)) == 5
+        assert rounds == 1
+    finally:
+        await racer.close()
 
 
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(

@@ -77,6 +77,8 @@ SELECT {DELIVERY_COLUMNS}
 #    first $2 that can be locked (SKIP LOCKED) are taken: racing claimers take the next ones.
 # 4. The lease: next_attempt_at moves to the lease's end, so a delivery whose worker died is
 #    simply due again when the lease runs out (no sweeper needed).
+# 5. A last row (id NULL) says where the walk stopped, how many candidates there were and the
+#    most any one pair gave: whether another claim may find rows that racers did not lock.
 _NEXT_PAIR = """
     SELECT x.organization_id AS org, x.endpoint_id AS ep FROM (
         (SELECT organization_id, endpoint_id FROM deliveries
@@ -147,11 +149,12 @@ claimed AS (
 )
 SELECT id, organization_id, event_id, event_type, endpoint_id, url, body, attempt_number,
        round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked,
-       NULL::bigint AS candidates
+       NULL::bigint AS candidates, NULL::bigint AS fullest
   FROM claimed
 UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
-       (SELECT count(*) FROM cand)
+       (SELECT count(*) FROM cand),
+       (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair)
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
 

@@ -795,8 +795,17 @@ class PostgresStore(Store):
         elif claimed:
             last = max(claimed, key=lambda row: (row["rn"], row["n"]))
             self._claim_from = (last["organization_id"], last["endpoint_id"])
+        # Left short by racing claimers, is another round worth it? Only when due rows were
+        # left out of this one's view: a pair gave as many candidates as it may (it may have
+        # more behind those locked), or the batch's cut left some out. Otherwise every due row
+        # was seen, and those not taken are being leased by the racers: a claim that loses
+        # the race for the one event just published does not run again for nothing.
+        window = limit + _CLAIM_SLACK
         skipped = (
-            marker is not None and len(claimed) < limit and marker["candidates"] > len(claimed)
+            marker is not None
+            and len(claimed) < limit
+            and marker["candidates"] > len(claimed)
+            and (marker["fullest"] >= window or marker["candidates"] > window)
         )
         result = [
             ClaimedDelivery(
