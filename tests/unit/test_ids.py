@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ascend_webhooks.ids import new_id
+from ascend_webhooks.ids import new_id, new_ids
 
 _ALPHABET = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
@@ -39,3 +39,22 @@ def test_time_prefix_matches_the_clock() -> None:
         value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
     millis = value >> (26 * 5 - 48)
     assert before <= millis <= after
+
+
+def test_ids_made_in_bulk_are_shaped_and_timed_like_single_ones() -> None:
+    # The publish front names a batch's events without ids with one new_ids call.
+    before = time.time_ns() // 1_000_000
+    many = new_ids("evt", 2_000)
+    after = time.time_ns() // 1_000_000
+    assert len(set(many)) == 2_000
+    one = new_id("evt")
+    for value in many:
+        prefix, _, body = value.partition("_")
+        assert prefix == "evt"
+        assert len(value) == len(one)
+        assert set(body) <= _ALPHABET
+        millis = 0
+        for char in body:
+            millis = millis * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
+        assert before <= millis >> (26 * 5 - 48) <= after
+    assert new_ids("evt", 0) == []
