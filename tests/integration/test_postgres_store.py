@@ -208,6 +208,32 @@ async def test_a_claim_left_short_by_racers_runs_again_only_if_it_missed_due_row
         await racer.close()
 
 
+async def test_a_claim_takes_no_more_of_an_endpoint_than_the_room_given(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    store = await stores()
+    org_id, first = await org_with_endpoint(store)
+    second = (await store.create_endpoint(org_id, "https://example.test/2", None, None)).id
+    other_org, third = await org_with_endpoint(store, "globex")
+    await store.publish(org_id, [event(f"evt_{i}") for i in range(40)])
+    await store.publish(other_org, [event(f"evt_{i}") for i in range(40)])
+
+    def per_endpoint(batch: list[ClaimedDelivery]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for claimed in batch:
+            counts[claimed.endpoint_id] = counts.get(claimed.endpoint_id, 0) + 1
+        return counts
+
+    batch = await store.claim("w", 100, 30, endpoint_room={first: 3, third: 0}, per_endpoint=5)
+    assert per_endpoint(batch) == {first: 3, second: 5}
+    # The oldest of each endpoint, as without a room.
+    assert [c.event_id for c in batch if c.endpoint_id == first] == ["evt_0", "evt_1", "evt_2"]
+    batch = await store.claim("w", 100, 30, endpoint_room={second: 1})
+    assert per_endpoint(batch) == {first: 37, second: 1, third: 40}
+    batch = await store.claim("w", 4, 30, per_endpoint=50)
+    assert per_endpoint(batch) == {second: 4}
+
+
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:

@@ -70,11 +70,13 @@ SELECT {DELIVERY_COLUMNS}
 #    previous claim stopped and wrapping around, at most $6 pairs. Each step is one index probe,
 #    however many rows a pair has: a backlog of a million costs what a backlog of one does.
 # 2. cand: from each pair, its earliest due rows (at most $8: a few more than the batch, so that
-#    a claimer racing others finds rows to take past the ones they locked), ranked within their
-#    organization.
-# 3. top, picked: the candidates by (rank in organization, walk order): organizations take
-#    turns row by row, so each gets an equal share of the batch whatever its backlog. The
-#    first $2 that can be locked (SKIP LOCKED) are taken: racing claimers take the next ones.
+#    a claimer racing others finds rows to take past the ones they locked; with a room for the
+#    pair's endpoint, that room plus the same few), ranked within their organization. The room
+#    of an endpoint is in $9/$10, $11 for any other (NULL: the batch, $2).
+# 3. top, picked, capped: the candidates by (rank in organization, walk order): organizations
+#    take turns row by row, so each gets an equal share of the batch whatever its backlog. The
+#    first $2 that can be locked (SKIP LOCKED) are taken, at most its room from each pair:
+#    racing claimers take the next ones.
 # 4. The lease: next_attempt_at moves to the lease's end, so a delivery whose worker died is
 #    simply due again when the lease runs out (no sweeper needed).
 # 5. A last row (id NULL) says where the walk stopped, how many candidates there were and the
@@ -103,26 +105,30 @@ WITH RECURSIVE walk(org, ep, n, first_org, first_ep) AS (
      WHERE w.n < $6 AND (nx.org, nx.ep) <> (w.first_org, w.first_ep)
 ),
 cand AS (
-    SELECT c.seq, w.n,
+    SELECT c.seq, w.n, room.n AS room,
            row_number() OVER (PARTITION BY w.org ORDER BY c.next_attempt_at, c.seq) AS rn
       FROM walk AS w
+     CROSS JOIN LATERAL (
+        SELECT coalesce((SELECT r.room FROM unnest($9::text[], $10::int[]) AS r(ep, room)
+                          WHERE r.ep = w.ep LIMIT 1), $11, $2) AS n
+     ) AS room
      CROSS JOIN LATERAL (
         SELECT d.seq, d.next_attempt_at FROM deliveries AS d
          WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
            AND d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
          ORDER BY d.next_attempt_at, d.seq
-         LIMIT $8
+         LIMIT least($8, room.n + $8 - $2)
      ) AS c
      WHERE w.ep <> ALL($7::text[])
 ),
 top AS (
-    SELECT seq, rn, n FROM cand ORDER BY rn, n LIMIT $8
+    SELECT seq, rn, n, room FROM cand ORDER BY rn, n LIMIT $8
 ),
 -- Each candidate in turn, locked by primary key inside its own sub-select: a row locked by a
 -- racing claimer is skipped, and the LIMIT stops locking once the batch is full. The shape
 -- (candidates outside, one key lookup inside) holds whatever the table's statistics say.
 picked AS (
-    SELECT x.seq, top.rn, top.n
+    SELECT x.seq, top.rn, top.n, top.room
       FROM top
      CROSS JOIN LATERAL (
         SELECT d.seq FROM deliveries AS d
@@ -134,13 +140,20 @@ picked AS (
      ) AS x
      LIMIT $2
 ),
+-- No more of a pair than the room the caller has for its endpoint.
+capped AS (
+    SELECT seq, rn, n FROM (
+        SELECT picked.*, row_number() OVER (PARTITION BY n ORDER BY rn) AS k FROM picked
+    ) AS p
+     WHERE p.k <= p.room
+),
 claimed AS (
     UPDATE deliveries AS d
        SET locked_by = $1,
            lease_expires_at = now() + $3 * interval '1 second',
            next_attempt_at = now() + $3 * interval '1 second',
            updated_at = now()
-      FROM picked AS p, events AS e, endpoints AS en
+      FROM capped AS p, events AS e, endpoints AS en
      WHERE d.seq = p.seq AND e.seq = d.event_seq AND en.id = d.endpoint_id
     RETURNING d.id, d.organization_id, e.id AS event_id, e.type AS event_type, d.endpoint_id,
               en.url, e.body, d.attempt_count + 1 AS attempt_number,

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -753,16 +753,34 @@ class PostgresStore(Store):
         lease_seconds: float,
         *,
         exclude_endpoints: Sequence[str] = (),
+        endpoint_room: Mapping[str, int] | None = None,
+        per_endpoint: int | None = None,
     ) -> list[ClaimedDelivery]:
+        """As :meth:`Store.claim`; also, at most ``endpoint_room[e]`` deliveries of endpoint
+        ``e`` and ``per_endpoint`` of any other (None: no bound but ``limit``). A worker that
+        passes the room it has for each endpoint gets no delivery it would have to give back
+        (``release``) unattempted."""
+        rooms = dict(endpoint_room or {})
         claimed: list[ClaimedDelivery] = []
         for attempt in range(_CLAIM_ROUNDS):
             wanted = limit - len(claimed)
             if wanted < 1:
                 break
+            full = [endpoint for endpoint, room in rooms.items() if room <= 0]
             batch, skipped = await self._claim_once(
-                worker_id, wanted, lease_seconds, exclude_endpoints
+                worker_id,
+                wanted,
+                lease_seconds,
+                [*exclude_endpoints, *full] if full else exclude_endpoints,
+                rooms,
+                per_endpoint,
             )
             claimed.extend(batch)
+            if rooms or per_endpoint is not None:
+                for delivery in batch:  # a next round has that much less room
+                    left = rooms.get(delivery.endpoint_id, per_endpoint)
+                    if left is not None:
+                        rooms[delivery.endpoint_id] = left - 1
             if not skipped:
                 break
             # Candidates were locked by claimers running at this very moment: once they commit,
@@ -771,7 +789,13 @@ class PostgresStore(Store):
         return claimed
 
     async def _claim_once(
-        self, worker_id: str, limit: int, lease_seconds: float, exclude: Sequence[str]
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        exclude: Sequence[str],
+        rooms: Mapping[str, int] | None = None,
+        per_endpoint: int | None = None,
     ) -> tuple[list[ClaimedDelivery], bool]:
         """One claim statement; also says whether due candidates were left to other claimers."""
         start_org, start_ep = self._claim_from
@@ -786,6 +810,9 @@ class PostgresStore(Store):
                 self._claim_pairs,
                 list(exclude),
                 limit + _CLAIM_SLACK,
+                list(rooms or ()),
+                [max(0, n) for n in (rooms or {}).values()],
+                None if per_endpoint is None else max(0, per_endpoint),
             )
         claimed = [row for row in rows if row["id"] is not None]
         marker = next((row for row in rows if row["id"] is None), None)
