@@ -4,16 +4,20 @@
 "did that change help?" on a busy machine, where figures drift by 2x between runs: it measures,
 in the same run and interleaved round by round, FastAPI's hello-world (``hello_app.py``), the
 service as it was at a git revision (``--baseline REV``, checked out into a temporary worktree and
-run from its sources) and the service in this tree, each as ``serve --no-delivery`` on a fresh
-SQLite file: wrk single publishes (the same Lua script as ``publish.py``), then the batch route
-(1,000 events a call, 4 in flight, the bodies built before the clock starts). Besides rates, which follow the machine's load, it reports
-the service's CPU time per accepted event, split by thread (``/proc/PID/task``): the main
-thread, which is the event loop (HTTP, parsing, validation, building each event, the answer),
-and the others, mostly the SQLite writer; the first is the API's own cost with the store's
-taken out. ``--py-spy FILE.svg`` also records a flame graph of this
-tree's service while wrk drives it (py-spy must be installed, and allowed to attach)::
+run from its sources; or ``--baseline-tree DIR``, a checkout as it is) and the service in this
+tree, each as ``serve --no-delivery`` on a fresh SQLite file: wrk single publishes (the same Lua
+script as ``publish.py``), then the batch route (1,000 events a call, 4 in flight, the bodies
+built before the clock starts).
+
+Besides rates, which follow the machine's load, it reports the service's CPU time per accepted
+event, split by thread (``/proc/PID/task``): the main thread, which is the event loop (HTTP,
+parsing, validation, building each event, the answer), and the others, mostly the SQLite
+writer. The first is the API's own cost with the store's taken out; CPU per event moves far
+less with the machine's load than rates do. ``--py-spy FILE.svg`` also records a flame graph of
+this tree's service while wrk drives it (py-spy must be installed, and allowed to attach)::
 
     .venv/bin/python bench/profile_publish.py --baseline HEAD~3 [--rounds 2] [--py-spy out.svg]
+    .venv/bin/python bench/profile_publish.py --only batch --no-hello --rounds 3
 """
 
 from __future__ import annotations
@@ -235,18 +239,29 @@ _KEYS = (
 
 def _line(label: str, got: dict[str, float]) -> str:
     """One variant's figures: rates, then CPU per event (process; event loop + other threads)."""
-    return (
-        f"{label:<22} single {got['single']:>7,.0f}/s (p50 {got['p50_ms']:.1f} ms; CPU/event"
-        f" {got['single_cpu_us']:.0f} us = loop {got['single_loop_us']:.0f}"
-        f" + other {got['single_other_us']:.0f})"
-        f"  batch {got['batch']:>7,.0f}/s (CPU/event {got['batch_cpu_us']:.1f} us ="
-        f" loop {got['batch_loop_us']:.1f} + other {got['batch_other_us']:.1f})"
-    )
+    text = f"{label:<22}"
+    if got["single"]:
+        text += (
+            f" single {got['single']:>7,.0f}/s (p50 {got['p50_ms']:.1f} ms; CPU/event"
+            f" {got['single_cpu_us']:.0f} us = loop {got['single_loop_us']:.0f}"
+            f" + other {got['single_other_us']:.0f})"
+        )
+    if got["batch"]:
+        text += (
+            f"  batch {got['batch']:>7,.0f}/s (CPU/event {got['batch_cpu_us']:.1f} us ="
+            f" loop {got['batch_loop_us']:.1f} + other {got['batch_other_us']:.1f})"
+        )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description="Publish path: baseline vs this tree, one run.")
     cli.add_argument("--baseline", help="git revision to compare against (e.g. HEAD~2)")
+    cli.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="a checkout to compare against as it is (its src/), e.g. some files put back",
+    )
     cli.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     cli.add_argument("--seconds", type=float, default=5.0, help="wrk duration (default 5)")
     cli.add_argument("--events", type=int, default=30_000, help="batch events (default 30,000)")
@@ -267,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tree = stack.enter_context(worktree(args.baseline))
             label = f"baseline {args.baseline}"
             variants.append((label, {"PYTHONPATH": str(tree / "src")}))
+        if args.baseline_tree:
+            label = f"baseline {args.baseline_tree.name}"
+            variants.append((label, {"PYTHONPATH": str(args.baseline_tree.resolve() / "src")}))
         variants.append(("this tree", {"PYTHONPATH": str(REPO / "src")}))
         for label, _ in variants:
             figures[label] = []
