@@ -319,3 +319,25 @@ async def test_a_short_body_ends_the_reads() -> None:
     kept = await PyreqwestTransport._read_more(reader, Bytes(b"ab"), 4096)  # type: ignore[arg-type]
     assert bytes(kept) == b"abcd"
     assert reader.asked == [4094, 4092]
+
+
+async def test_a_url_reqwest_cannot_parse_is_an_invalid_url(
+    transport: PyreqwestTransport,
+) -> None:
+    # Valid to the SSRF guard (ASCII labels), not to reqwest's IDNA check: refused, no raise.
+    response = await transport.post("http://xn--abc.example/hook", BODY, {}, 5.0)
+    assert (response.status_code, response.error) == (None, "invalid_url")
+
+
+async def test_parsed_urls_are_kept_boundedly(
+    transport: PyreqwestTransport, receivers: ReceiverFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ascend_webhooks.delivery import transport as module
+
+    monkeypatch.setattr(module, "_MAX_PARSED_URLS", 2)
+    receiver = await receivers()
+    for path in ("a", "b", "c", "a"):
+        response = await transport.post(f"{receiver.url}/{path}", BODY, {}, 5.0)
+        assert response.status_code == 200
+        assert len(transport._urls) <= 2
+    assert [r.target.rsplit("/", 1)[1] for r in receiver.requests] == ["a", "b", "c", "a"]

@@ -56,6 +56,7 @@ from typing import NamedTuple, Protocol
 from pyreqwest.bytes import Bytes
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import DecodeError, PyreqwestError, RequestError
+from pyreqwest.http import Url
 from pyreqwest.response import ResponseBodyReader
 
 from .. import __version__
@@ -81,6 +82,7 @@ __all__ = [
 
 USER_AGENT = f"ascend-webhooks/{__version__}"
 EXCERPT_BYTES = 4096
+_MAX_PARSED_URLS = 4096  # endpoint URLs kept parsed
 logger = logging.getLogger(__name__)
 
 #: Resolves (host, port) to addresses; raises OSError when the name does not resolve.
@@ -163,6 +165,7 @@ class PyreqwestTransport:
         self._is_forbidden = is_forbidden
         self._ca_pem = _read_ca_file(ca_file) if ca_file else None
         self._shared: Client | None = None
+        self._urls: dict[str, Url] = {}
         self._pinned: OrderedDict[tuple[str, str, int], _Pinned] = OrderedDict()
         self._locks: dict[tuple[str, str, int], asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -194,7 +197,7 @@ class PyreqwestTransport:
             else:
                 limit = _timedelta(timeout)  # one timedelta per timeout, reused
             request = (
-                client.post(url)
+                client.post(self._urls.get(url) or self._parse(url))
                 .headers(headers if type(headers) is dict else dict(headers))
                 .body_bytes(body)
                 .timeout(limit)
@@ -226,6 +229,18 @@ class PyreqwestTransport:
             error = classify_error(exc)
         duration_ms = (time.perf_counter() - started) * 1000
         return Response(status, error, excerpt, duration_ms)
+
+    def _parse(self, url: str) -> Url:
+        """``url`` parsed for reqwest, kept for the next attempts (reqwest parses a string
+        on every request). Only called once the URL has passed the SSRF checks."""
+        try:
+            parsed = Url(url)
+        except ValueError as exc:  # valid to us, not to reqwest's parser: never sent
+            raise _AttemptRefused("invalid_url", f"invalid URL {url!r}: {exc}") from None
+        if len(self._urls) >= _MAX_PARSED_URLS:
+            del self._urls[next(iter(self._urls))]  # the oldest
+        self._urls[url] = parsed
+        return parsed
 
     @staticmethod
     async def _read_more(reader: ResponseBodyReader, first: Bytes, wanted: int) -> bytearray:
