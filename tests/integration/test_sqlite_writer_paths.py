@@ -320,3 +320,25 @@ async def test_outcomes_are_stored_exactly_by_either_statement_shape(
         assert again.attempt_number == 2
     finally:
         await store.close()
+
+
+async def test_publish_results_are_plain_records_whichever_path_built_them(path: Path) -> None:
+    from ascend_webhooks.store.models import PublishResult
+
+    store = await opened(path)
+    try:
+        org, (a, b) = await setup(store, endpoints=2)
+        await store.update_endpoint(org, b, event_types=["other.type"])
+        fresh = await store.publish(org, [event("evt_1"), event("evt_2")])  # the one-pass path
+        again = await store.publish(org, [event("evt_3"), event("evt_1"), event("evt_3")])
+        for result in (*fresh, *again):
+            assert type(result) is PublishResult
+            assert result == PublishResult(result.event, result.created)
+            assert hash(result) == hash(PublishResult(result.event, result.created))
+            assert [d.endpoint_id for d in result.event.deliveries] == [a]  # b wants other.type
+        assert [r.created for r in fresh] == [True, True]
+        assert [r.created for r in again] == [True, False, False]
+        assert again[1].event == fresh[0].event
+        assert again[2].event == again[0].event
+    finally:
+        await store.close()

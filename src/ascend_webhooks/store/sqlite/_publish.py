@@ -5,6 +5,11 @@ on its own (its organization, conflicts with stored events, with its own duplica
 the other callers' events in the batch) before any of its rows is staged; then the whole batch
 is inserted with one ``executemany`` per table. A caller's mistake is its own error, and the
 engine falls back to running the calls one by one if the combined insert itself fails.
+
+The Python per event is what the writer thread holds the GIL for (the INSERTs themselves run
+in SQLite with it released), so the usual call (every event new, each once) takes one pass
+with no bookkeeping, the endpoints that want a type are worked out once per batch, and the
+result objects are built through their slot descriptors.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class _PublishBatch:
         self._event_rows: list[tuple[object, ...]] = []
         self._delivery_rows: list[tuple[object, ...]] = []
         self._ids: list[str] = []  # delivery ids made in bulk, reserved by ``add``
+        self._targets: dict[tuple[str, str], list[Endpoint]] = {}  # (org, type) → endpoints
 
     def _endpoints_of(self, organization_id: str) -> list[Endpoint]:
         found = self._endpoints.get(organization_id)
@@ -93,7 +99,7 @@ class _PublishBatch:
                     raise EventConflictError(event_id)
                 existing[event_id] = seq
         earlier: dict[str, Event] = {}  # staged by another call of this batch
-        for event_id, new in unique.items():
+        for event_id, new in unique.items() if self._staged else ():
             staged = self._staged.get((organization_id, event_id))
             if staged is not None:
                 if staged[0] != new.content_hash:
@@ -103,8 +109,12 @@ class _PublishBatch:
         wanted = len(unique) * len(endpoints)  # at most one delivery id per event and endpoint
         if len(self._ids) < wanted:
             self._ids.extend(new_ids("dlv", wanted - len(self._ids)))
+        stage = self._stage
+        if not existing and not earlier and len(unique) == len(events):
+            # The usual call: every event new, each once: one pass, no bookkeeping.
+            return [_result(stage(organization_id, endpoints, new), True) for new in events]
         created = {
-            new.id: self._stage(organization_id, endpoints, new)
+            new.id: stage(organization_id, endpoints, new)
             for new in unique.values()
             if new.id not in existing and new.id not in earlier
         }
@@ -113,11 +123,11 @@ class _PublishBatch:
         reported: set[str] = set()
         for new in events:
             if new.id in created:
-                results.append(PublishResult(created[new.id], created=new.id not in reported))
+                results.append(_result(created[new.id], new.id not in reported))
             elif new.id in earlier:
-                results.append(PublishResult(earlier[new.id], created=False))
+                results.append(_result(earlier[new.id], False))
             else:
-                results.append(PublishResult(stored[existing[new.id]], created=False))
+                results.append(_result(stored[existing[new.id]], False))
             reported.add(new.id)
         return results
 
@@ -134,9 +144,11 @@ class _PublishBatch:
              new.ordering_key, now)
         )  # fmt: skip
         deliveries = []
-        for endpoint in endpoints:
-            if not endpoint.wants(new.type):
-                continue
+        targets = self._targets.get((organization_id, new.type))
+        if targets is None:
+            targets = [endpoint for endpoint in endpoints if endpoint.wants(new.type)]
+            self._targets[(organization_id, new.type)] = targets
+        for endpoint in targets:
             blocked = 0
             if new.ordering_key is not None:
                 chain = (endpoint.id, new.ordering_key)
@@ -176,6 +188,7 @@ class _PublishBatch:
 # __init__ sets each field with object.__setattr__, which made building them a large part of
 # the writer thread's time per event (the writer is what limits the batch route).
 _DELIVERY = {f.name: getattr(Delivery, f.name).__set__ for f in fields(Delivery)}
+_RESULT = {f.name: getattr(PublishResult, f.name).__set__ for f in fields(PublishResult)}
 _EVENT = {f.name: getattr(Event, f.name).__set__ for f in fields(Event)}
 _DELIVERY_FIELDS = ["id", "organization_id", "event_id", "endpoint_id", "status", "attempt_count",
                     "next_attempt_at", "created_at", "updated_at", "attempts"]  # fmt: skip
@@ -189,8 +202,13 @@ _EVENT_FIELDS = [
     "deliveries",
 ]
 # A field added to the models must be set below too.
-if list(_DELIVERY) != _DELIVERY_FIELDS or list(_EVENT) != _EVENT_FIELDS:
+if (
+    list(_DELIVERY) != _DELIVERY_FIELDS
+    or list(_EVENT) != _EVENT_FIELDS
+    or list(_RESULT) != ["event", "created"]
+):
     raise ImportError(f"the publish builders miss model fields: {list(_DELIVERY)}, {list(_EVENT)}")
+_r_event, _r_created = _RESULT.values()
 (_d_id, _d_org, _d_event, _d_endpoint, _d_status, _d_count, _d_next, _d_created, _d_updated,
  _d_attempts) = _DELIVERY.values()  # fmt: skip
 _e_id, _e_org, _e_type, _e_body, _e_key, _e_created, _e_deliveries = _EVENT.values()
@@ -227,6 +245,14 @@ def _new_event(
     _e_created(e, at)
     _e_deliveries(e, deliveries)
     return e
+
+
+def _result(event: Event, created: bool) -> PublishResult:
+    """``PublishResult(event, created)``, without the dataclass __init__."""
+    r: PublishResult = object.__new__(PublishResult)
+    _r_event(r, event)
+    _r_created(r, created)
+    return r
 
 
 def _chain_has_pending(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str) -> bool:
