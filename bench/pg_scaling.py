@@ -445,11 +445,17 @@ def row_updates(url: str, deliveries: int) -> dict[str, Any]:
         return {}
     updates, hot = int(rows[0][0]), int(rows[0][1])
     per = updates / deliveries
+    # Every statement of the store is a transaction of its own: commits (the publishes and
+    # the bench's own sampling included, a few hundred) count the round trips that wrote.
+    commits = query(
+        url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    )
     return {
         "updates": updates,
         "hot_updates": hot,
         "per_delivery": round(per, 3),
         "give_backs_per_delivery_at_most": round(max(0.0, per - 2) / 2, 3),
+        "transactions_per_delivery": round(int(commits[0][0]) / deliveries, 3),
     }
 
 
@@ -807,7 +813,8 @@ def report(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"    deliveries row updates per delivery (whole run): {updates['per_delivery']:g}"
                 f" (2 = a claim and an outcome; give-backs at most"
-                f" {updates['give_backs_per_delivery_at_most']:g} per delivery)"
+                f" {updates['give_backs_per_delivery_at_most']:g} per delivery);"
+                f" transactions per delivery {updates['transactions_per_delivery']:g}"
             )
         if "live" in part:
             live[n] = part["live"]["deliveries_per_s"]
