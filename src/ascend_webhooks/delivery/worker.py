@@ -136,7 +136,20 @@ def _keyed_mac(secret: str) -> hmac.HMAC:
 
 
 def _header_safe(value: str) -> bool:
+    """Whether ``value`` may be sent as a header value (ASCII, printable, at most 1 KiB)."""
     return value.isascii() and value.isprintable() and len(value) <= 1024
+
+
+def _safe_type(event_type: str) -> bool:
+    """_header_safe for event types, which are few and come back: the safe ones are kept."""
+    if not _header_safe(event_type):
+        return False
+    if len(_SAFE_TYPES) < 1024:
+        _SAFE_TYPES.add(event_type)
+    return True
+
+
+_SAFE_TYPES: set[str] = set()  # event types known to be valid header values
 
 
 class _Backoff:
@@ -651,10 +664,11 @@ class Worker:
         # Informational copies of what the signed body says; a publisher-chosen id or type
         # that is no valid header value (non-ASCII, control characters) is left out rather
         # than failing every attempt.
-        if _header_safe(delivery.event_id):
-            headers["X-Ascend-Event-Id"] = delivery.event_id
-        if _header_safe(delivery.event_type):
-            headers["X-Ascend-Event-Type"] = delivery.event_type
+        event_id, event_type = delivery.event_id, delivery.event_type
+        if _header_safe(event_id):
+            headers["X-Ascend-Event-Id"] = event_id
+        if event_type in _SAFE_TYPES or _safe_type(event_type):
+            headers["X-Ascend-Event-Type"] = event_type
         headers["X-Ascend-Delivery-Id"] = delivery.id
         headers["X-Ascend-Attempt"] = str(delivery.attempt_number)
         return headers
@@ -662,13 +676,14 @@ class Worker:
     def _outcome(
         self, delivery: ClaimedDelivery, started_at: datetime, response: Response
     ) -> AttemptOutcome:
-        succeeded = is_success(response.status_code, response.error)
-        # The clock is read only when a retry is scheduled.
-        status, next_attempt_at = self.policy.decide(delivery.round_attempt, succeeded)
-        self._attempt_counts[status] += 1
-        error = response.error
-        if not succeeded:
-            if error is None and response.status_code is not None:
+        status_code, error = response.status_code, response.error
+        next_attempt_at: datetime | None = None
+        if is_success(status_code, error):
+            status = DeliveryStatus.SUCCEEDED  # what the policy decides for any success
+        else:
+            # The clock is read only when a retry is scheduled.
+            status, next_attempt_at = self.policy.decide(delivery.round_attempt, False)
+            if error is None and status_code is not None:
                 error = f"status_{response.status_code}"
             logger.log(
                 logging.DEBUG if status is DeliveryStatus.PENDING else logging.INFO,
@@ -679,13 +694,14 @@ class Worker:
                 error,
                 "retrying" if status is DeliveryStatus.PENDING else "giving up",
             )
-        attempt = Attempt(
-            number=delivery.attempt_number,
-            started_at=started_at,
-            duration_ms=round(response.duration_ms, 3),
-            status_code=response.status_code,
-            error=error,
-            response_excerpt=response.excerpt,
+        self._attempt_counts[status] += 1
+        attempt = Attempt(  # number, started_at, duration_ms, status_code, error, excerpt
+            delivery.attempt_number,
+            started_at,
+            round(response.duration_ms, 3),
+            status_code,
+            error,
+            response.excerpt,
         )
         return AttemptOutcome(delivery.id, attempt, status, next_attempt_at)
 
