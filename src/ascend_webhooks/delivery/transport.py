@@ -16,7 +16,8 @@ What every attempt gets:
   same deadline;
 * at most ``excerpt_bytes`` (4 KiB) of the response body are read and kept as the excerpt; the
   rest is never read, the connection is dropped instead, so a receiver streaming megabytes
-  costs nothing;
+  costs nothing (reqwest's own read-ahead per response is held to about the excerpt too,
+  instead of its default 64 KiB);
 * failures classified into short strings stored with the attempt: ``timeout``,
   ``connect_refused``, ``connect_error``, ``tls_error``, ``dns_error``, ``connection_reset``
   (reset, or closed before a complete response), ``protocol_error`` (not valid HTTP),
@@ -36,6 +37,12 @@ every host shares the unpinned client and reqwest resolves as usual.
 
 HTTPS verifies certificates against the system roots plus, optionally, the PEM bundle
 ``ca_file`` (``ASCEND_WEBHOOKS_CA_FILE``: private CAs, and the tests' throwaway CA).
+
+**Cost per POST.** A worker posts thousands of times a second from one event loop, so the
+common path stays lean (``bench/bench_transport.py`` holds it against a bare pyreqwest loop):
+the URL's validation is cached per (URL, ``allow_http``, ``allow_private``) and still looked up
+on every attempt, a client whose pin is fresh is picked without a coroutine, the URL is kept
+parsed for reqwest (bounded), an empty body is not read at all and a short one in one read.
 """
 
 from __future__ import annotations
