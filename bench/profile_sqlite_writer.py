@@ -20,9 +20,17 @@ of the runs; ``call``, the median of every call's cost per unit:
 * ``record``: ``store.record`` of those deliveries (all succeeded) in batches of 64 and of
   128; µs per outcome.
 
+``--gil`` measures how much of that CPU the writer spends holding the GIL (what the event
+loop of a worker or API process waits for): one run of ``publish`` (1 endpoint), then ``claim``
+128 until the backlog is leased, then ``record`` 128 until all are recorded, each phase under
+``perf record`` of the writer thread with C call stacks. The sqlite3 module releases the GIL
+exactly around ``sqlite3_step`` and ``sqlite3_prepare_v2``; samples with neither on the stack
+are GIL-held. Needs Linux ``perf``.
+
 ::
 
     .venv/bin/python bench/profile_sqlite_writer.py [--batches 20] [--runs 3]
+    .venv/bin/python bench/profile_sqlite_writer.py --gil [--batches 20]
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,13 +184,101 @@ async def run(batches: int, runs: int, organizations: int) -> None:
         )
 
 
+# The sqlite3 module releases the GIL exactly around these calls (a statement's steps and its
+# compilation): a sample of the writer thread with one of them on its C stack is GIL-free.
+_RELEASED = ("sqlite3_step", "sqlite3_prepare_v2", "sqlite3LockAndPrepare")
+
+
+class _Perf:
+    """``perf record`` of one thread, with C call stacks, for as long as the block runs."""
+
+    def __init__(self, tid: int, folder: str, name: str) -> None:
+        self.out = Path(folder) / f"{name}.perf"
+        self.args = ["perf", "record", "-F", "2000", "--call-graph", "dwarf,16384"]
+        self.args += ["-t", str(tid), "-o", str(self.out)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> _Perf:
+        self.process = subprocess.Popen(  # noqa: ASYNC220 (before the measured calls)
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await asyncio.sleep(0.5)  # attached
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        await asyncio.to_thread(self.process.wait)
+
+    def held_share(self) -> float:
+        """The share of the thread's CPU samples outside the GIL-free calls."""
+        script = subprocess.run(
+            ["perf", "script", "-i", str(self.out)], capture_output=True, text=True, check=True
+        ).stdout
+        samples = [s for s in script.split("\n\n") if s.strip()]
+        free = sum(1 for s in samples if any(name in s for name in _RELEASED))
+        return 1 - free / max(1, len(samples))
+
+
+async def gil(batches: int) -> None:
+    """The writer's CPU per unit, and how much of it holds the GIL, phase by phase."""
+    if shutil.which("perf") is None:
+        raise SystemExit("--gil needs Linux perf (perf record / perf script)")
+    with tempfile.TemporaryDirectory() as folder:
+        store = await _store(folder, "gil.db")
+        writer = store._engine._writer
+        assert writer is not None
+        assert writer.native_id is not None
+        clock = _WriterClock(store)
+        org = await store.create_organization("bench")
+        await store.create_endpoint(org.id, "http://127.0.0.1:9/", None, None)
+        batches_of_events = [_events(f"gil_{b}", _PUBLISH) for b in range(batches)]
+        attempt = Attempt(1, datetime.now(UTC), 1.0, 200, None, None)
+        rows = []
+        async with _Perf(writer.native_id, folder, "publish") as perf:
+            started = clock.now()
+            for events in batches_of_events:
+                await store.publish(org.id, events)
+            cpu = clock.now() - started
+        rows.append(("publish", cpu / (batches * _PUBLISH), perf, "per event (1 endpoint)"))
+        claimed: list[str] = []  # ids only: 20,000 records kept would slow the GC meanwhile
+        async with _Perf(writer.native_id, folder, "claim") as perf:
+            started = clock.now()
+            while batch := await store.claim("bench-worker", _CLAIM, 600.0):
+                claimed += [c.id for c in batch]
+            cpu = clock.now() - started
+        rows.append(("claim", cpu / len(claimed), perf, "per delivery (claims of 128)"))
+        async with _Perf(writer.native_id, folder, "record") as perf:
+            started = clock.now()
+            for start in range(0, len(claimed), _CLAIM):
+                outcomes = [
+                    AttemptOutcome(delivery_id, attempt, DeliveryStatus.SUCCEEDED, None)
+                    for delivery_id in claimed[start : start + _CLAIM]
+                ]
+                await store.record("bench-worker", outcomes)
+            cpu = clock.now() - started
+        rows.append(("record", cpu / len(claimed), perf, "per outcome (records of 128)"))
+        await store.close()
+        print("== SQLite writer thread: CPU and GIL held, µs (perf: C stacks of the thread) ==")
+        for job, seconds, perf, unit in rows:
+            share = perf.held_share()
+            print(
+                f"  {job:8s} CPU {seconds * 1e6:6.2f}  GIL held {seconds * share * 1e6:6.2f}"
+                f" ({share:4.0%})  {unit}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--batches", type=int, default=20, help="publishes of 1,000 per run")
     cli.add_argument("--runs", type=int, default=3)
     cli.add_argument("--organizations", type=int, default=20, help="for the spread claim")
+    cli.add_argument("--gil", action="store_true", help="GIL time too (Linux perf)")
     args = cli.parse_args(argv)
-    asyncio.run(run(args.batches, args.runs, args.organizations))
+    if args.gil:
+        asyncio.run(gil(args.batches))
+    else:
+        asyncio.run(run(args.batches, args.runs, args.organizations))
     return 0
 
 
