@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from harness import run_async, run_tag, warn_if_busy, write_result
-from publish import hello_world, wrk_post
+from publish import cpu_seconds, hello_world, thread_cpu, wrk_post
 from service_process import (
     ADMIN_TOKEN,
     Service,
@@ -129,37 +129,6 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
     if out.suffix == ".txt":
         command += ["-f", "raw"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stat_seconds(path: Path) -> float:
-    """User + system CPU time in a ``/proc`` ``stat`` file (fields 14 and 15)."""
-    fields = path.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc``)."""
-    return _stat_seconds(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU time so far of the process's main thread (the event loop) and of its other threads
-    (the SQLite writer, its readers), each user + system (Linux ``/proc/PID/task``).
-
-    A thread that ended since the last reading takes its time with it; the service's threads
-    live as long as the process, so differences of two readings are what each side spent.
-    """
-    main = other = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            seconds = _stat_seconds(task / "stat")
-        except OSError:  # the thread ended meanwhile
-            continue
-        if task.name == str(pid):
-            main = seconds
-        else:
-            other += seconds
-    return main, other
 
 
 def measure(

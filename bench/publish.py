@@ -8,7 +8,9 @@ reads against what the framework itself can do here. Then pyreqwest publishes th
 route (1,000 events a call, 4 calls in flight).
 
 The service runs twice: API only (``serve --no-delivery``: the publish path alone) and the
-full ``serve`` delivering every event to the nginx sink while it accepts more::
+full ``serve`` delivering every event to the nginx sink while it accepts more. Beside each rate
+is the CPU time of the service's main thread, its event loop, per event (``/proc/PID/task``;
+with delivery, that thread also runs the worker)::
 
     .venv/bin/python bench/publish.py [--quick] [--seconds S] [--events N]
 """
@@ -93,6 +95,37 @@ def wrk_post(url_base: str, path: str, seconds: float, workdir: Path) -> dict[st
     }
 
 
+def _stat_seconds(path: Path) -> float:
+    """User + system CPU time in a ``/proc`` ``stat`` file (fields 14 and 15)."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU time so far of the process's main thread (the event loop) and of its other threads
+    (the SQLite writer, its readers), each user + system (Linux ``/proc/PID/task``).
+
+    A thread that ended since the last reading takes its time with it; the service's threads
+    live as long as the process, so differences of two readings are what each side spent.
+    """
+    main = other = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds = _stat_seconds(task / "stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        if task.name == str(pid):
+            main = seconds
+        else:
+            other += seconds
+    return main, other
+
+
 def _ms(match: re.Match[str] | None) -> float | None:
     if match is None:
         return None
@@ -144,14 +177,18 @@ def _published_total(service: Service) -> float | None:
 def measure_service(service: Service, sink_url: str, seconds: float, events: int) -> dict[str, Any]:
     """Single publishes by wrk, then the batch route by pyreqwest, on one running service."""
     service.setup(sink_url)
+    pid = service.processes[0].pid
     before = _published_total(service)
+    loop = thread_cpu(pid)[0]
     single = wrk_post(service.base_url, service.events_path, seconds, service.workdir)
+    single["loop_us"] = (thread_cpu(pid)[0] - loop) * 1e6 / max(single["requests"], 1)
     after = _published_total(service)
     if before is not None and after is not None:
         single["counted_by_service"] = after - before
     publisher = Publisher(service)
     run = run_tag()
     run_async(lambda: publisher.publish(f"w{run}", 0, 2_000))  # warm-up, and probes the route
+    loop = thread_cpu(pid)[0]
     start = time.perf_counter()
     accepted = run_async(lambda: publisher.publish(run, 0, events))
     elapsed = time.perf_counter() - start
@@ -161,6 +198,7 @@ def measure_service(service: Service, sink_url: str, seconds: float, events: int
             "route": "batch" if publisher.batch else "single (no batch route)",
             "events": accepted,
             "per_s": accepted / elapsed,
+            "loop_us": (thread_cpu(pid)[0] - loop) * 1e6 / max(accepted, 1),
         },
     }
 
@@ -173,9 +211,11 @@ def _part(label: str, run: dict[str, Any]) -> str:
     verdict2 = "met" if batch["per_s"] >= TARGET_BATCH else "NOT met"
     return (
         f"  {label:<42} single {single['per_s']:>8,.0f}/s (p50 {single['p50_ms']} ms, "
-        f"target >= {TARGET_SINGLE:,.0f}: {verdict1}; {single['rejected']} rejected)\n"
+        f"target >= {TARGET_SINGLE:,.0f}: {verdict1}; {single['rejected']} rejected;"
+        f" event loop {single['loop_us']:.0f} us CPU/event)\n"
         f"  {'':<42} batch  {batch['per_s']:>8,.0f}/s "
-        f"(target >= {TARGET_BATCH:,.0f}: {verdict2})"
+        f"(target >= {TARGET_BATCH:,.0f}: {verdict2};"
+        f" event loop {batch['loop_us']:.1f} us CPU/event)"
     )
 
 
