@@ -342,3 +342,29 @@ async def test_publish_results_are_plain_records_whichever_path_built_them(path:
         assert again[2].event == again[0].event
     finally:
         await store.close()
+
+
+async def test_claim_takes_no_more_of_an_endpoint_than_the_room_given(path: Path) -> None:
+    store = await opened(path)
+    try:
+        org, (a, b, c) = await setup(store, endpoints=3)
+        await store.publish(org, [event(f"evt_{n}") for n in range(5)])
+
+        def per(claimed: list[ClaimedDelivery]) -> dict[str, int]:
+            return {e: sum(1 for d in claimed if d.endpoint_id == e) for e in (a, b, c)}
+
+        got = await store.claim("w", 100, 30, endpoint_room={a: 2}, per_endpoint=1)
+        assert per(got) == {a: 2, b: 1, c: 1}
+        # Oldest first within an endpoint, as without bounds.
+        assert [d.event_id for d in got if d.endpoint_id == a] == ["evt_0", "evt_1"]
+        got = await store.claim("w", 100, 30, endpoint_room={a: 0, b: 5}, per_endpoint=0)
+        assert per(got) == {a: 0, b: 4, c: 0}
+        assert await store.claim("w", 100, 30, endpoint_room={b: 3}, per_endpoint=0) == []
+        got = await store.claim("w", 2, 30, endpoint_room={a: 5})  # limit still bounds
+        assert per(got) == {a: 1, b: 0, c: 1}  # shared across the endpoints as ever
+        got = await store.claim("w", 100, 30, exclude_endpoints=[c], endpoint_room={c: 9})
+        assert per(got) == {a: 2, b: 0, c: 0}
+        got = await store.claim("w", 100, 30)
+        assert per(got) == {a: 0, b: 0, c: 3}
+    finally:
+        await store.close()

@@ -38,7 +38,7 @@ integer key instead of looking the text ids up again (``Leases``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -129,16 +129,28 @@ class Claimer:
         limit: int,
         lease_seconds: float,
         exclude_endpoints: Sequence[str],
+        endpoint_room: Mapping[str, int] | None = None,
+        per_endpoint: int | None = None,
     ) -> list[ClaimedDelivery]:
+        """Lease up to ``limit`` due deliveries; at most ``endpoint_room[e]`` of endpoint ``e``
+        and ``per_endpoint`` of any other, when given (what the worker has room for, so that
+        it need not give any back unattempted)."""
         if limit <= 0:
             return []
         now = now_ms()
         until = now + max(1, round(lease_seconds * 1000))
-        due = self._due_organizations(conn, now, frozenset(exclude_endpoints), limit)
+        rooms = dict(endpoint_room or {})
+        excluded = {*exclude_endpoints, *(e for e, room in rooms.items() if room <= 0)}
+        only = None  # per_endpoint 0: only the endpoints given room may be claimed
+        if per_endpoint is not None and per_endpoint <= 0:
+            only = frozenset(e for e, room in rooms.items() if room > 0)
+            if not only:
+                return []
+        due = self._due_organizations(conn, now, frozenset(excluded), limit, only)
         known = self.leases.known
         if len(known) > _MAX_KNOWN:  # leases recorded elsewhere or expired: start afresh
             known.clear()
-        lease = _Lease(conn, worker_id, until, now)
+        lease = _Lease(conn, worker_id, until, now, rooms, per_endpoint)
         served_first_pass: list[str] = []
         first_pass = True
         while due and lease.count < limit:
@@ -158,7 +170,12 @@ class Claimer:
         return lease.claimed(known)
 
     def _due_organizations(
-        self, conn: sqlite3.Connection, now: int, excluded: frozenset[str], enough: int
+        self,
+        conn: sqlite3.Connection,
+        now: int,
+        excluded: frozenset[str],
+        enough: int,
+        only: frozenset[str] | None = None,
     ) -> list[_Organization]:
         """Organizations with due work, in round-robin order, each with its due endpoints.
 
@@ -176,7 +193,11 @@ class Claimer:
                     break
                 endpoint, earliest = row
                 visited += 1
-                if earliest <= now and endpoint not in excluded:
+                if (
+                    earliest <= now
+                    and endpoint not in excluded
+                    and (only is None or endpoint in only)
+                ):
                     org.endpoints.append(endpoint)
             if org.endpoints:
                 found.append(org)
@@ -205,11 +226,22 @@ class Claimer:
 class _Lease:
     """One claim's leasing: a statement per endpoint, then the records of what it returned."""
 
-    def __init__(self, conn: sqlite3.Connection, worker_id: str, until: int, now: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        worker_id: str,
+        until: int,
+        now: int,
+        rooms: dict[str, int],
+        per_endpoint: int | None,
+    ) -> None:
         self.conn = conn
         self.worker_id = worker_id
         self.until = until
         self.now = now
+        self.rooms = rooms  # endpoint -> how many more it may get (None: bounded by limit only)
+        self.bounded = bool(rooms) or per_endpoint is not None
+        self.per_endpoint = per_endpoint
         self.count = 0
         self.parts: list[tuple[str, str, list[tuple[Any, ...]]]] = []  # org, endpoint, rows
 
@@ -222,16 +254,22 @@ class _Lease:
                 take = min(share, want - got)
                 if take <= 0:
                     break
+                room = self.rooms.get(endpoint, self.per_endpoint) if self.bounded else None
+                if room is not None and room < take:
+                    take = room
                 rows = self.conn.execute(
                     _FETCH_AND_LEASE,
                     (self.worker_id, self.until, self.until, org.id, endpoint, self.now, take),
-                ).fetchall()
+                ).fetchall() if take > 0 else []  # fmt: skip
                 if rows:
                     rows.sort()  # RETURNING gives no order: by seq, the order of acceptance
                     self.parts.append((org.id, endpoint, rows))
                     got += len(rows)
-                if len(rows) < take:
-                    org.endpoints.remove(endpoint)
+                if room is not None:
+                    room -= len(rows)
+                    self.rooms[endpoint] = room
+                if len(rows) < take or (room is not None and room <= 0):
+                    org.endpoints.remove(endpoint)  # drained, or no more room for it
         self.count += got
         return got
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -253,10 +253,19 @@ class SQLiteStore(Store):
         lease_seconds: float,
         *,
         exclude_endpoints: Sequence[str] = (),
+        endpoint_room: Mapping[str, int] | None = None,
+        per_endpoint: int | None = None,
     ) -> list[ClaimedDelivery]:
+        """As :meth:`Store.claim`; also, at most ``endpoint_room[e]`` deliveries of endpoint
+        ``e`` and ``per_endpoint`` of any other (None: no bound but ``limit``), as the
+        PostgreSQL store: a worker that passes the room it has for each endpoint gets no
+        delivery it would have to give back (``release``) unattempted."""
         excluded = tuple(exclude_endpoints)
+        rooms = None if endpoint_room is None else dict(endpoint_room)
         return await self._write(
-            lambda c: self._claimer.claim(c, worker_id, limit, lease_seconds, excluded),
+            lambda c: self._claimer.claim(
+                c, worker_id, limit, lease_seconds, excluded, rooms, per_endpoint
+            ),
             durable=False,  # see _RELAXED above
         )
 
