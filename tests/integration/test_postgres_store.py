@@ -234,6 +234,70 @@ async def test_a_claim_takes_no_more_of_an_endpoint_than_the_room_given(
     assert per_endpoint(batch) == {second: 4}
 
 
+async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_work_is_announced(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    worker, api = await stores(), await stores()
+    assert await worker._signal.wait_connected(5)
+    org_id, _ = await org_with_endpoint(api)
+    statements: list[str] = []
+    real_claim, real_connection = worker._claim_once, worker._connection
+
+    async def claim_once(*args: Any) -> tuple[list[ClaimedDelivery], bool]:
+        statements.append("claim")
+        return await real_claim(*args)
+
+    def connection() -> Any:
+        statements.append("query")
+        return real_connection()
+
+    worker._claim_once = claim_once  # type: ignore[method-assign]
+    worker._connection = connection  # type: ignore[method-assign]
+
+    async def announced() -> None:
+        await worker.wait_for_work(5)
+        await asyncio.sleep(0.05)  # the NOTIFY of the second publish of the Notifier, if any
+
+    await worker.wait_for_work(0)  # the wake-up the listener gives as it connects
+    await api.publish(org_id, [event("evt_1")])
+    await announced()
+    [first] = await worker.claim("w", 10, 30)
+    # The worker asks again at once, then when work is next due: both known already.
+    assert await worker.claim("w", 10, 30) == []
+    assert await worker.next_due_at() == first.lease_expires_at
+    assert statements == ["claim"]
+    # Another process publishes: its NOTIFY makes the next claim look.
+    await api.publish(org_id, [event("evt_2")])
+    await announced()
+    [second] = await worker.claim("w", 10, 30)
+    assert second.event_id == "evt_2"
+    assert statements == ["claim", "claim"]
+    # This store's own write of a retry due at once: looked for, without a NOTIFY.
+    await worker.record("w", [outcome(first, DeliveryStatus.PENDING)])
+    [again] = await worker.claim("w", 10, 30)
+    assert (again.event_id, again.attempt_number) == ("evt_1", 2)
+    # A retry due in 0.1 s: known to be ahead, then looked for once it is due.
+    await worker.record("w", [outcome(again, DeliveryStatus.PENDING, later=0.1)])
+    assert await worker.claim("w", 10, 30) == []
+    statements.clear()
+    due = await worker.next_due_at()
+    assert due is not None
+    assert statements == []
+    assert await worker.claim("w", 10, 30) == []
+    assert statements == []
+    await asyncio.sleep(0.15)
+    [third] = await worker.claim("w", 10, 30)
+    assert (third.event_id, third.attempt_number) == ("evt_1", 3)
+    assert statements == ["claim"]
+    # Without a listener, nothing is taken for known: every call asks.
+    await worker._signal.stop()
+    statements.clear()
+    assert await worker.claim("w", 10, 30) == []
+    assert await worker.claim("w", 10, 30) == []
+    await worker.next_due_at()
+    assert statements == ["claim", "claim", "query"]
+
+
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:

@@ -45,6 +45,9 @@ class WorkSignal:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.sessions = 0  # how many times the listener has connected (for health and tests)
+        # Moves on every notification, local wake-up, connect and disconnect: a reading that
+        # has not moved since (while connected) means no work was announced meanwhile.
+        self.generation = 0
 
     @property
     def connected(self) -> bool:
@@ -74,6 +77,7 @@ class WorkSignal:
 
     def notify_local(self) -> None:
         """Wake this process's waiters without a round trip (the NOTIFY follows anyway)."""
+        self.generation += 1
         self._event.set()
 
     async def wait(self, max_wait: float) -> None:
@@ -85,6 +89,7 @@ class WorkSignal:
         self._event.clear()
 
     def _on_notify(self, *_args: object) -> None:
+        self.generation += 1
         self._event.set()
 
     async def _run(self) -> None:
@@ -97,6 +102,7 @@ class WorkSignal:
                 conn.add_termination_listener(_setter(lost))
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.sessions += 1
+                self.generation += 1
                 self._connected.set()
                 self._event.set()  # notifications sent while we were away are gone
                 backoff = 0.05
@@ -105,6 +111,7 @@ class WorkSignal:
                 log.warning("work listener disconnected (%s); reconnecting", type(exc).__name__)
             finally:
                 self._connected.clear()
+                self.generation += 1
                 if conn is not None:
                     conn.terminate()
             self._event.set()  # let pollers look now rather than after a full wait

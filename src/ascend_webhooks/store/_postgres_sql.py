@@ -80,7 +80,9 @@ SELECT {DELIVERY_COLUMNS}
 # 4. The lease: next_attempt_at moves to the lease's end, so a delivery whose worker died is
 #    simply due again when the lease runs out (no sweeper needed).
 # 5. A last row (id NULL) says where the walk stopped, how many candidates there were and the
-#    most any one pair gave: whether another claim may find rows that racers did not lock.
+#    most any one pair gave (whether another claim may find rows that racers did not lock),
+#    and, when the walk saw every pair, when the next delivery not leased here is due (no row
+#    at all: nothing is ready).
 _NEXT_PAIR = """
     SELECT x.organization_id AS org, x.endpoint_id AS ep FROM (
         (SELECT organization_id, endpoint_id FROM deliveries
@@ -162,12 +164,26 @@ claimed AS (
 )
 SELECT id, organization_id, event_id, event_type, endpoint_id, url, body, attempt_number,
        round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked,
-       NULL::bigint AS candidates, NULL::bigint AS fullest
+       NULL::bigint AS candidates, NULL::bigint AS fullest, NULL::timestamptz AS next_due,
+       NULL::timestamptz AS server_now
   FROM claimed
 UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
        (SELECT count(*) FROM cand),
-       (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair)
+       (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair),
+       -- When the walk saw every pair: when the next ready delivery is due, as next_due_at
+       -- would say once this commits (the rows leased here count with their lease's end).
+       CASE WHEN last.n < $6 THEN least((
+           SELECT min(first.due) FROM walk AS w
+            CROSS JOIN LATERAL (
+               SELECT d.next_attempt_at AS due FROM deliveries AS d
+                WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
+                  AND d.status = 'pending' AND d.blocked = 0
+                  AND d.seq <> ALL (ARRAY(SELECT seq FROM capped))
+                ORDER BY d.next_attempt_at, d.seq LIMIT 1
+            ) AS first
+       ), (SELECT max(lease_expires_at) FROM claimed)) END,
+       now()
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
 

@@ -64,7 +64,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +128,27 @@ _CLAIM_ROUNDS = 8
 # last time); one that needs more is told how many and runs again, a few times at most.
 _PUBLISH_TRIES = 4
 _FANOUT_MEMORY = 10_000
+# How long what a claim saw of the due times may stand in for another look (see _DueView).
+_DUE_VIEW_SECONDS = 0.25
+
+
+@dataclass(slots=True)
+class _DueView:
+    """What the last claim of this store saw of due times, when its walk saw every pair.
+
+    Valid while no work was announced since that claim started (the listener's generation has
+    not moved: every write that makes work due sends a NOTIFY after its commit, and this
+    store's own writes move it at once), the listener is connected, and for at most
+    ``_DUE_VIEW_SECONDS``. Then an immediate next claim would find nothing before
+    ``idle_until``, and ``next_due_at`` would say ``next_due``: both are answered without a
+    round trip. A worker that has just taken the one event published, or lost the race for
+    it, asks exactly those two questions at once.
+    """
+
+    generation: int
+    valid_until: float  # time.monotonic()
+    next_due: datetime | None  # the server's clock; None: nothing ready at all
+    idle_until: float | None  # time.monotonic(); None: something was due already
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -152,6 +175,7 @@ class PostgresStore(Store):
         self._claim_pairs = claim_pairs
         # Where the next claim's walk over (organization, endpoint) pairs starts.
         self._claim_from: tuple[str, str] = ("", "")
+        self._due_view: _DueView | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -760,6 +784,9 @@ class PostgresStore(Store):
         ``e`` and ``per_endpoint`` of any other (None: no bound but ``limit``). A worker that
         passes the room it has for each endpoint gets no delivery it would have to give back
         (``release``) unattempted."""
+        view = self._valid_due_view()
+        if view is not None and view.idle_until is not None and time.monotonic() < view.idle_until:
+            return []  # nothing was due a moment ago, and nothing was announced since
         rooms = dict(endpoint_room or {})
         claimed: list[ClaimedDelivery] = []
         for attempt in range(_CLAIM_ROUNDS):
@@ -799,6 +826,8 @@ class PostgresStore(Store):
     ) -> tuple[list[ClaimedDelivery], bool]:
         """One claim statement; also says whether due candidates were left to other claimers."""
         start_org, start_ep = self._claim_from
+        generation, sent = self._signal.generation, time.monotonic()
+        self._due_view = None
         async with self._relaxed() as conn:
             rows = await conn.fetch(
                 sql.CLAIM,
@@ -834,6 +863,17 @@ class PostgresStore(Store):
             and marker["candidates"] > len(claimed)
             and (marker["fullest"] >= window or marker["candidates"] > window)
         )
+        if marker is None:  # no pair had ready work, so nothing was claimed either
+            self._due_view = _DueView(
+                generation, sent + _DUE_VIEW_SECONDS, None, sent + _DUE_VIEW_SECONDS
+            )
+        elif marker["walked"] < self._claim_pairs:  # the walk saw every pair
+            due: datetime | None = marker["next_due"]
+            idle_until: float | None = sent + _DUE_VIEW_SECONDS
+            if due is not None:
+                ahead = (due - marker["server_now"]).total_seconds()
+                idle_until = sent + min(ahead, _DUE_VIEW_SECONDS) if ahead > 0 else None
+            self._due_view = _DueView(generation, sent + _DUE_VIEW_SECONDS, due, idle_until)
         result = [
             ClaimedDelivery(
                 id=row["id"],
@@ -868,6 +908,7 @@ class PostgresStore(Store):
             [DeliveryStatus(o.status).value for o in batch],
             [o.next_attempt_at for o in batch],
         )
+        self._due_view = None  # a retry it schedules is due without a NOTIFY
         async with self._relaxed() as conn:
             unblocked = await conn.fetchval(sql.RECORD, *args)
         if unblocked:
@@ -909,7 +950,21 @@ class PostgresStore(Store):
         self._signal.notify_local()
         self._notifier.kick()
 
+    def _valid_due_view(self) -> _DueView | None:
+        view = self._due_view
+        if (
+            view is None
+            or view.generation != self._signal.generation
+            or not self._signal.connected
+            or time.monotonic() >= view.valid_until
+        ):
+            return None
+        return view
+
     async def next_due_at(self) -> datetime | None:
+        view = self._valid_due_view()
+        if view is not None:
+            return view.next_due  # what the claim just before saw, nothing announced since
         async with self._connection() as conn:
             due: datetime | None = await conn.fetchval(sql.NEXT_DUE_AT)
         return due
