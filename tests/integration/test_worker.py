@@ -161,6 +161,14 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
     assert attempt_seconds_count() == observed_before + 1
 
 
+def test_an_endpoint_is_full_at_its_limit_in_whole_attempts() -> None:
+    worker = Worker(None, make_settings(), decrypt, per_endpoint_limit=2, max_per_endpoint=8)  # type: ignore[arg-type]
+    worker._limits.update({"halved": 2.5, "grown": 4.0})
+    worker._per_endpoint.update({"halved": 2, "grown": 3, "base": 2, "free": 1})
+    assert [worker.endpoint_limit(e) for e in ("halved", "grown", "base")] == [2, 4, 2]
+    assert sorted(worker._full_endpoints()) == ["base", "halved"]
+
+
 def test_observing_many_durations_at_once_equals_observing_each() -> None:
     values = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 29.0, 30.0, 31.0, 120.0, 0.0049]
     buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30)

@@ -328,8 +328,7 @@ class Worker:
                 await asyncio.sleep(self.flush_interval)
                 continue
             gathered = False
-            limits, base = self._limits, self.per_endpoint_limit
-            exclude = [e for e, n in self._per_endpoint.items() if n >= limits.get(e, base)]
+            exclude = self._full_endpoints()
             try:
                 claimed = await self.store.claim(
                     self.worker_id, free, self.lease_seconds, exclude_endpoints=exclude
@@ -349,6 +348,11 @@ class Worker:
                 await self._sleep(delay)
             else:
                 backoff.reset()
+
+    def _full_endpoints(self) -> list[str]:
+        """The endpoints with as many attempts in flight as their limit (endpoint_limit)."""
+        limits, base = self._limits, self.per_endpoint_limit
+        return [e for e, n in self._per_endpoint.items() if n >= int(limits.get(e, base))]
 
     def _capacity(self) -> tuple[int, float]:
         """Free slots, and in how many seconds a slot frees by an attempt turning slow.
