@@ -18,7 +18,7 @@ Concurrency contract, true of every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from .models import (
@@ -243,10 +243,16 @@ class Store(abc.ABC):
         lease_seconds: float,
         *,
         exclude_endpoints: Sequence[str] = (),
+        endpoint_room: Mapping[str, int] | None = None,
+        per_endpoint: int | None = None,
     ) -> list[ClaimedDelivery]:
         """Lease up to ``limit`` due pending deliveries to this worker (see the contract above).
 
-        ``exclude_endpoints`` are endpoints this worker has no room for right now.
+        ``exclude_endpoints`` are endpoints this worker has no room for right now. With
+        ``endpoint_room``, at most ``endpoint_room[e]`` deliveries of endpoint ``e`` are
+        leased, and at most ``per_endpoint`` of any endpoint not in it (None: no bound but
+        ``limit``): a worker that passes the room it has gets nothing it must give back
+        unattempted.
         """
 
     @abc.abstractmethod
