@@ -8,10 +8,13 @@ Why this shape, and not aiosqlite or an ORM:
 * **Group commit.** Whatever callers queued while the previous transaction was committing is
   drained and run in ONE transaction, with one fsync for all of them. Each closure runs inside
   its own SAVEPOINT, so one caller's failure (an ``EventConflictError``, say) rolls back only
-  that caller's changes; the others still commit. Futures are resolved only after COMMIT
-  returned: a ``publish`` that returned is on disk. aiosqlite runs each call as its own
-  round-trip on its own thread with no way to batch transactions across callers, and an ORM adds
-  per-row object overhead we do not want on a path meant for thousands of publishes a second.
+  that caller's changes; the others still commit. A closure alone in its transaction (the
+  worker's claims and outcomes mostly are) runs without one: its failure rolls back the
+  transaction, which holds nothing else, and the two statements a SAVEPOINT costs are saved.
+  Futures are resolved only after COMMIT returned: a ``publish`` that returned is on disk.
+  aiosqlite runs each call as its own round-trip on its own thread with no way to batch
+  transactions across callers, and an ORM adds per-row object overhead we do not want on a
+  path meant for thousands of publishes a second.
 * Publishes queued together go further: they are validated one by one (a conflict fails
   only its caller, before anything is written) and then inserted with one ``executemany`` per
   table for the whole batch (``GroupJob``), so a publish costs a few microseconds of Python

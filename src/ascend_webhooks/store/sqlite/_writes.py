@@ -1,7 +1,12 @@
-"""The SQLite store's writes, as plain functions run on the writer thread inside a SAVEPOINT.
+"""The SQLite store's writes, as plain functions run on the writer thread.
 
 Each function takes the write connection first and raises a StoreError for a caller's
-mistake; the engine rolls back to the savepoint, so a failed call leaves no trace.
+mistake; the engine rolls back its savepoint (or its transaction, when it ran alone), so a
+failed call leaves no trace.
+
+The worker's ``record`` is the hot one: it finds rows by the seq its claim remembered and
+passes a whole call's outcomes as one JSON array to two statements that check the lease
+themselves (see ``record``), so that the writer holds the GIL for little per outcome.
 
 Ordering keys are kept with a ``blocked`` bit (1) on every pending delivery that is not the
 oldest pending one of its (endpoint, ordering key): claim only ever looks at unblocked rows,
