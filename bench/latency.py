@@ -205,9 +205,10 @@ def measure_latency(
 ) -> dict[str, Any]:
     """Set up an endpoint on the receiver, warm up, then measure ``seconds`` at ``rate``.
 
-    With ``database`` (PostgreSQL's), also the CPU time per event of the API process, the
+    With ``database`` (PostgreSQL's URL), also the CPU time per event of the API process, the
     workers and the database's sessions over the measured part (from ``/proc``, as
-    ``pg_scaling.py`` reads it): on a shared machine it moves far less than the latency does.
+    ``pg_scaling.py`` reads it): on a shared machine it moves far less than the latency does;
+    and the database's transactions per event (every statement of the store is one).
     """
     service.setup(url)
     roles = None
@@ -215,8 +216,10 @@ def measure_latency(
         from pg_scaling import Roles
 
         pids = [p.pid for p in service.processes]
-        roles = Roles(database, pids[0], pids[1:], "-")
-    return _measure(f"{service.base_url}{service.events_path}", 202, conn, seconds, rate, roles)
+        roles = Roles(database.rsplit("/", 1)[1], pids[0], pids[1:], "-")
+    return _measure(
+        f"{service.base_url}{service.events_path}", 202, conn, seconds, rate, roles, database
+    )
 
 
 def measure_floor(url: str, conn: Connection, seconds: float, rate: float) -> dict[str, Any]:
@@ -231,6 +234,7 @@ def _measure(
     seconds: float,
     rate: float,
     roles: Any = None,
+    database: str | None = None,
 ) -> dict[str, Any]:
     run = run_tag()
     conn.send("count")
@@ -238,6 +242,7 @@ def _measure(
     warm = max(1, int(WARMUP_SECONDS * rate))
     run_async(lambda: _publish_at_rate(target, expect, f"w{run}", 0, warm, rate))
     count = int(seconds * rate)
+    commits = _commits(database)
     cpu, sampling = None, threading.Event()
     if roles is not None:
         from pg_scaling import CpuWindow
@@ -274,6 +279,11 @@ def _measure(
     }
     if not complete:
         figures["incomplete"] = f"{len(latencies)} of {count} events arrived"
+    if commits is not None:
+        time.sleep(1.5)  # sessions send their statistics at most once a second
+        end = _commits(database)
+        if end is not None:
+            figures["transactions_per_event"] = round((end - commits) / count, 2)
     if cpu is not None:
         window = cpu.close()
         percent = window["cpu_percent_of_one_core"]
@@ -292,13 +302,23 @@ def _measure(
     return figures
 
 
+def _commits(database: str | None) -> int | None:
+    """Transactions committed so far in the database (from its statistics)."""
+    if database is None:
+        return None
+    from pg_scaling import query
+
+    sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    return int(query(database, sql)[0][0])
+
+
 def _mode(name: str, url: str, conn: Connection, seconds: float, rate: float) -> dict[str, Any]:
     try:
         if name == "sqlite":
             with running_service() as service:
                 return measure_latency(service, url, conn, seconds, rate)
         with postgres_database() as database, running_service(database, workers=2) as service:
-            return measure_latency(service, url, conn, seconds, rate, database.rsplit("/", 1)[1])
+            return measure_latency(service, url, conn, seconds, rate, database)
     except ServiceUnavailable as exc:
         return {"skipped": str(exc)}
 
@@ -314,6 +334,8 @@ def _line(name: str, part: dict[str, Any]) -> str:
     extra = f" [INCOMPLETE: {part['incomplete']}]" if "incomplete" in part else ""
     if part["publish_errors"]:
         extra += f" [{part['publish_errors']} publish calls not answered 202]"
+    if "transactions_per_event" in part:
+        extra += f"; {part['transactions_per_event']:g} transactions per event"
     if "cpu_us_per_event" in part:
         extra += "; CPU per event: " + ", ".join(
             f"{k} {v} us" for k, v in part["cpu_us_per_event"].items()
