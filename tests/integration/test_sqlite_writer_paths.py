@@ -368,3 +368,65 @@ async def test_claim_takes_no_more_of_an_endpoint_than_the_room_given(path: Path
         assert per(got) == {a: 0, b: 0, c: 3}
     finally:
         await store.close()
+
+
+async def test_the_walk_resumes_after_a_capped_pass_and_takes_turns(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ascend_webhooks.store.sqlite import _claim
+
+    monkeypatch.setattr(_claim, "_MAX_PAIRS", 2)
+    store = await opened(path)
+    try:
+        orgs = []
+        for n in range(4):
+            org = await store.create_organization(f"org {n}")
+            for e in range(2 if n == 0 else 1):
+                await store.create_endpoint(org.id, f"https://o{n}e{e}.example/", None, None)
+            await store.publish(org.id, [event(f"evt_{n}_{k}") for k in range(3)])
+            orgs.append(org.id)
+        first, second, third, fourth = sorted(orgs)
+        two_endpoints = orgs[0]
+        # A pass stops once it has seen 2 pairs, after a whole organization.
+        seen = []
+        for _ in range(4):
+            claimed = await store.claim("w", 100, 30)
+            seen.append(sorted({c.organization_id for c in claimed}))
+        expected_passes = []
+        pending = [first, second, third, fourth]
+        while pending:
+            taken = []
+            pairs = 0
+            while pending and pairs < 2:
+                org_id = pending.pop(0)
+                taken.append(org_id)
+                pairs += 2 if org_id == two_endpoints else 1
+            expected_passes.append(sorted(taken))
+        assert seen[: len(expected_passes)] == expected_passes
+        assert all(not s for s in seen[len(expected_passes) :])
+    finally:
+        await store.close()
+
+
+async def test_claims_of_one_take_turns_across_organizations_and_endpoints(path: Path) -> None:
+    store = await opened(path)
+    try:
+        orgs = {}
+        for n in range(3):
+            org = await store.create_organization(f"org {n}")
+            endpoints = [
+                (await store.create_endpoint(org.id, f"https://o{n}e{e}.example/", None, None)).id
+                for e in range(2)
+            ]
+            await store.publish(org.id, [event(f"evt_{n}_{k}") for k in range(2)])
+            orgs[org.id] = endpoints
+        order = [(await store.claim("w", 1, 30))[0] for _ in range(12)]
+        assert await store.claim("w", 1, 30) == []
+        served = [c.organization_id for c in order]
+        ids = sorted(orgs)
+        assert served == ids * 4  # one at a time, in turn, whatever each one's backlog
+        for org_id, endpoints in orgs.items():
+            mine = [c for c in order if c.organization_id == org_id]
+            assert sorted(c.endpoint_id for c in mine) == sorted(endpoints * 2)
+    finally:
+        await store.close()
