@@ -156,7 +156,10 @@ claimed AS (
            next_attempt_at = now() + $3 * interval '1 second',
            updated_at = now()
       FROM capped AS p, events AS e, endpoints AS en
-     WHERE d.seq = p.seq AND e.seq = d.event_seq AND en.id = d.endpoint_id
+     -- = ANY of the keys: found by primary key whatever the table's size (a plain join let a
+     -- small table be read whole and hashed, on every claim)
+     WHERE d.seq = ANY (ARRAY(SELECT seq FROM capped)) AND d.seq = p.seq
+       AND e.seq = d.event_seq AND en.id = d.endpoint_id
     RETURNING d.id, d.organization_id, e.id AS event_id, e.type AS event_type, d.endpoint_id,
               en.url, e.body, d.attempt_count + 1 AS attempt_number,
               d.attempt_count + 1 - d.round_start AS round_attempt, d.lease_expires_at,
