@@ -612,6 +612,52 @@ class FlakyStore:
         await self._inner.record(worker_id, outcomes)
 
 
+class CountingStore:
+    """Wraps a store; remembers what was claimed and what was given back unattempted."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+        self.claimed = 0
+        self.released: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
+        claimed = await self._inner.claim(*args, **kwargs)
+        self.claimed += len(claimed)
+        return claimed
+
+    async def release(self, worker_id: str, delivery_ids: Sequence[str]) -> None:
+        self.released.extend(delivery_ids)
+        await self._inner.release(worker_id, delivery_ids)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+async def test_the_claim_asks_only_for_what_each_endpoint_has_room_for(
+    store: Store, receivers: ReceiverFactory, adaptive: bool
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.01))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 80)
+    counting = CountingStore(store)
+    worker = Worker(
+        counting,  # type: ignore[arg-type]
+        make_settings(),
+        decrypt,
+        concurrency=16,
+        per_endpoint_limit=2,
+        max_per_endpoint=16 if adaptive else None,
+    )
+    async with running(worker):
+        states = await wait_terminal(store, org, [d.id for d in deliveries], within=20.0)
+
+    assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
+    assert counting.released == []  # nothing leased that had to be given back
+    assert counting.claimed == 80
+
+
 async def test_store_errors_are_retried_and_do_not_kill_the_worker(
     store: Store, receivers: ReceiverFactory
 ) -> None:

@@ -8,9 +8,11 @@ expires (at-least-once, SPEC section 1).
 The loop, and why it looks like this:
 
 * **Claim by free capacity.** The worker claims batches sized by its free slots, telling the
-  store which endpoints it has no room for (``exclude_endpoints``): each endpoint may hold at
-  most its current limit of attempts of this worker. Deliveries of one batch beyond that
-  limit are released at once, unattempted.
+  store which endpoints it has no room for (``exclude_endpoints``) and how much room each
+  other one has (``endpoint_room``, and ``per_endpoint`` = the base for endpoints it does not
+  name): each endpoint may hold at most its current limit of attempts of this worker.
+  Deliveries of one batch beyond that limit (a store that ignores the room) are released at
+  once, unattempted.
 * **Each endpoint's limit adapts (AIMD).** It starts at ``per_endpoint_limit`` (the base,
   ``endpoint_concurrency``) and grows by one for every fast, answered attempt made while the
   endpoint used its whole limit (so it doubles every round trip, as TCP's slow start), up to
@@ -331,7 +333,12 @@ class Worker:
             exclude = self._full_endpoints()
             try:
                 claimed = await self.store.claim(
-                    self.worker_id, free, self.lease_seconds, exclude_endpoints=exclude
+                    self.worker_id,
+                    free,
+                    self.lease_seconds,
+                    exclude_endpoints=exclude,
+                    endpoint_room=self._endpoint_room(),
+                    per_endpoint=self.per_endpoint_limit,
                 )
                 if claimed:
                     await self._start(claimed)
@@ -353,6 +360,17 @@ class Worker:
         """The endpoints with as many attempts in flight as their limit (endpoint_limit)."""
         limits, base = self._limits, self.per_endpoint_limit
         return [e for e, n in self._per_endpoint.items() if n >= int(limits.get(e, base))]
+
+    def _endpoint_room(self) -> dict[str, int]:
+        """How many more attempts each endpoint may start now, for those not at the base.
+
+        Passed to the claim with ``per_endpoint`` (the base) for every other endpoint, so that
+        the store leases no delivery this worker would have to give back unattempted.
+        """
+        room = {e: max(0, self.endpoint_limit(e) - n) for e, n in self._per_endpoint.items()}
+        for endpoint_id, limit in self._limits.items():
+            room.setdefault(endpoint_id, int(limit))  # raised, nothing in flight
+        return room
 
     def _capacity(self) -> tuple[int, float]:
         """Free slots, and in how many seconds a slot frees by an attempt turning slow.
