@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from ascend_webhooks.ids import new_id, new_ids
 
 _ALPHABET = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
@@ -58,3 +60,32 @@ def test_ids_made_in_bulk_are_shaped_and_timed_like_single_ones() -> None:
             millis = millis * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
         assert before <= millis >> (26 * 5 - 48) <= after
     assert new_ids("evt", 0) == []
+
+
+def test_bulk_encoding_gives_exactly_the_ids_base32_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # new_ids encodes large batches with big-integer shifts instead of base64.b32encode; the
+    # characters must be the same, bit for bit, on both sides of the switch and at the extremes.
+    import base64
+    import os
+    import random
+
+    from ascend_webhooks import ids
+
+    crockford = bytes.maketrans(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    )
+    rng = random.Random(7)  # noqa: S311 - reproducible test data, not secrets
+    for count in (1, 3, 4, 5, 64, 1_000):
+        for extreme in (False, True):
+            raw = b"\xff" * (10 * count) if extreme else rng.randbytes(10 * count)
+            millis = (1 << 48) - 1 if extreme else rng.getrandbits(48)
+            monkeypatch.setattr(os, "urandom", lambda n, raw=raw: raw[:n])
+            monkeypatch.setattr(time, "time_ns", lambda millis=millis: millis * 1_000_000)
+            stamp = millis.to_bytes(6, "big")
+            expected = [
+                "dlv_"
+                + base64.b32encode(stamp + raw[n : n + 10]).translate(crockford).decode()[:26]
+                for n in range(0, 10 * count, 10)
+            ]
+            assert ids.new_ids("dlv", count) == expected
+            monkeypatch.undo()
