@@ -11,19 +11,21 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from ascend_webhooks.delivery.transport import PyreqwestTransport, Response
-from ascend_webhooks.delivery.worker import Worker
+from ascend_webhooks.delivery.worker import Worker, _InFlight
 from ascend_webhooks.ids import new_id
 from ascend_webhooks.metrics import BatchHistogram
 from ascend_webhooks.service.settings import Settings
 from ascend_webhooks.signature import sign
 from ascend_webhooks.store import Store
 from ascend_webhooks.store.models import (
+    Attempt,
     AttemptOutcome,
     ClaimedDelivery,
     Delivery,
@@ -167,6 +169,59 @@ def test_an_endpoint_is_full_at_its_limit_in_whole_attempts() -> None:
     worker._per_endpoint.update({"halved": 2, "grown": 3, "base": 2, "free": 1})
     assert [worker.endpoint_limit(e) for e in ("halved", "grown", "base")] == [2, 4, 2]
     assert sorted(worker._full_endpoints()) == ["base", "halved"]
+
+
+def test_slow_attempts_stop_counting_and_hold_their_endpoint_at_the_base() -> None:
+    worker = Worker(
+        None,  # type: ignore[arg-type]
+        make_settings(),
+        decrypt,
+        concurrency=4,
+        per_endpoint_limit=2,
+        max_per_endpoint=8,
+        slow_after=1.0,
+    )
+    now = time.monotonic()
+
+    def start(number: int, endpoint: str, age: float) -> ClaimedDelivery:
+        delivery = ClaimedDelivery(
+            f"dlv_{number}",
+            "org",
+            "evt",
+            "t",
+            endpoint,
+            "http://x/",
+            b"{}",
+            1,
+            1,
+            datetime.now(UTC),
+        )
+        flight = _InFlight(delivery, now - age)
+        worker._inflight[delivery.id] = flight
+        worker._started.append(flight)  # in start order, as _start appends
+        worker._per_endpoint[endpoint] += 1
+        return delivery
+
+    worker._limits["hung"] = 6.0
+    slow = start(1, "hung", 5.0)
+    working = start(2, "ok", 0.5)
+    start(3, "ok", 0.2)
+    fast = start(4, "hung", 0.1)
+    free, recheck = worker._capacity()
+    assert free == 4 - 3  # the slow attempt no longer counts
+    assert 0.4 < recheck <= 0.5  # when the oldest working attempt turns slow
+    assert worker.endpoint_limit("hung") == 2  # struggling: back to the base at once
+    # A fast answer at full use would grow the limit, but not while an attempt hangs there.
+    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None))
+    assert worker.endpoint_limit("hung") == 2
+    worker._free_slot(fast, abandoned=False)
+    worker._free_slot(working, abandoned=False)
+    assert worker._capacity()[0] == 4 - 1
+    worker._free_slot(slow, abandoned=False)
+    assert (worker._slow, dict(worker._slow_per_endpoint)) == (0, {})
+    assert worker._capacity()[0] == 4 - 1
+    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None))
+    assert worker.endpoint_limit("hung") == 2  # nothing in flight there: no full use
 
 
 def test_observing_many_durations_at_once_equals_observing_each() -> None:
