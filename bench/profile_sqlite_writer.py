@@ -24,8 +24,9 @@ of the runs; ``call``, the median of every call's cost per unit:
 loop of a worker or API process waits for): one run of ``publish`` (1 endpoint), then ``claim``
 128 until the backlog is leased, then ``record`` 128 until all are recorded, each phase under
 ``perf record`` of the writer thread with C call stacks. The sqlite3 module releases the GIL
-exactly around ``sqlite3_step`` and ``sqlite3_prepare_v2``; samples with neither on the stack
-are GIL-held. Needs Linux ``perf``.
+around ``sqlite3_step`` and ``sqlite3_prepare_v2`` (and, on 3.11, each column's
+``sqlite3_column_type``); samples with none of them on the stack are GIL-held. Needs Linux
+``perf``.
 
 ::
 
@@ -184,9 +185,9 @@ async def run(batches: int, runs: int, organizations: int) -> None:
         )
 
 
-# The sqlite3 module releases the GIL exactly around these calls (a statement's steps and its
-# compilation): a sample of the writer thread with one of them on its C stack is GIL-free.
-_RELEASED = ("sqlite3_step", "sqlite3_prepare_v2", "sqlite3LockAndPrepare")
+# The sqlite3 module releases the GIL around these calls (a statement's steps, its compilation
+# and, on 3.11, each fetched column's type): a writer sample with one on its stack is GIL-free.
+_RELEASED = ("sqlite3_step", "sqlite3_prepare_v2", "sqlite3LockAndPrepare", "sqlite3_column_type")
 
 
 class _Perf:
