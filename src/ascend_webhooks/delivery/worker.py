@@ -362,7 +362,8 @@ class Worker:
         return [e for e, n in self._per_endpoint.items() if n >= int(limits.get(e, base))]
 
     def _endpoint_room(self) -> dict[str, int]:
-        """How many more attempts each endpoint may start now, for those not at the base.
+        """How many more attempts may start now to each endpoint with attempts in flight or a
+        raised limit.
 
         Passed to the claim with ``per_endpoint`` (the base) for every other endpoint, so that
         the store leases no delivery this worker would have to give back unattempted.
@@ -658,10 +659,10 @@ class Worker:
                 self._slow -= 1
                 self._slow_per_endpoint[endpoint_id] -= 1
                 if self._slow_per_endpoint[endpoint_id] <= 0:
-                    del self._slow_per_endpoint[endpoint_id]
+                    self._slow_per_endpoint.pop(endpoint_id, None)
         left = self._per_endpoint[endpoint_id] - 1
         if left <= 0:
-            del self._per_endpoint[endpoint_id]
+            self._per_endpoint.pop(endpoint_id, None)
         else:
             self._per_endpoint[endpoint_id] = left
         self._wakeup.set()
