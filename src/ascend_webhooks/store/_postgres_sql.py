@@ -174,9 +174,11 @@ UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
        (SELECT count(*) FROM cand),
        (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair),
-       -- When the walk saw every pair: when the next ready delivery is due, as next_due_at
-       -- would say once this commits (the rows leased here count with their lease's end).
-       CASE WHEN last.n < $6 THEN least((
+       -- When the walk saw every pair and the batch is not full: when the next ready delivery
+       -- is due, as next_due_at would say once this commits (the rows leased here count with
+       -- their lease's end). A full batch skips it: more may well be due, and stepping over
+       -- the rows just leased cost a drain 40-50 us per delivery.
+       CASE WHEN last.n < $6 AND (SELECT count(*) FROM capped) < $2 THEN least((
            SELECT min(first.due) FROM walk AS w
             CROSS JOIN LATERAL (
                SELECT d.next_attempt_at AS due FROM deliveries AS d

@@ -867,7 +867,8 @@ class PostgresStore(Store):
             self._due_view = _DueView(
                 generation, sent + _DUE_VIEW_SECONDS, None, sent + _DUE_VIEW_SECONDS
             )
-        elif marker["walked"] < self._claim_pairs:  # the walk saw every pair
+        elif marker["walked"] < self._claim_pairs and len(claimed) < limit:
+            # The walk saw every pair and the batch was not full (else no next_due was read)
             due: datetime | None = marker["next_due"]
             idle_until: float | None = sent + _DUE_VIEW_SECONDS
             if due is not None:
