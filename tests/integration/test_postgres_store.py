@@ -289,6 +289,13 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     [third] = await worker.claim("w", 10, 30)
     assert (third.event_id, third.attempt_number) == ("evt_1", 3)
     assert statements == ["claim"]
+    # A full batch says nothing of what is left: the next claim looks.
+    await api.publish(org_id, [event(f"more_{i}") for i in range(3)])
+    await announced()
+    statements.clear()
+    assert len(await worker.claim("w", 2, 30)) == 2
+    assert [c.event_id for c in await worker.claim("w", 2, 30)] == ["more_2"]
+    assert statements == ["claim", "claim"]
     # Without a listener, nothing is taken for known: every call asks.
     await worker._signal.stop()
     statements.clear()
