@@ -341,3 +341,14 @@ async def test_parsed_urls_are_kept_boundedly(
         assert response.status_code == 200
         assert len(transport._urls) <= 2
     assert [r.target.rsplit("/", 1)[1] for r in receiver.requests] == ["a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize("size", [1, EXCERPT_BYTES - 1, EXCERPT_BYTES, EXCERPT_BYTES + 1])
+async def test_excerpt_at_the_boundary_of_the_cap(
+    transport: PyreqwestTransport, receivers: ReceiverFactory, size: int
+) -> None:
+    # Up to the cap the body is taken whole (one read); past it, exactly the cap is read.
+    receiver = await receivers(behaviour=Reply(503, body=b"b" * size))
+    response = await transport.post(receiver.url, BODY, {}, 5.0)
+    assert response.status_code == 503
+    assert response.excerpt == "b" * min(size, EXCERPT_BYTES)

@@ -216,10 +216,20 @@ class PyreqwestTransport:
                 # No read at all for an empty body (the usual answer to a webhook), and none
                 # past a Content-Length already read.
                 length = response.get_header("content-length")
-                if length != "0":
+                if length == "0":
+                    pass
+                elif (
+                    length is not None
+                    and len(length) < 10
+                    and length.isdigit()
+                    and int(length) <= self.excerpt_bytes
+                ):
+                    # The whole body is no longer than the excerpt (HTTP framing ends it
+                    # there), and reqwest has read it ahead already: one call.
+                    whole = await response.bytes()
+                    excerpt = str(whole, "utf-8", "replace") if whole else None
+                else:  # longer, or of unknown length: read the excerpt's worth, no more
                     wanted = self.excerpt_bytes
-                    if length is not None and length.isdigit():
-                        wanted = min(int(length), wanted)
                     reader = response.body_reader
                     chunk = await reader.read(wanted)  # the whole excerpt, as a rule
                     if chunk is not None:
