@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -262,16 +263,18 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     await api.publish(org_id, [event("evt_1")])
     await announced()
     [first] = await worker.claim("w", 10, 30)
-    # The worker asks again at once, then when work is next due: both known already.
+    # The worker asks again at once and finds nothing; then when work is next due, and once
+    # more for work: both known already.
     assert await worker.claim("w", 10, 30) == []
     assert await worker.next_due_at() == first.lease_expires_at
-    assert statements == ["claim"]
+    assert await worker.claim("w", 10, 30) == []
+    assert statements == ["claim", "claim"]
     # Another process publishes: its NOTIFY makes the next claim look.
     await api.publish(org_id, [event("evt_2")])
     await announced()
     [second] = await worker.claim("w", 10, 30)
     assert second.event_id == "evt_2"
-    assert statements == ["claim", "claim"]
+    assert statements == ["claim", "claim", "claim"]
     # This store's own write of a retry due at once: looked for, without a NOTIFY.
     await worker.record("w", [outcome(first, DeliveryStatus.PENDING)])
     [again] = await worker.claim("w", 10, 30)
@@ -303,6 +306,42 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     assert await worker.claim("w", 10, 30) == []
     await worker.next_due_at()
     assert statements == ["claim", "claim", "query"]
+
+
+async def test_on_a_backlog_never_analyzed_a_claim_reads_no_more_rows_than_it_takes(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    """The plans' shapes must not depend on statistics: a burst on a fresh database, never
+    analyzed, once had every claim read the organization's whole backlog through another index
+    (and sort it), then more often the smaller the claims."""
+    from ascend_webhooks.store import _postgres_sql as sql
+
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    pad = "x" * 900
+    for start in range(0, 12000, 2000):
+        batch = []
+        for i in range(start, start + 2000):
+            body = f'{{"id":"evt_{i}","type":"t","data":{{"pad":"{pad}"}}}}'.encode()
+            batch.append(NewEvent(f"evt_{i}", "t", body, hashlib.sha256(body).digest()))
+        await store.publish(org_id, batch)
+
+    def most_rows(plan: Any) -> int:
+        rows = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
+        return max([rows, *(most_rows(child) for child in plan.get("Plans", []))])
+
+    claim_args = ("w", 8, 30.0, "", "", 64, [], 24, [], [], None)
+    async with store._connection() as conn:
+        for statement, args in ((sql.CLAIM, claim_args), (sql.NEXT_DUE_AT, ())):
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                [plan] = json.loads(
+                    await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, *args)
+                )
+            finally:
+                await tx.rollback()
+            assert most_rows(plan["Plan"]) < 100, statement[:40]
 
 
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(

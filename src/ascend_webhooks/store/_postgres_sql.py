@@ -81,8 +81,8 @@ SELECT {DELIVERY_COLUMNS}
 #    simply due again when the lease runs out (no sweeper needed).
 # 5. A last row (id NULL) says where the walk stopped, how many candidates there were and the
 #    most any one pair gave (whether another claim may find rows that racers did not lock),
-#    and, when the walk saw every pair, when the next delivery not leased here is due (no row
-#    at all: nothing is ready).
+#    and, when the walk saw every pair and nothing was claimed, when the next delivery is due
+#    (no row at all: nothing is ready).
 _NEXT_PAIR = """
     SELECT x.organization_id AS org, x.endpoint_id AS ep FROM (
         (SELECT organization_id, endpoint_id FROM deliveries
@@ -95,6 +95,10 @@ _NEXT_PAIR = """
           ORDER BY organization_id, endpoint_id LIMIT 1)
     ) AS x LIMIT 1
 """
+
+# The rows of the walk's pair (w) due at or before {upto}, as a range of deliveries_ready.
+_PAIR_RANGE = """(d.organization_id, d.endpoint_id, d.next_attempt_at)
+                   BETWEEN (w.org, w.ep, '-infinity'::timestamptz) AND (w.org, w.ep, {upto})"""
 
 CLAIM = f"""
 WITH RECURSIVE walk(org, ep, n, first_org, first_ep) AS (
@@ -115,11 +119,19 @@ cand AS (
                           WHERE r.ep = w.ep LIMIT 1), $11, $2) AS n
      ) AS room
      CROSS JOIN LATERAL (
-        SELECT d.seq, d.next_attempt_at FROM deliveries AS d
-         WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
-           AND d.status = 'pending' AND d.blocked = 0 AND d.next_attempt_at <= now()
-         ORDER BY d.next_attempt_at, d.seq
-         LIMIT least($8, room.n + $8 - $2)
+        -- The pair's range as row comparisons, which only deliveries_ready can serve, in its
+        -- order: with plain equalities the planner, on a table not analyzed yet, read the
+        -- organization's whole backlog through deliveries_organization_status_seq and sorted
+        -- it, on every claim. The inner LIMIT is a plain parameter for the same reason; the
+        -- room cuts outside.
+        SELECT * FROM (
+            SELECT d.seq, d.next_attempt_at FROM deliveries AS d
+             WHERE {_PAIR_RANGE.format(upto="now()")}
+               AND d.status = 'pending' AND d.blocked = 0
+             ORDER BY d.organization_id, d.endpoint_id, d.next_attempt_at, d.seq
+             LIMIT $8
+        ) AS due
+        LIMIT least($8, room.n + $8 - $2)
      ) AS c
      WHERE w.ep <> ALL($7::text[])
 ),
@@ -174,20 +186,17 @@ UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
        (SELECT count(*) FROM cand),
        (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair),
-       -- When the walk saw every pair and the batch is not full: when the next ready delivery
-       -- is due, as next_due_at would say once this commits (the rows leased here count with
-       -- their lease's end). A full batch skips it: more may well be due, and stepping over
-       -- the rows just leased cost a drain 40-50 us per delivery.
-       CASE WHEN last.n < $6 AND (SELECT count(*) FROM capped) < $2 THEN least((
+       -- When the walk saw every pair and nothing was claimed: when the next ready delivery
+       -- is due, as next_due_at would say (the same probe per pair as NEXT_DUE_AT).
+       CASE WHEN last.n < $6 AND NOT EXISTS (SELECT 1 FROM capped) THEN (
            SELECT min(first.due) FROM walk AS w
             CROSS JOIN LATERAL (
                SELECT d.next_attempt_at AS due FROM deliveries AS d
-                WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
+                WHERE {_PAIR_RANGE.format(upto="'infinity'::timestamptz")}
                   AND d.status = 'pending' AND d.blocked = 0
-                  AND d.seq <> ALL (ARRAY(SELECT seq FROM capped))
-                ORDER BY d.next_attempt_at, d.seq LIMIT 1
+                ORDER BY d.organization_id, d.endpoint_id, d.next_attempt_at LIMIT 1
             ) AS first
-       ), (SELECT max(lease_expires_at) FROM claimed)) END,
+       ) END,
        now()
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
@@ -253,9 +262,9 @@ WITH RECURSIVE walk(org, ep) AS (
 SELECT min(first.due) FROM walk AS w
  CROSS JOIN LATERAL (
     SELECT d.next_attempt_at AS due FROM deliveries AS d
-     WHERE d.organization_id = w.org AND d.endpoint_id = w.ep
+     WHERE {_PAIR_RANGE.format(upto="'infinity'::timestamptz")}
        AND d.status = 'pending' AND d.blocked = 0
-     ORDER BY d.next_attempt_at LIMIT 1
+     ORDER BY d.organization_id, d.endpoint_id, d.next_attempt_at LIMIT 1
  ) AS first
 """
 
