@@ -81,8 +81,9 @@ SELECT {DELIVERY_COLUMNS}
 #    simply due again when the lease runs out (no sweeper needed).
 # 5. A last row (id NULL) says where the walk stopped, how many candidates there were and the
 #    most any one pair gave (whether another claim may find rows that racers did not lock),
-#    and, when the walk saw every pair and nothing was claimed, when the next delivery is due
-#    (no row at all: nothing is ready).
+#    and, when the walk saw every pair and the claim was small, when the next delivery is due
+#    (no row at all: nothing is ready). Not after a big claim: more may well be due, and
+#    stepping over the rows it leased would cost a drain per delivery.
 _NEXT_PAIR = """
     SELECT x.organization_id AS org, x.endpoint_id AS ep FROM (
         (SELECT organization_id, endpoint_id FROM deliveries
@@ -95,6 +96,9 @@ _NEXT_PAIR = """
           ORDER BY organization_id, endpoint_id LIMIT 1)
     ) AS x LIMIT 1
 """
+
+# A claim that takes fewer rows than this also says when the next one is due (see CLAIM's 5.).
+SMALL_CLAIM = 8
 
 # The rows of the walk's pair (w) due at or before {upto}, as a range of deliveries_ready.
 _PAIR_RANGE = """(d.organization_id, d.endpoint_id, d.next_attempt_at)
@@ -186,17 +190,19 @@ UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
        (SELECT count(*) FROM cand),
        (SELECT max(k) FROM (SELECT count(*) AS k FROM cand GROUP BY n) AS per_pair),
-       -- When the walk saw every pair and nothing was claimed: when the next ready delivery
-       -- is due, as next_due_at would say (the same probe per pair as NEXT_DUE_AT).
-       CASE WHEN last.n < $6 AND NOT EXISTS (SELECT 1 FROM capped) THEN (
+       -- When the walk saw every pair and claimed fewer than {SMALL_CLAIM}: when the next ready
+       -- delivery is due, as next_due_at would say once this commits (the same probe per pair
+       -- as NEXT_DUE_AT, past the few rows leased here, which count with their lease's end).
+       CASE WHEN last.n < $6 AND (SELECT count(*) FROM capped) < {SMALL_CLAIM} THEN least((
            SELECT min(first.due) FROM walk AS w
             CROSS JOIN LATERAL (
                SELECT d.next_attempt_at AS due FROM deliveries AS d
                 WHERE {_PAIR_RANGE.format(upto="'infinity'::timestamptz")}
                   AND d.status = 'pending' AND d.blocked = 0
+                  AND d.seq <> ALL (ARRAY(SELECT seq FROM capped))
                 ORDER BY d.organization_id, d.endpoint_id, d.next_attempt_at LIMIT 1
             ) AS first
-       ) END,
+       ), (SELECT max(lease_expires_at) FROM claimed)) END,
        now()
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """

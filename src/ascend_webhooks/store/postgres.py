@@ -134,16 +134,16 @@ _DUE_VIEW_SECONDS = 0.25
 
 @dataclass(slots=True)
 class _DueView:
-    """What the last claim of this store saw of due times, when it took nothing and its walk
-    saw every pair.
+    """What the last claim of this store saw of due times, when it took only a few deliveries
+    (``SMALL_CLAIM``) and its walk saw every pair.
 
     Valid while no work was announced since that claim started (the listener's generation has
     not moved: every write that makes work due sends a NOTIFY after its commit, and this
     store's own writes move it at once), the listener is connected, and for at most
     ``_DUE_VIEW_SECONDS``. Then ``next_due_at`` would say ``next_due``, and another claim would
     find nothing before ``idle_until``: both are answered without a round trip. A worker that
-    finds nothing (it lost the race for the one event just published, or took it with the claim
-    before) asks when work is next due at once, and may claim again as a slot frees.
+    has just taken the one event published claims again at once, and one that lost the race
+    for it asks when work is next due: neither needs the database.
     """
 
     generation: int
@@ -868,8 +868,8 @@ class PostgresStore(Store):
             self._due_view = _DueView(
                 generation, sent + _DUE_VIEW_SECONDS, None, sent + _DUE_VIEW_SECONDS
             )
-        elif marker["walked"] < self._claim_pairs and not claimed:
-            # The walk saw every pair and took nothing (else no next_due was read)
+        elif marker["walked"] < self._claim_pairs and len(claimed) < sql.SMALL_CLAIM:
+            # The walk saw every pair and the claim was small (else no next_due was read)
             due: datetime | None = marker["next_due"]
             idle_until: float | None = sent + _DUE_VIEW_SECONDS
             if due is not None:
