@@ -49,6 +49,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ T = TypeVar("T")
 _SYNCHRONOUS = {"off": "OFF", "normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 _DEFAULT_BUSY_TIMEOUT_MS = 30_000
 _MAX_BATCH = 2_000  # closures per transaction: bounds the latency one commit adds to others
+# Rows (GroupJob.weight, 1 for a plain closure) per durable transaction. Between two, the
+# worker's queued claims and outcomes run: four 1,000-event publishes in one transaction held
+# them back for ~100 ms at a time, and delivery all but stopped while a burst was published.
+_MAX_WEIGHT = 1_000
 _READERS = 2
 
 
@@ -162,6 +167,7 @@ class GroupJob(Generic[A]):
 
     run_group: Callable[[sqlite3.Connection, list[A]], list[tuple[bool, Any]]]
     arg: A
+    weight: int = 1  # rows it writes, about: durable transactions are cut at _MAX_WEIGHT
 
     def __call__(self, conn: sqlite3.Connection) -> Any:
         ((ok, value),) = self.run_group(conn, [self.arg])
@@ -261,13 +267,17 @@ class Engine:
         assert conn is not None
         relaxable = self.options.synchronous in ("FULL", "EXTRA")
         relaxed = False
+        durable: deque[_Job] = deque()  # queued durable jobs, in order of arrival
+        stop = False
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
+            if not durable and not stop:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                incoming = [first]
+            else:
+                incoming = []
+            while not stop and len(incoming) < _MAX_BATCH:
                 try:
                     job = self._jobs.get_nowait()
                 except queue.Empty:
@@ -275,30 +285,35 @@ class Engine:
                 if job is None:
                     stop = True
                     break
-                batch.append(job)
-            parts = [(batch, True)]
-            if relaxable:
-                # Relaxed jobs first, in a transaction of their own: a claim never waits for
-                # the fsync of the publishes queued beside it.
-                parts = [
-                    ([queued for queued in batch if not queued[3]], False),
-                    ([queued for queued in batch if queued[3]], True),
-                ]
-            for jobs, durable in parts:
+                incoming.append(job)
+            # Relaxed jobs (the worker's) first, in a transaction of their own: a claim never
+            # waits for the fsync of the publishes queued beside it, nor for more than one
+            # durable transaction of at most _MAX_WEIGHT rows.
+            light = [queued for queued in incoming if not queued[3]]
+            durable.extend(queued for queued in incoming if queued[3])
+            parts: list[tuple[list[_Job], bool]] = [(light, False)]
+            if durable:
+                chunk = [durable.popleft()]
+                weight = _weight(chunk[0])
+                while durable and weight + _weight(durable[0]) <= _MAX_WEIGHT:
+                    weight += _weight(durable[0])
+                    chunk.append(durable.popleft())
+                parts.append((chunk, True))
+            for jobs, is_durable in parts:
                 if not jobs:
                     continue
-                if relaxable and durable == relaxed:  # switch only when the kind changes
+                if relaxable and is_durable == relaxed:  # switch only when the kind changes
                     try:
-                        mode = self.options.synchronous if durable else "NORMAL"
+                        mode = self.options.synchronous if is_durable else "NORMAL"
                         conn.execute(f"PRAGMA synchronous = {mode}")
-                        relaxed = not durable
+                        relaxed = not is_durable
                     except sqlite3.Error as exc:
-                        if durable:  # never commit a durable write without its fsync
+                        if is_durable:  # never commit a durable write without its fsync
                             _fail_all(jobs, exc)
                             continue
                         # (staying fully synchronous for a relaxed batch only costs time)
                 self._run_batch(conn, jobs)
-            if stop:
+            if stop and not durable:
                 return
 
     @staticmethod
@@ -372,6 +387,11 @@ class Engine:
             if self._watch is None:
                 self._watch = connect(self.options, readonly=True)
             return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _weight(job: _Job) -> int:
+    call = job[0]
+    return max(1, call.weight) if isinstance(call, GroupJob) else 1
 
 
 def _run_single(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], Any]) -> Any:

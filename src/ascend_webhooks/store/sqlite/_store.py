@@ -194,7 +194,9 @@ class SQLiteStore(Store):
         self, organization_id: str, events: Sequence[NewEvent]
     ) -> list[PublishResult]:
         call = (organization_id, tuple(events))
-        results: list[PublishResult] = await self._write(GroupJob(_publish.publish_group, call))
+        results: list[PublishResult] = await self._write(
+            GroupJob(_publish.publish_group, call, weight=len(call[1]))
+        )
         if any(result.created and result.event.deliveries for result in results):
             self._wake()
         return results
