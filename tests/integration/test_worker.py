@@ -6,6 +6,7 @@ Every test runs against each backend (the ``store`` fixture of ``tests/conftest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -212,7 +213,7 @@ def test_slow_attempts_stop_counting_and_hold_their_endpoint_at_the_base() -> No
     assert 0.4 < recheck <= 0.5  # when the oldest working attempt turns slow
     assert worker.endpoint_limit("hung") == 2  # struggling: back to the base at once
     # A fast answer at full use would grow the limit, but not while an attempt hangs there.
-    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None))
+    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None), full=True)
     assert worker.endpoint_limit("hung") == 2
     worker._free_slot(fast, abandoned=False)
     worker._free_slot(working, abandoned=False)
@@ -220,8 +221,8 @@ def test_slow_attempts_stop_counting_and_hold_their_endpoint_at_the_base() -> No
     worker._free_slot(slow, abandoned=False)
     assert (worker._slow, dict(worker._slow_per_endpoint)) == (0, {})
     assert worker._capacity()[0] == 4 - 1
-    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None))
-    assert worker.endpoint_limit("hung") == 2  # nothing in flight there: no full use
+    worker._adapt("hung", Attempt(1, datetime.now(UTC), 1.0, 200, None, None), full=False)
+    assert worker.endpoint_limit("hung") == 2  # not in flight at full use: no growth
 
 
 def test_observing_many_durations_at_once_equals_observing_each() -> None:
@@ -460,6 +461,32 @@ async def test_a_fast_endpoint_gets_more_than_the_base_limit(
     assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
     assert 2 < raised <= 16
     assert 2 < peak() <= 16  # more than the base at once, never past the maximum
+
+
+async def test_a_fast_endpoints_limit_doubles_per_round_trip(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    # Slow start: every fast answer to an attempt that was in flight while the endpoint used
+    # its whole limit adds a slot, so a round trip of a full limit doubles it. Growing by one
+    # per round trip instead, 1.5 s of 50 ms round trips could not pass 2 + 30 = 32.
+    receiver = await receivers(behaviour=Reply(200, delay=0.05))
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, receiver.url, None, None)
+    await publish(store, org, 1_500)
+    worker = Worker(
+        store, make_settings(), decrypt, concurrency=64, per_endpoint_limit=2, max_per_endpoint=64
+    )
+    raised = 0
+    async with running(worker):
+
+        async def at_maximum() -> bool:
+            nonlocal raised
+            raised = max(raised, worker.endpoint_limit(endpoint.id))
+            return raised >= 64
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(at_maximum, within=1.5, every=0.005)
+    assert raised >= 48
 
 
 async def test_a_hanging_endpoint_never_gets_more_than_the_base_limit(

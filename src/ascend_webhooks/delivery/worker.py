@@ -231,6 +231,9 @@ class Worker:
         self._slow = 0  # in-flight attempts that waited past slow_after
         self._slow_per_endpoint: Counter[str] = Counter()
         self._per_endpoint: Counter[str] = Counter()
+        # When each endpoint last had its whole limit in use (time.monotonic()), while it has
+        # attempts in flight: a fast answer to an attempt in flight since then grows the limit.
+        self._full_at: dict[str, float] = {}
         self._limits: dict[str, float] = {}  # endpoints whose limit is above the base
         # Attempt runners: long-lived tasks, each making one attempt after another; an idle
         # one waits on a future of its own in _idle_slots for its next delivery.
@@ -485,6 +488,8 @@ class Worker:
                 excess.append(delivery.id)
                 continue
             per_endpoint[endpoint_id] += 1
+            if per_endpoint[endpoint_id] >= self.endpoint_limit(endpoint_id):
+                self._full_at[endpoint_id] = now
             flight = _InFlight(delivery, now)
             inflight[delivery.id] = flight
             self._started.append(flight)
@@ -555,7 +560,7 @@ class Worker:
         """How many attempts this worker may have in flight to ``endpoint_id`` now."""
         return int(self._limits.get(endpoint_id, self.per_endpoint_limit))
 
-    def _adapt(self, endpoint_id: str, attempt: Attempt) -> None:
+    def _adapt(self, endpoint_id: str, attempt: Attempt, full: bool) -> None:
         """Grow the endpoint's limit on a fast answer at full use; halve it on trouble."""
         if self.max_per_endpoint <= self.per_endpoint_limit:
             return
@@ -570,12 +575,14 @@ class Worker:
         ):
             limit = max(float(self.per_endpoint_limit), limit / 2)
         elif (
-            attempt.duration_ms < self._fast_ms
-            and self._per_endpoint[endpoint_id] >= limit
+            full
+            and attempt.duration_ms < self._fast_ms
             and endpoint_id not in self._slow_per_endpoint
         ):
-            # (this attempt still counts as in flight: the endpoint used its whole limit; an
-            # endpoint with an attempt waiting past slow_after stays at the base meanwhile)
+            # In flight while the endpoint used its whole limit, and answered fast: one more
+            # slot per such answer, so the limit doubles per round trip while the endpoint
+            # keeps up, as TCP's slow start counts the acks of a full window (an endpoint with
+            # an attempt waiting past slow_after stays at the base meanwhile).
             limit = min(float(self.max_per_endpoint), limit + 1)
         else:
             return
@@ -640,7 +647,11 @@ class Worker:
 
     def _ended(self, delivery: ClaimedDelivery, outcome: AttemptOutcome) -> None:
         """Adapt the endpoint's limit, buffer the outcome for the flush loop, free the slot."""
-        self._adapt(delivery.endpoint_id, outcome.attempt)
+        flight = self._inflight.get(delivery.id)
+        full = (
+            flight is not None and self._full_at.get(delivery.endpoint_id, -1.0) >= flight.started
+        )
+        self._adapt(delivery.endpoint_id, outcome.attempt, full)
         outcomes = self._outcomes
         outcomes.append(outcome)
         self._outcome_ready.set()
@@ -663,6 +674,7 @@ class Worker:
         left = self._per_endpoint[endpoint_id] - 1
         if left <= 0:
             self._per_endpoint.pop(endpoint_id, None)
+            self._full_at.pop(endpoint_id, None)
         else:
             self._per_endpoint[endpoint_id] = left
         self._wakeup.set()
@@ -866,4 +878,5 @@ class Worker:
         self._slow = 0
         self._slow_per_endpoint.clear()
         self._per_endpoint.clear()
+        self._full_at.clear()
         return abandoned
