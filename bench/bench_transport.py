@@ -20,7 +20,6 @@ per POST. The CPU figures move much less than rates on a shared machine: compare
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -30,9 +29,9 @@ from datetime import timedelta
 
 from pyreqwest.client import ClientBuilder
 
-from ascend_webhooks import sign
 from ascend_webhooks.delivery.transport import PyreqwestTransport
-from harness import SECRET, event_body, run_async, warn_if_busy
+from ceiling import send_all
+from harness import event_body, run_async, warn_if_busy
 from sink import SinkError, nginx_sink
 
 CONCURRENCY = 256
@@ -51,24 +50,9 @@ class Round:
 
 
 async def _drive(bodies: Sequence[bytes], post: PostFn) -> Round:
-    """Send every body with CONCURRENCY in flight, timing wall clock and CPU."""
-    next_index = 0
-    failures = 0
-
-    async def sender() -> None:
-        nonlocal next_index, failures
-        while next_index < len(bodies):
-            body = bodies[next_index]
-            next_index += 1
-            headers = sign(body, SECRET)
-            headers["Content-Type"] = "application/json"
-            if await post(body, headers) != 200:
-                failures += 1
-
+    """Send every body as the ceiling does (CONCURRENCY in flight), timing wall clock and CPU."""
     process, loop = time.process_time(), time.thread_time()
-    start = time.perf_counter()
-    await asyncio.gather(*(sender() for _ in range(CONCURRENCY)))
-    seconds = time.perf_counter() - start
+    seconds, failures = await send_all(bodies, post, CONCURRENCY)
     return Round(seconds, time.process_time() - process, time.thread_time() - loop, failures)
 
 

@@ -39,7 +39,7 @@ WARMUP = 1_000  # opens the connections and warms the code paths before the cloc
 PostFn = Callable[[bytes, dict[str, str]], Awaitable[int]]
 
 
-async def _drive(bodies: Sequence[bytes], post: PostFn, concurrency: int) -> tuple[float, int]:
+async def send_all(bodies: Sequence[bytes], post: PostFn, concurrency: int) -> tuple[float, int]:
     """Send every body with ``concurrency`` in flight; return (seconds, non-200 answers)."""
     next_index = 0
     failures = 0
@@ -72,8 +72,8 @@ async def _with_pyreqwest(url: str, warm: Sequence[bytes], bodies: Sequence[byte
             await response.bytes()
             return response.status
 
-        await _drive(warm, post, CONCURRENCY)
-        elapsed, failures = await _drive(bodies, post, CONCURRENCY)
+        await send_all(warm, post, CONCURRENCY)
+        elapsed, failures = await send_all(bodies, post, CONCURRENCY)
     if failures:
         raise SinkError(f"pyreqwest: {failures} POSTs were not answered 200")
     return elapsed
@@ -91,8 +91,8 @@ async def _with_aiohttp(url: str, warm: Sequence[bytes], bodies: Sequence[bytes]
                 await r.read()
                 return r.status
 
-        await _drive(warm, post, CONCURRENCY)
-        elapsed, failures = await _drive(bodies, post, CONCURRENCY)
+        await send_all(warm, post, CONCURRENCY)
+        elapsed, failures = await send_all(bodies, post, CONCURRENCY)
     if failures:
         raise SinkError(f"aiohttp: {failures} POSTs were not answered 200")
     return elapsed
