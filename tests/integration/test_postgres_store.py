@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest.mock import patch
 
 import asyncpg
 import pytest
@@ -119,7 +120,7 @@ async def test_concurrent_open_migrates_once() -> None:
             versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
         finally:
             await conn.close()
-        assert versions == [1, 2, 3, 4]
+        assert versions == [1, 2, 3, 4, 5]
     finally:
         await pg.drop_database(url)
 
@@ -349,6 +350,68 @@ async def test_on_a_backlog_never_analyzed_a_claim_reads_no_more_rows_than_it_ta
             finally:
                 await tx.rollback()
             assert most_rows(plan["Plan"]) < 100, statement[:40]
+
+
+async def test_on_a_backlog_never_analyzed_the_workers_writes_read_only_their_rows(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    """A record, a lease extension and a release find their rows by id, with generic plans made
+    while the table was small and kept as it grew: they once read every pending delivery of the
+    backlog (a BitmapAnd of deliveries_leased and deliveries_status, or the whole table)."""
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    pad = "x" * 200
+
+    def most_rows(plan: Any) -> int:
+        rows = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
+        return max([rows, *(most_rows(child) for child in plan.get("Plans", []))])
+
+    async def writes(ids: list[ClaimedDelivery]) -> None:
+        third = len(ids) // 3
+        await store.extend_leases("w", [c.id for c in ids[:third]], 60)
+        await store.release("w", [c.id for c in ids[third : 2 * third]])
+        await store._notifier.flush()  # its NOTIFY goes on this connection too
+        await store.record("w", [outcome(c, DeliveryStatus.SUCCEEDED) for c in ids[2 * third :]])
+
+    plans: list[Any] = []
+    async with store._connection() as conn:
+        with patch.object(store, "_relaxed", lambda: contextlib.nullcontext(conn)):
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            for start in range(0, 8000, 2000):
+                if start == 2000:  # this session's plans are made while the table is small
+                    await writes(await store.claim("w", 60, 30))
+                batch = []
+                for i in range(start, start + 2000):
+                    body = f'{{"id":"evt_{i}","type":"t","data":{{"pad":"{pad}"}}}}'.encode()
+                    batch.append(NewEvent(f"evt_{i}", "t", body, hashlib.sha256(body).digest()))
+                await store.publish(org_id, batch)
+            claimed = await store.claim("w", 60, 30)
+            assert len(claimed) == 60
+            # Every statement's plan, those inside ascend_webhooks_record too, sent here.
+            await conn.execute(
+                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+                " SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on;"
+                " SET auto_explain.log_format = json; SET client_min_messages = log"
+            )
+
+            def collect(_conn: object, message: Any) -> None:
+                if "Plan" in message.message:
+                    plans.append(json.loads(message.message[message.message.index("{") :]))
+
+            conn.add_log_listener(collect)
+            try:
+                await writes(claimed)
+                await conn.execute("SELECT 1")  # the last notices have arrived
+            finally:
+                conn.remove_log_listener(collect)
+                await conn.execute("RESET ALL")
+    plans = [p for p in plans if "deliveries" in p["Query Text"] or "_record(" in p["Query Text"]]
+    statements = [p["Query Text"] for p in plans]
+    assert any("ascend_webhooks_record" in q for q in statements)
+    assert any("UPDATE deliveries AS d" in q for q in statements)  # the function's own steps
+    for plan in plans:
+        assert most_rows(plan["Plan"]) < 100, plan["Query Text"][:80]
+    assert (await store.get_delivery(org_id, claimed[59].id)).status == "succeeded"
 
 
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(

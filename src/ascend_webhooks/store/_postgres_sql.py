@@ -229,17 +229,22 @@ UPDATE deliveries AS d SET blocked = d.blocked & ~1
  )
 """
 
+# Rows found by id (the unique index); the lease and status checked on each row, as a CASE that
+# no partial index matches: a generic plan otherwise read every pending delivery of the backlog
+# from deliveries_status (a BitmapAnd with deliveries_leased), on every call.
 EXTEND_LEASES = """
 UPDATE deliveries
    SET lease_expires_at = now() + $3 * interval '1 second',
        next_attempt_at = now() + $3 * interval '1 second'
- WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
+ WHERE id = ANY($2::text[])
+   AND CASE WHEN locked_by = $1 AND status = 'pending' THEN true ELSE false END
 """
 
 RELEASE = """
 UPDATE deliveries
    SET locked_by = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
- WHERE id = ANY($2::text[]) AND locked_by = $1 AND status = 'pending'
+ WHERE id = ANY($2::text[])
+   AND CASE WHEN locked_by = $1 AND status = 'pending' THEN true ELSE false END
 """
 
 # Both by the partial index of leased rows (migration 0002): as small as the work in flight.
