@@ -115,11 +115,19 @@ def _db_stats(url: str | None) -> dict[str, int]:
         "SELECT relname, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch FROM pg_stat_user_tables"
         " WHERE relname IN ('events', 'deliveries', 'attempts', 'endpoints', 'organizations')",
     )
+    indexes = query(
+        url,
+        "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes"
+        " WHERE relname = 'deliveries'",
+    )
     time.sleep(0.6)  # the statistics collector's view lags
     found = {k: int(v or 0) for k, v in dict(rows[0]).items()}
     for row in tables:
         for column in ("seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch"):
             found[f"{row['relname']}.{column}"] = int(row[column] or 0)
+    for row in indexes:
+        found[f"{row['indexrelname']}.scans"] = int(row["idx_scan"] or 0)
+        found[f"{row['indexrelname']}.read"] = int(row["idx_tup_read"] or 0)
     return found
 
 
