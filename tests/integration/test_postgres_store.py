@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from ascend_webhooks.store import Store, StoreError, open_store
+from ascend_webhooks.store._postgres_setup import SchemaError
 from ascend_webhooks.store.base import EventConflictError, StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
@@ -121,6 +122,25 @@ async def test_concurrent_open_migrates_once() -> None:
         finally:
             await conn.close()
         assert versions == [1, 2, 3, 4, 5]
+    finally:
+        await pg.drop_database(url)
+
+
+async def test_a_database_migrated_by_a_newer_release_is_refused() -> None:
+    url = await pg.create_database()
+    try:
+        conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+        try:
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name)"
+                " VALUES (9999, '9999_from_the_future.sql')"
+            )
+        finally:
+            await conn.close()
+        store = PostgresStore(url)
+        with pytest.raises(SchemaError, match=r"\[9999\].*newer version"):
+            await store.open()
+        await store.close()
     finally:
         await pg.drop_database(url)
 

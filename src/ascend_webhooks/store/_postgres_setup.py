@@ -3,7 +3,9 @@
 Migrations are the numbered files in ``migrations/postgres`` (``0001_initial.sql``, …), applied
 in order, each recorded in ``schema_migrations``, all in one transaction that holds a
 transaction-scoped advisory lock: when many processes start at once, the first applies what
-is missing and the others then find nothing to do.
+is missing and the others then find nothing to do. A database that a newer release migrated
+(it has versions this release does not know) is refused, as the SQLite store refuses one:
+an older release would otherwise run against tables it does not understand.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import asyncpg
 
 from ._postgres_sql import MIGRATION_LOCK
 
-__all__ = ["Options", "apply_migrations", "parse_url"]
+__all__ = ["Options", "SchemaError", "apply_migrations", "parse_url"]
+
+
+class SchemaError(RuntimeError):
+    """The database was migrated by a newer version of ascend-webhooks than this one."""
+
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -71,7 +78,14 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
             " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, text in _migrations():
+        migrations = _migrations()
+        unknown = sorted(done - {version for version, _, _ in migrations})
+        if unknown:
+            raise SchemaError(
+                f"the database has schema versions {unknown} that this release does not know: "
+                "it was migrated by a newer version of ascend-webhooks"
+            )
+        for version, name, text in migrations:
             if version in done:
                 continue
             await conn.execute(text)
