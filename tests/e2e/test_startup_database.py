@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from tests.support.processes import (
     ADMIN,
@@ -217,3 +219,40 @@ async def test_a_worker_started_before_the_database_answers_waits_then_delivers(
             assert log.count(_RETRY_LINE) >= 2, log  # it waited, one line per try
             assert "Traceback" not in log
             assert worker.running
+
+
+@contextlib.asynccontextmanager
+async def postgres_speaking_tls_with(ca: trustme.CA) -> AsyncIterator[int]:
+    """A port that answers PostgreSQL's SSLRequest with "S", then a certificate of ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readexactly(8)  # length + the SSLRequest code
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(context)  # the client refuses the certificate here
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_untrusted_tls_certificate_fails_at_once(tmp_path: Path) -> None:
+    # Waiting cannot make a certificate trusted: one line at once, not retries until the timeout.
+    trusted, other = trustme.CA(), trustme.CA()
+    root = tmp_path / "root.pem"
+    trusted.cert_pem.write_to_path(str(root))
+    async with postgres_speaking_tls_with(other) as port:
+        url = f"postgresql://postgres@127.0.0.1:{port}/db?sslmode=verify-full&sslrootcert={root}"
+        status, lines, took = await run_command(["worker"], service_env(url, STARTUP_TIMEOUT="30"))
+    assert status == 1, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(_ERROR)
+    assert "certificate" in lines[0]
+    assert took < 10

@@ -6,8 +6,9 @@ exponential backoff (0.5 s, doubling, at most 5 s apart), one log line per faile
 most ``ASCEND_WEBHOOKS_STARTUP_TIMEOUT`` seconds; then the command ends with one line saying
 why. Only "cannot reach" errors (:class:`StoreUnavailableError`: refused, reset, timed out, the
 server starting up or shutting down) are waited out. Everything else, which waiting cannot fix
-(authentication, a database that does not exist, a schema from a newer release, an unusable
-SQLite file), ends the command at once, also with one line.
+(authentication, a database that does not exist, a schema from a newer release, a TLS
+certificate that is not trusted, an unusable SQLite file), ends the command at once, also with
+one line.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -208,6 +209,11 @@ class PostgresStore(Store):
                 reset=_keep_session,
                 server_settings={"synchronous_commit": "off"},
             )
+        except ssl.SSLCertVerificationError as exc:
+            # An OSError like a refused connection, but waiting cannot make it trusted.
+            raise StoreError(
+                f"cannot connect to PostgreSQL: its TLS certificate is not trusted ({exc})"
+            ) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
         self._signal.start()
