@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ascend_webhooks.store import EventConflictError, NotFoundError, Store, StoreError
-from ascend_webhooks.store.base import InvalidCursorError
+from ascend_webhooks.store.base import InvalidCursorError, LastAdminTokenError
 from ascend_webhooks.store.models import (
     Attempt,
     AttemptOutcome,
@@ -130,6 +130,32 @@ async def test_tokens(store: Store) -> None:
     assert await store.find_token(b"c" * 32) is None
     with pytest.raises(NotFoundError):
         await store.create_token("org_missing", b"d" * 32)
+
+
+async def test_the_last_admin_token_is_kept_when_asked_even_against_a_racing_delete(
+    store: Store,
+) -> None:
+    only = await store.create_token(None, b"a" * 32)
+    with pytest.raises(LastAdminTokenError):
+        await store.delete_token(None, only.id, keep_last_admin=True)
+    assert await store.list_tokens(None) == [only]
+    for round_ in range(5):  # two deletes racing for the last two: one wins, one is refused
+        other = await store.create_token(None, bytes([round_ + 1]) * 32)
+        outcomes = await asyncio.gather(
+            store.delete_token(None, only.id, keep_last_admin=True),
+            store.delete_token(None, other.id, keep_last_admin=True),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, LastAdminTokenError)]
+        assert len(refused) == 1, outcomes
+        assert outcomes.count(None) == 1, outcomes
+        (only,) = await store.list_tokens(None)
+    # Without the flag (a configured admin token is the way back in) the last one can go.
+    await store.delete_token(None, only.id)
+    assert await store.list_tokens(None) == []
+    org, _ = await setup_org(store)
+    scoped = await store.create_token(org, b"z" * 32)
+    await store.delete_token(org, scoped.id, keep_last_admin=True)  # only admin tokens are kept
 
 
 async def test_list_and_delete_tokens(store: Store) -> None:

@@ -39,6 +39,7 @@ from .models import (
 __all__ = [
     "EventConflictError",
     "InvalidCursorError",
+    "LastAdminTokenError",
     "NotFoundError",
     "Store",
     "StoreError",
@@ -64,6 +65,10 @@ class StoreUnavailableError(StoreError):
 
 class InvalidCursorError(StoreError):
     """A pagination cursor that no list of this store handed out."""
+
+
+class LastAdminTokenError(StoreError):
+    """The admin token to delete is the last one stored, and the caller asked to keep one."""
 
 
 class EventConflictError(StoreError):
@@ -124,8 +129,15 @@ class Store(abc.ABC):
         """This organization's tokens (None: the admin tokens), oldest first."""
 
     @abc.abstractmethod
-    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
-        """Delete a token of this organization (None: an admin token); else NotFoundError."""
+    async def delete_token(
+        self, organization_id: str | None, token_id: str, *, keep_last_admin: bool = False
+    ) -> None:
+        """Delete a token of this organization (None: an admin token); else NotFoundError.
+
+        With ``keep_last_admin``, deleting the last stored admin token raises
+        LastAdminTokenError; checked in the same transaction as the delete, so two deletes
+        racing for the last two admin tokens cannot both succeed.
+        """
 
     # -- webhook keys ----------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ from ._postgres_listen import Notifier, WorkSignal
 from ._postgres_setup import apply_migrations, parse_url
 from .base import (
     EventConflictError,
+    LastAdminTokenError,
     NotFoundError,
     Store,
     StoreError,
@@ -352,9 +353,19 @@ class PostgresStore(Store):
             )
         return [recs.token(row) for row in rows]
 
-    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
+    async def delete_token(
+        self, organization_id: str | None, token_id: str, *, keep_last_admin: bool = False
+    ) -> None:
         # ``IS NOT DISTINCT FROM`` matches NULL too: None deletes only an admin token.
-        async with self._connection() as conn:
+        async with self._transaction() as conn:
+            if keep_last_admin and organization_id is None:
+                # Locks every admin token: a second delete racing this one waits, then sees
+                # what this one left (a row deleted meanwhile is skipped, not returned).
+                admins = await conn.fetch(
+                    "SELECT id FROM api_tokens WHERE organization_id IS NULL FOR UPDATE"
+                )
+                if any(row["id"] == token_id for row in admins) and len(admins) <= 1:
+                    raise LastAdminTokenError(f"token {token_id!r} is the last admin token")
             deleted = await conn.fetchval(
                 "DELETE FROM api_tokens WHERE id = $1"
                 " AND organization_id IS NOT DISTINCT FROM $2 RETURNING id",

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Response
 
+from ...store.base import LastAdminTokenError
 from ..auth import require_admin
 from ..problems import Problem
 from ..responses import JSONResponse
@@ -68,20 +69,20 @@ async def delete_admin_token(
     services: Svc,
     principal: Annotated[Principal, Depends(require_admin)],
 ) -> Response:
-    if services.settings.admin_token is None:
-        stored = await services.store.list_tokens(None)
-        if not any(t.id == token for t in stored):
-            raise Problem(404, f"token {token!r} not found", slug="not-found")
-        if len(stored) <= 1:
-            # Two concurrent deletes of the last two could both pass this check; an operator
-            # who races themselves can still start the service with ASCEND_WEBHOOKS_ADMIN_TOKEN.
-            raise Problem(
-                409,
-                f"token {token!r} is the last admin token; issue another one first"
-                " (or configure ASCEND_WEBHOOKS_ADMIN_TOKEN)",
-                slug="last-admin-token",
-            )
-    await services.store.delete_token(None, token)  # NotFoundError → 404
+    # The last stored admin token is kept unless ASCEND_WEBHOOKS_ADMIN_TOKEN is configured (the
+    # way back in); the store checks it in the delete's own transaction, so two deletes racing
+    # for the last two cannot both succeed.
+    try:
+        await services.store.delete_token(
+            None, token, keep_last_admin=services.settings.admin_token is None
+        )  # NotFoundError → 404
+    except LastAdminTokenError:
+        raise Problem(
+            409,
+            f"token {token!r} is the last admin token; issue another one first"
+            " (or configure ASCEND_WEBHOOKS_ADMIN_TOKEN)",
+            slug="last-admin-token",
+        ) from None
     services.forget_token(token)
     log.info(
         "deleted admin token %s (by %s)", token, principal.token_id or "the configured admin token"

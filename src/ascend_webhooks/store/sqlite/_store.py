@@ -126,8 +126,12 @@ class SQLiteStore(Store):
     async def list_tokens(self, organization_id: str | None) -> list[ApiToken]:
         return await self._read(lambda c: _reads.list_tokens(c, organization_id))
 
-    async def delete_token(self, organization_id: str | None, token_id: str) -> None:
-        await self._write(lambda c: _writes.delete_token(c, organization_id, token_id))
+    async def delete_token(
+        self, organization_id: str | None, token_id: str, *, keep_last_admin: bool = False
+    ) -> None:
+        await self._write(
+            lambda c: _writes.delete_token(c, organization_id, token_id, keep_last_admin)
+        )
 
     # -- webhook keys ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from ...ids import new_id
 from .._checks import endpoint_changes
-from ..base import NotFoundError, StoreError
+from ..base import LastAdminTokenError, NotFoundError, StoreError
 from ..models import (
     ApiToken,
     AttemptOutcome,
@@ -98,13 +98,23 @@ def create_token(
     return token
 
 
-def delete_token(conn: sqlite3.Connection, organization_id: str | None, token_id: str) -> None:
+def delete_token(
+    conn: sqlite3.Connection, organization_id: str | None, token_id: str, keep_last_admin: bool
+) -> None:
     # ``IS`` matches NULL too: None deletes only an admin token.
     deleted = conn.execute(
         "DELETE FROM api_tokens WHERE id = ? AND organization_id IS ?", (token_id, organization_id)
     ).rowcount
     if deleted == 0:
         raise NotFoundError(f"token {token_id!r} not found")
+    # In the same transaction (one writer at a time): a raise rolls the delete back.
+    if keep_last_admin and organization_id is None and not _admin_tokens_left(conn):
+        raise LastAdminTokenError(f"token {token_id!r} is the last admin token")
+
+
+def _admin_tokens_left(conn: sqlite3.Connection) -> bool:
+    found = conn.execute("SELECT 1 FROM api_tokens WHERE organization_id IS NULL LIMIT 1")
+    return found.fetchone() is not None
 
 
 def create_key(
