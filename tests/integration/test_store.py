@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ascend_webhooks.store import EventConflictError, NotFoundError, Store, StoreError
+from ascend_webhooks.store import EventConflictError, NotFoundError, Store, StoreError, open_store
 from ascend_webhooks.store.base import InvalidCursorError, LastAdminTokenError
 from ascend_webhooks.store.models import (
     Attempt,
@@ -130,6 +130,28 @@ async def test_tokens(store: Store) -> None:
     assert await store.find_token(b"c" * 32) is None
     with pytest.raises(NotFoundError):
         await store.create_token("org_missing", b"d" * 32)
+
+
+async def test_the_first_admin_token_is_made_once_by_starts_racing_for_it(
+    store: Store, database_url: str
+) -> None:
+    # Several processes starting at once on an empty database: each has its own store.
+    others = [open_store(database_url) for _ in range(3)]
+    await asyncio.gather(*(other.open() for other in others))
+    try:
+        made = await asyncio.gather(
+            store.create_first_admin_token(b"0" * 32, "admin"),
+            *(
+                other.create_first_admin_token(bytes([n + 1]) * 32, "admin")
+                for n, other in enumerate(others)
+            ),
+        )
+    finally:
+        await asyncio.gather(*(other.close() for other in others))
+    created = [token for token in made if token is not None]
+    assert len(created) == 1
+    assert await store.list_tokens(None) == created
+    assert await store.create_first_admin_token(b"9" * 32, "admin") is None
 
 
 async def test_the_last_admin_token_is_kept_when_asked_even_against_a_racing_delete(

@@ -55,7 +55,8 @@ async def ensure_admin_token(store: Store, settings: Settings) -> bytes | None:
         return hash_token(settings.admin_token)
     if await store.count_admin_tokens() == 0:
         token = new_token()
-        await store.create_token(None, hash_token(token), "admin")
+        if await store.create_first_admin_token(hash_token(token), "admin") is None:
+            return None  # another process starting at the same moment made (and printed) one
         # stdout, not the log: the one place the token ever appears, for the operator to copy.
         print(
             f"Admin token (shown once, only its hash is stored; keep it safe): {token}",

@@ -14,6 +14,8 @@ CHANNEL = "ascend_webhooks_work"
 
 # Any fixed 64-bit number: the advisory lock that serializes migrations across processes.
 MIGRATION_LOCK = 0x61736365_6E64_7768
+# Taken while the first admin token is created, so that processes starting together make one.
+FIRST_ADMIN_LOCK = MIGRATION_LOCK + 1
 
 # Advisory locks per (organization, ordering key) use this seed in hashtextextended.
 ORDERING_LOCK_SEED = 0x6F72_6465_72

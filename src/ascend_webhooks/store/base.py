@@ -118,6 +118,13 @@ class Store(abc.ABC):
         """Store a token by its hash; None as organization makes an admin token."""
 
     @abc.abstractmethod
+    async def create_first_admin_token(self, token_hash: bytes, name: str) -> ApiToken | None:
+        """Store an admin token only if there is none yet, atomically; None if there was one.
+
+        Several processes starting at once on an empty database create one token between them.
+        """
+
+    @abc.abstractmethod
     async def find_token(self, token_hash: bytes) -> ApiToken | None:
         """The token with this hash, or None."""
 

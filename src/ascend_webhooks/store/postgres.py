@@ -332,6 +332,24 @@ class PostgresStore(Store):
         assert row is not None
         return recs.token(row)
 
+    async def create_first_admin_token(self, token_hash: bytes, name: str) -> ApiToken | None:
+        async with self._transaction() as conn:
+            # Serializes first starts: the second waits here, then finds the first one's token.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.FIRST_ADMIN_LOCK)
+            if await conn.fetchval(
+                "SELECT 1 FROM api_tokens WHERE organization_id IS NULL LIMIT 1"
+            ):
+                return None
+            row = await conn.fetchrow(
+                "INSERT INTO api_tokens (id, organization_id, token_hash, name)"
+                " VALUES ($1, NULL, $2, $3) RETURNING *",
+                new_id("tok"),
+                token_hash,
+                name,
+            )
+        assert row is not None
+        return recs.token(row)
+
     async def find_token(self, token_hash: bytes) -> ApiToken | None:
         async with self._connection() as conn:
             row = await conn.fetchrow("SELECT * FROM api_tokens WHERE token_hash = $1", token_hash)

@@ -120,6 +120,9 @@ class SQLiteStore(Store):
     async def find_token(self, token_hash: bytes) -> ApiToken | None:
         return await self._read(lambda c: _reads.find_token(c, token_hash))
 
+    async def create_first_admin_token(self, token_hash: bytes, name: str) -> ApiToken | None:
+        return await self._write(lambda c: _writes.create_first_admin_token(c, token_hash, name))
+
     async def count_admin_tokens(self) -> int:
         return await self._read(_reads.count_admin_tokens)
 

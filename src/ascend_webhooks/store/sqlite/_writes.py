@@ -41,6 +41,7 @@ __all__ = [
     "ENDPOINT_DISABLED",
     "activate_key",
     "create_endpoint",
+    "create_first_admin_token",
     "create_key",
     "create_organization",
     "create_token",
@@ -96,6 +97,15 @@ def create_token(
     except sqlite3.IntegrityError as exc:
         raise StoreError("a token with this hash already exists") from exc
     return token
+
+
+def create_first_admin_token(
+    conn: sqlite3.Connection, token_hash: bytes, name: str
+) -> ApiToken | None:
+    # One writer at a time, across processes too (the write lock): check and insert are atomic.
+    if _admin_tokens_left(conn):
+        return None
+    return create_token(conn, None, token_hash, name)
 
 
 def delete_token(
