@@ -4,7 +4,8 @@ Runs exactly what ``run_all.measure_service`` measures (a warm-up of 1,000 event
 events through the batch route, 1,000 a call, 4 in flight, delivered to one nginx sink) on
 ``serve --no-delivery`` + 2 workers and a fresh PostgreSQL database, and samples every
 process's CPU time (``/proc/<pid>/stat``, every 100 ms so that short-lived processes count)
-from the first publish call until the sink has answered the last delivery. Prints the rate and
+from the first publish call until the sink has answered the last delivery (and the 0.3 s in
+which ``measure_service`` looks for duplicates). Prints the rate and
 CPU microseconds per event for the API process, each worker, PostgreSQL's sessions of the
 database, its background processes, nginx and the publisher (this process)::
 
@@ -23,9 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from harness import run_async, run_tag, write_result
+from harness import write_result
 from pg_scaling import TICK, CpuWindow, Roles, _cmdline, query
-from run_all import WARMUP, Publisher
+from run_all import measure_service
 from service_process import ServiceUnavailable, postgres_database, running_service
 from sink import Sink, nginx_sink
 
@@ -47,27 +48,21 @@ def measure(sink: Sink, events: int, sqlite: bool) -> dict[str, Any]:
         running_service(url, workers=0 if sqlite else 2) as service,
     ):
         database = url.rsplit("/", 1)[1] if url else "-"
-        service.setup(sink.url)
-        publisher = Publisher(service)
-        run = run_tag()
-        before = sink.posts()
-        run_async(lambda: publisher.publish(f"w{run}", 0, WARMUP))
-        sink.wait_for(before + WARMUP, timeout=30)
         pids = [p.pid for p in service.processes]
-        cpu = CpuWindow(Roles(database, pids[0], pids[1:], str(sink.prefix)))
         stop = threading.Event()
-        stats0 = _db_stats(url)
-        sampler = _sampled(cpu, stop)
-        before = sink.posts()
-        start = time.perf_counter()
-        accepted = run_async(lambda: publisher.publish(run, 0, events))
-        published = time.perf_counter()
-        if accepted != events:
-            raise ServiceUnavailable(f"{accepted} of {events} accepted")
-        done = sink.wait_for(before + events, timeout=90)
+        started: list[Any] = []
+
+        def start_readings() -> None:  # after the warm-up, as the clock starts
+            window = CpuWindow(Roles(database, pids[0], pids[1:], str(sink.prefix)))
+            started.extend((window, _db_stats(url), _sampled(window, stop)))
+
+        figures = measure_service(sink, service, events, after_warmup=start_readings, timeout=90)
         stop.set()
+        cpu, stats0, sampler = started
         sampler.join()
         window = cpu.close()
+        if "incomplete" in figures:
+            raise ServiceUnavailable(f"delivered {figures['incomplete']} in the time allowed")
         stats1 = _db_stats(url)
         per_event = {k: round((stats1[k] - stats0[k]) / events, 3) for k in stats0}
         owners = _client_owners()
@@ -83,8 +78,8 @@ def measure(sink: Sink, events: int, sqlite: bool) -> dict[str, Any]:
                 per_role[role] = per_role.get(role, 0.0) + (ticks - cpu.first[pid])
         us = {role: round(t / TICK * 1e6 / events, 1) for role, t in sorted(per_role.items())}
         return {
-            "deliveries_per_s": round(events / (done - start)),
-            "publish_per_s": round(events / (published - start)),
+            "deliveries_per_s": round(figures["deliveries_per_s"]),
+            "publish_per_s": round(figures["publish_per_s"]),
             "cpu_us_per_event": us,
             "cpu_us_per_event_total_service": round(
                 sum(v for k, v in us.items() if not k.startswith(("bench", "nginx"))), 1

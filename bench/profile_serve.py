@@ -70,15 +70,18 @@ def one_round(sink: Sink, events: int) -> dict[str, Any]:
                 samples.append((time.perf_counter(), counter.requests_total()))
                 stop.wait(0.5)
 
-        before = thread_groups(pid)
+        before: dict[str, float] = {}
         sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        figures = measure_service(sink, service, events)
+
+        def start_readings() -> None:  # after the warm-up, as the clock starts
+            before.update(thread_groups(pid))
+            sampler.start()
+
+        figures = measure_service(sink, service, events, after_warmup=start_readings)
         stop.set()
         sampler.join()
         after = thread_groups(pid)
-    warm = 1_000  # measure_service's warm-up is inside the window
-    per_event = {g: (after[g] - before.get(g, 0.0)) * 1e6 / (events + warm) for g in after}
+    per_event = {g: (after[g] - before.get(g, 0.0)) * 1e6 / events for g in after}
     rates = [
         (t1 - samples[0][0], (n1 - n0) / (t1 - t0))
         for (t0, n0), (t1, n1) in itertools.pairwise(samples)

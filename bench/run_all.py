@@ -25,7 +25,7 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -127,8 +127,19 @@ def _accepted(status: int, body: bytes, size: int) -> int:
     return size if size == 1 else len(orjson.loads(body)["data"])
 
 
-def measure_service(sink: Sink, service: Service, events: int) -> dict[str, Any]:
-    """Durable delivery throughput: N events from first publish to the sink's N-th 200."""
+def measure_service(
+    sink: Sink,
+    service: Service,
+    events: int,
+    *,
+    after_warmup: Callable[[], None] | None = None,
+    timeout: float = DELIVERY_TIMEOUT,
+) -> dict[str, Any]:
+    """Durable delivery throughput: N events from first publish to the sink's N-th 200.
+
+    ``after_warmup`` runs once the warm-up is delivered, just before the clock starts: the
+    profiles start their CPU readings there, so that they measure exactly this window.
+    """
     service.setup(sink.url)
     publisher = Publisher(service)
     run = run_tag()
@@ -139,6 +150,8 @@ def measure_service(sink: Sink, service: Service, events: int) -> dict[str, Any]
         sink.wait_for(before + WARMUP, timeout=30)
     except TimeoutError as exc:
         raise ServiceUnavailable(f"warm-up: {exc}") from exc
+    if after_warmup is not None:
+        after_warmup()
 
     before = sink.posts()
     start = time.perf_counter()
@@ -152,7 +165,7 @@ def measure_service(sink: Sink, service: Service, events: int) -> dict[str, Any]
         "publish_per_s": events / (published - start),
     }
     try:
-        done = sink.wait_for(before + events, timeout=DELIVERY_TIMEOUT)
+        done = sink.wait_for(before + events, timeout=timeout)
     except TimeoutError:
         seen = sink.posts() - before
         elapsed = time.perf_counter() - start
