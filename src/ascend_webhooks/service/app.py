@@ -18,12 +18,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..delivery.worker import Worker
 from ..store import Store, open_store
 from .crypto import SecretBox, load_secret_box
+from .dashboard import Dashboard
 from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
 from .problems import CatchAllMiddleware, install_problem_handlers
@@ -132,6 +134,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def _to_dashboard() -> RedirectResponse:
+    return RedirectResponse("/dashboard/", status_code=302)
+
+
 class _Application(FastAPI):
     """FastAPI with :class:`.fastpath.FastPublish` in front of everything, the framework's own
     per-request work (telemetry checks, middleware) included: publishes it answers skip it."""
@@ -198,6 +204,10 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(v1_router)
     app.include_router(system_router)
+    # The dashboard is static files calling /v1 like any client; FastPublish sees POSTs to
+    # /v1/organizations/{org}/events only, so every dashboard request passes it untouched.
+    app.mount("/dashboard", Dashboard(), name="dashboard")
+    app.add_api_route("/", _to_dashboard, include_in_schema=False)
     limits = RequestLimits(settings.max_payload_bytes)
     app.set_publish_limits(limits)
     app.add_middleware(BodyLimitMiddleware, limits=limits)
