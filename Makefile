@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint types pytest bench bench-tools clean
+.PHONY: venv run test lint types pytest browser-tools bench bench-tools clean
 
 venv: $(STAMP)
 
@@ -24,8 +24,13 @@ lint: venv
 types: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv browser-tools
 	$(BIN)/pytest
+
+# The dashboard's browser tests drive Debian's chromium (Playwright's own browser download is
+# not used).
+browser-tools:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: lint types pytest
 
