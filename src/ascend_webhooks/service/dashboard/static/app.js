@@ -309,10 +309,14 @@
         h("td", {}, h("span", { class: endpoint.enabled ? "badge on" : "badge off" }, endpoint.enabled ? "enabled" : "disabled")),
         h(
           "td",
-          { class: "row-actions" },
-          h("a", { href: "#" + withQuery(`/orgs/${encodeURIComponent(org)}/deliveries`, { endpoint_id: endpoint.id }) }, "Deliveries"),
-          toggle,
-          remove,
+          {},
+          h(
+            "div",
+            { class: "row-actions" },
+            h("a", { href: "#" + withQuery(`/orgs/${encodeURIComponent(org)}/deliveries`, { endpoint_id: endpoint.id }) }, "Deliveries"),
+            toggle,
+            remove,
+          ),
         ),
       );
     });
@@ -620,7 +624,7 @@
         h("td", {}, time(key.created_at)),
         h("td", {}, time(key.activated_at)),
         h("td", {}, time(key.revoked_at)),
-        h("td", { class: "row-actions" }, buttons),
+        h("td", {}, h("div", { class: "row-actions" }, buttons)),
       );
     });
     const issue = h(
