@@ -1,0 +1,376 @@
+"""The dashboard in a real browser, against a real ``ascend-webhooks serve`` and real receivers.
+
+One ``serve`` process (SQLite, delivery workers on, fast retries, loopback endpoints allowed)
+and one headless Chromium serve the whole module; each test has a fresh browser context, so its
+own ``sessionStorage``. Every test fails on a page error or a Content-Security-Policy violation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.support.processes import (
+    ADMIN,
+    ADMIN_TOKEN,
+    ServiceProcess,
+    processes,
+    service_env,
+    setup_organization,
+)
+from tests.support.receivers import Receiver, Reply
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+XSS_IMG = '<img src=x onerror="window.__pwned=1">'
+XSS_SCRIPT = "<script>window.__pwned=2</script>"
+
+expect.set_options(timeout=10_000)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
+    directory = tmp_path_factory.mktemp("dashboard")
+    env = service_env(f"sqlite:///{directory / 'service.db'}", RETRY_SCHEDULE="0.1,0.1")
+    async with processes(directory) as group:
+        yield await group.serve(env)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's chromium; missing, the tests fail (they are part of ``make test``, not optional)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard's browser tests need Debian's chromium "
+            "(`make browser-tools` installs it; `make test` does so first)"
+        )
+    return CHROMIUM
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A page in a context of its own; the test fails on a script error or a CSP violation."""
+    context = await browser.new_context()
+    opened = await context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    opened.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    try:
+        yield opened
+    finally:
+        await context.close()
+    assert not problems, problems
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.base_url, headers=ADMIN, timeout=10) as client:
+        yield client
+
+
+async def call(api: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
+    response = await api.request(method, path, json=body)
+    assert response.status_code < 300, response.text
+    return response.json() if response.content else None
+
+
+async def organization(api: httpx.AsyncClient, name: str) -> str:
+    org: str = (await call(api, "POST", "/v1/organizations", {"name": name}))["id"]
+    return org
+
+
+async def sign_in(page: Page, service: ServiceProcess, token: str, at: str = "") -> None:
+    await page.goto(f"{service.base_url}/dashboard/{at}")
+    await page.get_by_label("API token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+def view(page: Page, name: str) -> Any:
+    return expect(page.locator(f'main[data-view="{name}"]'))
+
+
+async def test_a_bad_token_is_refused_and_the_admin_token_lists_the_organizations(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    await organization(api, "Globex")
+    requests: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: requests.append((r.url, r.headers.get("authorization"))))
+
+    await sign_in(page, service, "aw_not_a_token")
+    await expect(page.locator("#login-message")).to_contain_text(
+        "The API refused this token (401: invalid token)"
+    )
+    assert await page.evaluate("sessionStorage.length") == 0
+
+    await page.get_by_label("API token").fill(ADMIN_TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await view(page, "organizations").to_be_visible()
+    await expect(page).to_have_url(re.compile(r"/dashboard/#/orgs$"))
+    row = page.locator("tbody tr", has_text="Globex")
+    await expect(row).to_be_visible()
+
+    await page.reload()  # the token stays in the tab, the hash keeps the place
+    await view(page, "organizations").to_be_visible()
+    await row.get_by_role("link", name="Globex").click()
+    await view(page, "events").to_be_visible()
+    await expect(page.locator("#nav .org")).to_have_text("Globex")
+
+    # Every API call carried a bearer token in its header; no URL ever carried a token.
+    sent = {auth for url, auth in requests if "/v1/" in url}
+    assert sent == {"Bearer aw_not_a_token", f"Bearer {ADMIN_TOKEN}"}
+    assert not [url for url, _ in requests if ADMIN_TOKEN in url or "aw_not" in url]
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.locator("#login-message")).to_have_text("Signed out.")
+    assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def test_an_endpoint_made_here_gets_a_signed_event_whose_delivery_shows_success(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org = await organization(api, "Initech")
+    async with Receiver() as receiver:
+        await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/keys")
+        await view(page, "keys").to_be_visible()
+        await page.get_by_role("button", name="Issue a key").click()
+        secret = await page.locator("#new-secret").text_content()
+        assert secret is not None
+        assert secret.startswith("whsec_")
+        receiver.secret = secret
+        await expect(page.locator("tbody tr")).to_contain_text("signing")
+
+        await page.locator("#nav").get_by_role("link", name="Endpoints").click()
+        await view(page, "endpoints").to_be_visible()
+        await page.get_by_label("URL").fill(receiver.url)
+        await page.get_by_label("Event types").fill("invoice.paid, invoice.voided")
+        await page.get_by_label("Description").fill("billing")
+        await page.get_by_role("button", name="Create endpoint").click()
+        await expect(page.get_by_role("status")).to_have_text("Endpoint created.")
+        row = page.locator("tbody tr", has_text=receiver.url)
+        await expect(row).to_contain_text("invoice.paid, invoice.voided")
+        await expect(row).to_contain_text("billing")
+        await expect(row).to_contain_text("enabled")
+
+        await call(
+            api,
+            "POST",
+            f"/v1/organizations/{org}/events",
+            {
+                "id": "inv_7:paid",
+                "type": "invoice.paid",
+                "data": {"invoice": "inv_7", "amount": 4200},
+            },
+        )
+        arrived = await receiver.wait_for_requests(1)
+        assert arrived[0].verified, arrived[0].verify_error
+
+        await page.locator("#nav").get_by_role("link", name="Events").click()
+        await page.get_by_role("link", name="inv_7:paid").click()
+        await view(page, "event").to_be_visible()
+        await expect(page).to_have_url(re.compile(r"#/orgs/org_\w+/events/inv_7%3Apaid$"))
+        payload = await page.locator("pre.payload").text_content()
+        assert payload == '{\n  "invoice": "inv_7",\n  "amount": 4200\n}'
+        deliveries = page.locator("tbody tr")
+        await expect(deliveries).to_have_count(1)
+        await expect(deliveries).to_contain_text(receiver.url)
+        await expect(deliveries.locator(".badge")).to_have_text("succeeded")
+
+        await deliveries.get_by_role("link").click()
+        await view(page, "delivery").to_be_visible()
+        await expect(page.locator("#delivery-status")).to_have_text("succeeded")
+        attempt = page.locator("tbody tr")
+        await expect(attempt).to_have_count(1)
+        cells = await attempt.locator("td").all_text_contents()
+        assert cells[0] == "1"
+        assert cells[2:4] == ["200", "ok"]
+        assert re.fullmatch(r"\d+\.\d ms", cells[4])
+        assert not await page.get_by_role("button", name="Retry").count()
+
+        # Disable, then delete once the confirmation is accepted.
+        await page.locator("#nav").get_by_role("link", name="Endpoints").click()
+        await row.get_by_role("button", name="Disable").click()
+        await expect(row).to_contain_text("disabled")
+        endpoints = (await call(api, "GET", f"/v1/organizations/{org}/endpoints"))["data"]
+        assert [endpoint["enabled"] for endpoint in endpoints] == [False]
+        page.once("dialog", lambda dialog: dialog.accept())
+        await row.get_by_role("button", name="Delete").click()
+        await expect(page.get_by_role("status")).to_have_text("Endpoint deleted.")
+        await expect(row).to_have_count(0)
+        assert (await call(api, "GET", f"/v1/organizations/{org}/endpoints"))["data"] == []
+
+
+async def test_a_failed_delivery_shows_its_attempts_and_retry_sends_it_again(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    async with Receiver(behaviour=Reply(500, b"upstream down")) as receiver:
+        org = await setup_organization(api, service.base_url, receiver.url, name="Hooli")
+        published = await call(
+            api, "POST", f"/v1/organizations/{org.id}/events", {"type": "payout.failed", "data": {}}
+        )
+        delivery = published["deliveries"][0]["id"]
+
+        await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org.id}/deliveries/{delivery}")
+        await view(page, "delivery").to_be_visible()
+        # The view looks again by itself while the delivery is pending.
+        await expect(page.locator("#delivery-status")).to_have_text("failed")
+        attempts = page.locator("tbody tr")
+        await expect(attempts).to_have_count(3)  # the first attempt and the schedule's 2 retries
+        for number in (1, 2, 3):
+            cells = await attempts.nth(number - 1).locator("td").all_text_contents()
+            assert cells[0] == str(number)
+            assert cells[2:4] == ["500", "status_500"]
+            assert cells[5] == "upstream down"
+
+        receiver.respond(Reply(200))
+        await page.get_by_role("button", name="Retry").click()
+        await expect(page.get_by_role("status")).to_have_text(
+            "Retry scheduled: the delivery is pending again."
+        )
+        await expect(page.locator("#delivery-status")).to_have_text("succeeded")
+        await expect(attempts).to_have_count(4)
+        cells = await attempts.nth(3).locator("td").all_text_contents()
+        assert cells[0] == "4"
+        assert cells[2:4] == ["200", "ok"]
+        assert len(receiver.requests) == 4
+
+        await page.locator("#nav").get_by_role("link", name="Deliveries").click()
+        await page.get_by_label("Status").select_option("succeeded")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page).to_have_url(re.compile(r"deliveries\?status=succeeded$"))
+        await expect(page.locator("tbody tr")).to_have_count(1)
+        await expect(page.locator("tbody tr")).to_contain_text(delivery)
+
+
+async def test_an_organizations_token_sees_that_organization_only(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    mine = await organization(api, "Umbrella")
+    other = await organization(api, "Cyberdyne")
+    await call(api, "POST", f"/v1/organizations/{other}/endpoints", {"url": "https://x.test/h"})
+    issued = await call(api, "POST", f"/v1/organizations/{mine}/tokens", {"name": "dash"})
+
+    await sign_in(page, service, issued["token"])
+    await view(page, "endpoints").to_be_visible()
+    await expect(page).to_have_url(re.compile(f"#/orgs/{mine}/endpoints$"))
+    await expect(page.locator("#nav .org")).to_have_text("Umbrella")
+    await expect(page.locator("#nav").get_by_role("link", name="Organizations")).to_have_count(0)
+
+    await page.goto(f"{service.base_url}/dashboard/#/orgs/{other}/endpoints")
+    await view(page, "error").to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_text(
+        f"Not Found — organization '{other}' not found"
+    )
+    await expect(page.locator("main")).not_to_contain_text("x.test")
+    await page.goto(f"{service.base_url}/dashboard/#/orgs")  # the list: its own organization
+    await view(page, "endpoints").to_be_visible()
+    await expect(page).to_have_url(re.compile(f"#/orgs/{mine}/endpoints$"))
+
+    # Revoked: the next call is a 401, which brings the sign-in form back with the reason.
+    await call(api, "DELETE", f"/v1/organizations/{mine}/tokens/{issued['id']}")
+    await page.get_by_role("button", name="Refresh").click()
+    await view(page, "login").to_be_visible()
+    await expect(page.locator("#login-message")).to_contain_text("refused this token (401")
+    assert await page.evaluate("sessionStorage.length") == 0
+
+
+async def test_markup_in_api_data_is_shown_as_text_and_never_runs(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org = await organization(api, f"Evil {XSS_IMG}")
+    await call(
+        api,
+        "POST",
+        f"/v1/organizations/{org}/endpoints",
+        {"url": "https://hooks.evil.test/h", "description": XSS_IMG},
+    )
+    await call(
+        api,
+        "POST",
+        f"/v1/organizations/{org}/events",
+        {
+            "id": "evt_xss",
+            "type": "<svg/onload=window.__pwned=3>",
+            "data": {"a": XSS_SCRIPT, "b": XSS_IMG},
+        },
+    )
+
+    await sign_in(page, service, ADMIN_TOKEN)
+    await expect(page.locator("tbody")).to_contain_text(f"Evil {XSS_IMG}")
+    await page.goto(f"{service.base_url}/dashboard/#/orgs/{org}/endpoints")
+    await expect(page.locator("tbody tr td.description")).to_have_text(XSS_IMG)
+    await page.goto(f"{service.base_url}/dashboard/#/orgs/{org}/events")
+    await expect(page.locator("tbody tr")).to_contain_text("<svg/onload=window.__pwned=3>")
+    await page.goto(f"{service.base_url}/dashboard/#/orgs/{org}/events/evt_xss")
+    await view(page, "event").to_be_visible()
+    payload = await page.locator("pre.payload").text_content()
+    assert payload is not None
+    assert XSS_SCRIPT in payload
+    assert 'onerror=\\"window.__pwned=1\\"' in payload  # JSON-escaped quotes, as text
+
+    assert await page.locator("main img, main script, main svg, #nav img").count() == 0
+    assert await page.evaluate("typeof window.__pwned") == "undefined"
+
+
+async def test_events_are_paged_newest_first_and_filtered_by_type(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org = await organization(api, "Soylent")
+    events = [
+        {"id": f"e{n:02}", "type": "payout.paid" if n % 2 else "invoice.paid", "data": {"n": n}}
+        for n in range(30)
+    ]
+    for event in events:  # one by one: "newest first" is then the order of publication
+        await call(api, "POST", f"/v1/organizations/{org}/events", event)
+
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/events")
+    await view(page, "events").to_be_visible()
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(25)
+    await expect(rows.first).to_contain_text("e29")
+    await expect(rows.last).to_contain_text("e05")
+
+    await page.get_by_role("link", name="Next page »").click()
+    await expect(rows).to_have_count(5)
+    await expect(rows.first).to_contain_text("e04")
+    await expect(rows.last).to_contain_text("e00")
+    await expect(page.get_by_role("link", name="Next page »")).to_have_count(0)
+    await page.get_by_role("link", name="« First page").click()
+    await expect(rows).to_have_count(25)
+    await expect(rows.first).to_contain_text("e29")
+
+    await page.get_by_label("Type").fill("payout.paid")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile(r"events\?type=payout\.paid$"))
+    await expect(rows).to_have_count(15)
+    assert set(await rows.locator("td:nth-child(2)").all_text_contents()) == {"payout.paid"}
+    await page.reload()
+    await expect(rows).to_have_count(15)
+    await expect(page.get_by_label("Type")).to_have_value("payout.paid")
