@@ -62,7 +62,9 @@ class Dashboard:
         self._files = _load()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert scope["type"] == "http"  # mounted in the HTTP router only
+        if scope["type"] != "http":  # a WebSocket: the dashboard has none
+            await send({"type": "websocket.close", "code": 1008})
+            return
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
