@@ -73,6 +73,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     """A page in a context of its own; the test fails on a script error or a CSP violation."""
     context = await browser.new_context()
     opened = await context.new_page()
+    opened.set_default_timeout(10_000)
     problems: list[str] = []
     opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     opened.on(
@@ -148,6 +149,16 @@ async def test_a_bad_token_is_refused_and_the_admin_token_lists_the_organization
     assert sent == {"Bearer aw_not_a_token", f"Bearer {ADMIN_TOKEN}"}
     assert not [url for url, _ in requests if ADMIN_TOKEN in url or "aw_not" in url]
 
+    await page.locator("#nav").get_by_role("link", name="Organizations").click()
+    await page.get_by_label("Name").fill("Wayne Enterprises")
+    await page.get_by_role("button", name="Create organization").click()
+    await view(page, "endpoints").to_be_visible()
+    await expect(page.get_by_role("status")).to_have_text(
+        "Organization “Wayne Enterprises” created."
+    )
+    names = [org["name"] for org in (await call(api, "GET", "/v1/organizations?limit=200"))["data"]]
+    assert "Wayne Enterprises" in names
+
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.locator("#login-message")).to_have_text("Signed out.")
     assert await page.evaluate("sessionStorage.length") == 0
@@ -169,6 +180,11 @@ async def test_an_endpoint_made_here_gets_a_signed_event_whose_delivery_shows_su
 
         await page.locator("#nav").get_by_role("link", name="Endpoints").click()
         await view(page, "endpoints").to_be_visible()
+        await page.get_by_label("URL").fill("ftp://127.0.0.1/h")  # the API's problem, shown
+        await page.get_by_role("button", name="Create endpoint").click()
+        await expect(page.get_by_role("alert")).to_have_text(
+            "Unprocessable Entity — url: the URL must start with http:// or https://"
+        )
         await page.get_by_label("URL").fill(receiver.url)
         await page.get_by_label("Event types").fill("invoice.paid, invoice.voided")
         await page.get_by_label("Description").fill("billing")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from ascend_webhooks.service.app import create_app
 from tests.support.api import ADMIN, ADMIN_TOKEN, api_settings
@@ -97,6 +98,12 @@ def test_other_methods_are_refused(client: TestClient) -> None:
         assert response.status_code == 405, method
         assert response.headers["allow"] == "GET, HEAD"
         assert_security_headers(response.headers)
+
+
+def test_a_websocket_is_closed(client: TestClient) -> None:
+    with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/dashboard/"):
+        pass
+    assert closed.value.code == 1008
 
 
 def test_the_root_and_the_bare_mount_lead_to_the_dashboard(client: TestClient) -> None:
