@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -165,11 +166,47 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
 
 
 def test_an_endpoint_is_full_at_its_limit_in_whole_attempts() -> None:
-    worker = Worker(None, make_settings(), decrypt, per_endpoint_limit=2, max_per_endpoint=8)  # type: ignore[arg-type]
+    worker = Worker(
+        None,  # type: ignore[arg-type]
+        make_settings(),
+        decrypt,
+        per_endpoint_limit=2,
+        max_per_endpoint=8,
+        prefetch=0,
+    )
     worker._limits.update({"halved": 2.5, "grown": 4.0})
     worker._per_endpoint.update({"halved": 2, "grown": 3, "base": 2, "free": 1})
     assert [worker.endpoint_limit(e) for e in ("halved", "grown", "base")] == [2, 4, 2]
     assert sorted(worker._full_endpoints()) == ["base", "halved"]
+    assert worker._endpoint_room() == {"halved": 0, "grown": 1, "base": 0, "free": 1}
+
+
+def _claimed(number: int, endpoint: str) -> ClaimedDelivery:
+    return ClaimedDelivery(
+        f"dlv_{number}", "org", "evt", "t", endpoint, "http://x/", b"{}", 1, 1, datetime.now(UTC)
+    )
+
+
+def test_claiming_ahead_holds_up_to_three_limits_of_a_healthy_endpoint_and_one_of_a_slow() -> None:
+    worker = Worker(None, make_settings(), decrypt, per_endpoint_limit=2, max_per_endpoint=8)  # type: ignore[arg-type]
+    assert worker.prefetch == 2 * worker.concurrency
+    now = time.monotonic()
+    worker._per_endpoint.update({"full": 2, "room": 2, "slow": 2})
+    worker._ready["full"] = deque((_claimed(n, "full"), now) for n in range(4))
+    worker._ready["room"] = deque((_claimed(n, "room"), now) for n in range(10, 13))
+    worker._slow_per_endpoint["slow"] = 1
+    # In flight up to its limit (2), and up to twice that waiting: 6 held in all.
+    assert sorted(worker._full_endpoints()) == ["full", "slow"]
+    assert worker._endpoint_room() == {"full": 0, "room": 1, "slow": 0}
+    assert worker._per_endpoint_claim() == 6
+    # A freed slot of "room" is taken by its own next delivery, in claim order.
+    worker._per_endpoint["room"] = 1
+    follow = worker._next_ready("room")
+    assert follow is not None
+    assert follow[0].id == "dlv_10"
+    # Nothing may start where every endpoint with buffered work is at its limit.
+    worker._per_endpoint["room"] = 2
+    assert worker._next_ready("room") is None
 
 
 def test_slow_attempts_stop_counting_and_hold_their_endpoint_at_the_base() -> None:
@@ -197,7 +234,7 @@ def test_slow_attempts_stop_counting_and_hold_their_endpoint_at_the_base() -> No
             1,
             datetime.now(UTC),
         )
-        flight = _InFlight(delivery, now - age)
+        flight = _InFlight(delivery, now - age, now - age)
         worker._inflight[delivery.id] = flight
         worker._started.append(flight)  # in start order, as _start appends
         worker._per_endpoint[endpoint] += 1
@@ -487,6 +524,104 @@ async def test_a_fast_endpoints_limit_doubles_per_round_trip(
         with contextlib.suppress(TimeoutError):
             await wait_until(at_maximum, within=1.5, every=0.005)
     assert raised >= 48
+
+
+async def test_a_worker_claims_ahead_and_gives_back_what_it_did_not_start_when_it_stops(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.5))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    published = {d.id for d in await publish(store, org, 10)}
+    worker = Worker(
+        store, make_settings(), decrypt, concurrency=2, per_endpoint_limit=2, prefetch=4
+    )
+    async with running(worker):
+
+        async def holding() -> bool:
+            return worker.in_flight == 2 and worker.buffered == 4
+
+        await wait_until(holding, within=5.0, every=0.005)
+        buffered = set(worker._ready_ids)
+        # Six are leased to the worker: another one finds only the other four.
+        other = await store.claim("other-worker", 100, 60.0)
+        assert len(other) == 4
+        assert not buffered & {d.id for d in other}
+        await store.release("other-worker", [d.id for d in other])
+    # Stopped: the two in flight were sent and recorded; what waited in the buffer was given
+    # back, unattempted, for any worker to claim at once.
+    sent = {r.header("x-ascend-delivery-id") for r in receiver.requests}
+    assert not buffered & sent
+    assert sent <= published
+    for delivery_id in buffered:
+        delivery = await store.get_delivery(org, delivery_id)
+        assert (delivery.status, delivery.attempt_count) == (DeliveryStatus.PENDING, 0)
+    again = await store.claim("other-worker", 100, 60.0)
+    assert buffered <= {d.id for d in again}
+
+
+async def test_claimed_ahead_deliveries_are_each_sent_once_as_slots_free(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.002))
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, receiver.url, None, None)
+    deliveries = await publish(store, org, 400)
+    worker = Worker(
+        store, make_settings(), decrypt, concurrency=8, per_endpoint_limit=2, max_per_endpoint=8
+    )
+    most_buffered = 0
+    async with running(worker):
+
+        async def done() -> bool:
+            nonlocal most_buffered
+            most_buffered = max(most_buffered, worker.buffered)
+            assert worker._per_endpoint.get(endpoint.id, 0) <= worker.endpoint_limit(endpoint.id)
+            counts = await store.delivery_counts()
+            return counts.get(DeliveryStatus.PENDING, 0) == 0
+
+        await wait_until(done, within=30.0, every=0.002)
+    states = await wait_terminal(store, org, [d.id for d in deliveries])
+    assert all(s.status is DeliveryStatus.SUCCEEDED and s.attempt_count == 1 for s in states)
+    sent = [r.header("x-ascend-delivery-id") for r in receiver.requests]
+    assert sorted(sent) == sorted(d.id for d in deliveries)  # each once, none twice
+    assert 0 < most_buffered <= 16  # claimed ahead, within twice the concurrency
+
+
+async def test_a_slow_endpoints_buffered_deliveries_are_given_back(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    dead = await receivers(behaviour=Hang())
+    org = await new_organization(store)
+    await store.create_endpoint(org, dead.url, None, None)
+    await publish(store, org, 8)
+    worker = Worker(
+        store,
+        make_settings(attempt_timeout=10.0),
+        decrypt,
+        concurrency=4,
+        per_endpoint_limit=2,
+        prefetch=4,
+        slow_after=0.3,
+    )
+    async with running(worker):
+
+        async def holding() -> bool:
+            return worker.in_flight == 2 and worker.buffered == 4
+
+        await wait_until(holding, within=5.0, every=0.005)
+        held = set(worker._ready_ids)
+
+        async def given_back() -> bool:
+            return worker.buffered == 0 and not worker._give_back
+
+        await wait_until(given_back, within=5.0, every=0.01)
+        await asyncio.sleep(0.2)  # a claim meanwhile must not take them back
+        assert worker.buffered == 0
+        other = await store.claim("other-worker", 100, 60.0)
+        assert held <= {d.id for d in other}
+        await store.release("other-worker", [d.id for d in other])
+        await dead.close()
 
 
 async def test_a_hanging_endpoint_never_gets_more_than_the_base_limit(
