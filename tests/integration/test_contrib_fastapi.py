@@ -29,6 +29,8 @@ from ascend_webhooks import Event, sign
 from ascend_webhooks.receiver import (
     MEMORY,
     AsyncRedisIdempotencyStore,
+    Claim,
+    MemoryIdempotencyStore,
     Router,
     SQLiteIdempotencyStore,
 )
@@ -37,7 +39,14 @@ from ascend_webhooks.receiver.contrib.fastapi import (
     ascend_endpoint,
     ascend_route,
 )
-from tests.support.examples import example_process, free_port, post_until_duplicate, urlopen_post
+from tests.support.examples import (
+    event_of_size,
+    example_process,
+    free_port,
+    post_until_duplicate,
+    raw_post,
+    urlopen_post,
+)
 
 SECRET = "whsec_fastapi_test"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -52,7 +61,12 @@ def signed(body: bytes, secret: str = SECRET, **kwargs: Any) -> dict[str, str]:
 
 
 def make_app(
-    *, mode: str = "background", store: Any = MEMORY, fail: bool = False, secret: Any = SECRET
+    *,
+    mode: str = "background",
+    store: Any = MEMORY,
+    fail: bool = False,
+    secret: Any = SECRET,
+    **options: Any,
 ) -> tuple[FastAPI, list[Event]]:
     router = Router()
     seen: list[Event] = []
@@ -66,7 +80,7 @@ def make_app(
     app = FastAPI()
     app.add_api_route(
         "/webhooks",
-        ascend_endpoint(secret, router, store=store, mode=mode),  # type: ignore[arg-type]
+        ascend_endpoint(secret, router, store=store, mode=mode, **options),  # type: ignore[arg-type]
         methods=["POST"],
     )
     return app, seen
@@ -208,6 +222,78 @@ def test_plain_starlette_route_and_fastapi_api_router() -> None:
     assert "/in" not in fastapi_app.openapi()["paths"]
 
 
+# -- the body cap ----------------------------------------------------------------------------
+
+CAP = 4096
+
+
+def test_a_body_over_the_cap_is_413_and_nothing_runs_or_is_recorded() -> None:
+    store = MemoryIdempotencyStore()
+    app, seen = make_app(mode="inline", store=store, max_body_bytes=CAP)
+    body = event_of_size(CAP + 1)
+    response = TestClient(app).post("/webhooks", content=body, headers=signed(body))
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "body_too_large"
+    assert "4096 bytes" in response.json()["detail"]
+    assert seen == []
+    assert store.claim("evt_big") is Claim.ACQUIRED  # nothing was claimed or completed
+
+
+def test_the_default_cap_is_1_mib_and_a_body_of_exactly_the_cap_is_accepted() -> None:
+    app, seen = make_app(mode="inline")
+    client = TestClient(app)
+    body = event_of_size(1_048_576)
+    response = client.post("/webhooks", content=body, headers=signed(body))
+    assert (response.status_code, response.json()["status"]) == (200, "processed")
+    over = event_of_size(1_048_577, "evt_over")
+    assert client.post("/webhooks", content=over, headers=signed(over)).status_code == 413
+    assert [e.id for e in seen] == ["evt_big"]
+
+
+def test_none_turns_the_cap_off() -> None:
+    app, seen = make_app(mode="inline", max_body_bytes=None)
+    body = event_of_size(2 * 1_048_576)
+    assert TestClient(app).post("/webhooks", content=body, headers=signed(body)).is_success
+    assert [e.id for e in seen] == ["evt_big"]
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_cap() -> None:
+    app, seen = make_app(mode="inline", max_body_bytes=CAP)
+    body = event_of_size(CAP + 1)
+    # No Content-Length: the adapter can only count the bytes as they come.
+    response = TestClient(app).post(
+        "/webhooks", content=iter([body[:CAP], body[CAP:]]), headers=signed(body)
+    )
+    assert response.status_code == 413
+    assert seen == []
+
+
+def test_a_body_a_middleware_read_first_is_held_to_the_cap() -> None:
+    app, seen = make_app(mode="inline", max_body_bytes=CAP)
+
+    @app.middleware("http")
+    async def peek(request: Request, call_next: Any) -> Response:
+        await request.body()
+        response: Response = await call_next(request)
+        return response
+
+    client = TestClient(app)
+    over = event_of_size(CAP + 1, "evt_over")
+    # A Content-Length is no use here: the check must be on the bytes the middleware kept.
+    streamed = client.post("/webhooks", content=iter([over]), headers=signed(over))
+    assert streamed.status_code == 413
+    exact = event_of_size(CAP)
+    assert client.post("/webhooks", content=iter([exact]), headers=signed(exact)).is_success
+    assert [e.id for e in seen] == ["evt_big"]
+
+
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), ("1", TypeError), (True, TypeError)])
+def test_max_body_bytes_must_be_a_positive_int(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_body_bytes"):
+        ascend_endpoint(SECRET, Router(), max_body_bytes=value)
+
+
 # -- a real server on loopback ---------------------------------------------------------------
 
 
@@ -342,3 +428,39 @@ async def test_two_apps_sharing_async_redis_handle_an_event_once() -> None:
         if keys:
             probe.delete(*keys)
         probe.close()
+
+
+def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it() -> None:
+    app, seen = make_app(mode="inline", max_body_bytes=CAP)
+    with serve(app) as base:
+        body = event_of_size(CAP + 1)
+        # Only the head and a first part are sent: a server that read the body would wait.
+        status, answer = raw_post(
+            base + "/webhooks",
+            {**signed(body), "Content-Length": str(len(body))},
+            [body[:100]],
+            finish=False,
+        )
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        headers = {**signed(exact), "Content-Length": str(CAP)}
+        assert raw_post(base + "/webhooks", headers, [exact])[0] == 200
+    assert [e.id for e in seen] == ["evt_big"]
+
+
+def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> None:
+    app, seen = make_app(mode="inline", max_body_bytes=CAP)
+    with serve(app) as base:
+        body = event_of_size(4 * CAP)
+        parts = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+        # Never finished: only a server that stops reading at the cap can answer.
+        status, answer = raw_post(
+            base + "/webhooks", signed(body), parts, chunked=True, finish=False
+        )
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        chunks = [exact[:1000], exact[1000:]]
+        assert raw_post(base + "/webhooks", signed(exact), chunks, chunked=True)[0] == 200
+    assert [e.id for e in seen] == ["evt_big"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -10,11 +11,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["example_process", "free_port", "post_until_duplicate", "urlopen_post"]
+__all__ = [
+    "event_of_size",
+    "example_process",
+    "free_port",
+    "post_until_duplicate",
+    "raw_post",
+    "urlopen_post",
+]
 
 
 def urlopen_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -74,3 +83,53 @@ def post_until_duplicate(url: str, body: bytes, headers: Callable[[], dict[str, 
         assert status == 409  # still being handled
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def event_of_size(size: int, event_id: str = "evt_big") -> bytes:
+    """A valid ``invoice.paid`` event whose JSON body is exactly ``size`` bytes."""
+
+    def body(pad: int) -> bytes:
+        event = {"id": event_id, "type": "invoice.paid", "data": {"pad": "x" * pad}}
+        return json.dumps(event, separators=(",", ":")).encode()
+
+    bare = len(body(0))
+    assert size >= bare, f"an event is at least {bare} bytes"
+    return body(size - bare)
+
+
+def raw_post(
+    url: str,
+    headers: Mapping[str, str],
+    parts: Iterable[bytes],
+    *,
+    chunked: bool = False,
+    finish: bool = True,
+) -> tuple[int, bytes]:
+    """POST over a bare socket, sending ``parts`` as they are or as chunks; status and body.
+
+    With ``finish=False`` the body is left unfinished (no last chunk, or fewer bytes than the
+    ``Content-Length`` given): only a server that answers without reading the whole body
+    answers at all; otherwise the read times out after 10 seconds and this raises.
+    """
+    where = urlsplit(url)
+    assert where.hostname is not None
+    assert where.port is not None
+    head = [f"POST {where.path} HTTP/1.1", f"Host: {where.netloc}"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        try:
+            sock.sendall("\r\n".join([*head, "", ""]).encode("latin-1"))
+            for part in parts:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            if chunked and finish:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered early and stopped reading: its answer is what counts
+        response = http.client.HTTPResponse(sock, method="POST")
+        try:
+            response.begin()
+            return response.status, response.read()
+        finally:
+            response.close()

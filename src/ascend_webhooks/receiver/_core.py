@@ -12,6 +12,8 @@ Status codes and why:
 - 401: the signature does not verify (missing, malformed, stale or wrong): never retried to
   success, but it must not look like a success either.
 - 400: signed correctly but not an event.
+- 413: the body is larger than the adapter's ``max_body_bytes``; refused before the signature
+  is checked, so nobody can make the receiver buffer an arbitrarily large body.
 - 409: the same event is being handled right now by another delivery; answering 200 could
   lose it if that handling fails, so the sender is asked to come back later.
 - 500: ``mode="inline"`` and a handler raised; the claim is released so the retry re-runs it.
@@ -42,6 +44,7 @@ from .idempotency import MemoryIdempotencyStore
 from .router import Router
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "MEMORY",
     "ErrorHook",
     "Mode",
@@ -69,6 +72,10 @@ class _Memory:
 #: ``store=MEMORY`` (the default): de-duplicate in this process's memory.
 MEMORY: Final = _Memory()
 StoreOption = IdempotencyStore | AsyncIdempotencyStore | _Memory | None
+
+#: The adapters' default ``max_body_bytes``: 1 MiB, four times the sender's default largest
+#: event (``ASCEND_WEBHOOKS_MAX_PAYLOAD_BYTES=262144``), so no legitimate event is refused.
+DEFAULT_MAX_BODY_BYTES: Final = 1_048_576
 
 _PROBLEM = "application/problem+json"
 _JSON = "application/json"
@@ -111,6 +118,29 @@ def problem(
     """An RFC 9457 problem document; ``code`` is a stable, machine-readable reason."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
     return Reply(status, _dumps(body), {"Content-Type": _PROBLEM, **(headers or {})}, event)
+
+
+def body_limit(max_body_bytes: int | None) -> int | None:
+    """Check an adapter's ``max_body_bytes``: a positive number of bytes, or None for no cap."""
+    if max_body_bytes is None:
+        return None
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+        raise TypeError(f"max_body_bytes must be an int or None, not {max_body_bytes!r}")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
+    return max_body_bytes
+
+
+def announces_more_than(content_length: str | None, limit: int) -> bool:
+    """Whether a ``Content-Length`` header value announces a body over ``limit`` bytes."""
+    value = (content_length or "").strip()
+    return value.isascii() and value.isdigit() and int(value) > limit
+
+
+def body_too_large(limit: int) -> Reply:
+    """The 413 for a body over ``limit`` bytes; the body was not read (or not to its end)."""
+    detail = f"the request body is larger than the {limit} bytes this receiver accepts"
+    return problem(413, "Content Too Large", "body_too_large", detail)
 
 
 def _ack(event: Event, status: str) -> Reply:
