@@ -22,9 +22,22 @@ from flask import Flask, request
 from werkzeug.serving import make_server
 
 from ascend_webhooks import Event, sign
-from ascend_webhooks.receiver import MEMORY, RawBodyUnavailableError, Router
+from ascend_webhooks.receiver import (
+    MEMORY,
+    Claim,
+    MemoryIdempotencyStore,
+    RawBodyUnavailableError,
+    Router,
+)
 from ascend_webhooks.receiver.contrib.flask import ascend_blueprint, ascend_view
-from tests.support.examples import example_process, free_port, post_until_duplicate, urlopen_post
+from tests.support.examples import (
+    event_of_size,
+    example_process,
+    free_port,
+    post_until_duplicate,
+    raw_post,
+    urlopen_post,
+)
 
 SECRET = "whsec_flask_test"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -75,11 +88,12 @@ def make_app(
     secret: Any = SECRET,
     executor: ThreadPoolExecutor | None = None,
     store: Any = MEMORY,
+    **options: Any,
 ) -> Flask:
     router = Router()
     router.add("invoice.paid", recorder)
     app = Flask(__name__)
-    view = ascend_view(secret, router, mode=mode, executor=executor, store=store)  # type: ignore[arg-type]
+    view = ascend_view(secret, router, mode=mode, executor=executor, store=store, **options)  # type: ignore[arg-type]
     app.add_url_rule("/webhooks", view_func=view, methods=["POST"])
     return app
 
@@ -234,6 +248,70 @@ def test_blueprint_with_key_rotation_and_post_only() -> None:
     assert [e.id for e in recorder.events] == ["evt_0", "evt_1"]
 
 
+# -- the body cap ----------------------------------------------------------------------------
+
+CAP = 4096
+
+
+def test_a_body_over_the_cap_is_413_and_nothing_runs_or_is_recorded() -> None:
+    recorder = Recorder()
+    store = MemoryIdempotencyStore()
+    client = make_app(recorder, store=store, max_body_bytes=CAP).test_client()
+    body = event_of_size(CAP + 1)
+    response = client.post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 413
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["code"] == "body_too_large"
+    assert "4096 bytes" in response.get_json()["detail"]
+    assert recorder.events == []
+    assert store.claim("evt_big") is Claim.ACQUIRED  # nothing was claimed or completed
+
+
+def test_the_default_cap_is_1_mib_and_a_body_of_exactly_the_cap_is_accepted() -> None:
+    recorder = Recorder()
+    client = make_app(recorder).test_client()
+    body = event_of_size(1_048_576)
+    response = client.post("/webhooks", data=body, headers=signed(body))
+    assert (response.status_code, response.get_json()["status"]) == (200, "processed")
+    over = event_of_size(1_048_577, "evt_over")
+    assert client.post("/webhooks", data=over, headers=signed(over)).status_code == 413
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_none_turns_the_cap_off() -> None:
+    recorder = Recorder()
+    client = make_app(recorder, max_body_bytes=None).test_client()
+    body = event_of_size(2 * 1_048_576)
+    assert client.post("/webhooks", data=body, headers=signed(body)).status_code == 200
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_a_smaller_max_content_length_of_the_app_still_applies() -> None:
+    recorder = Recorder()
+    app = make_app(recorder, max_body_bytes=CAP)
+    app.config["MAX_CONTENT_LENGTH"] = 1024
+    body = event_of_size(1025)
+    response = app.test_client().post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 413
+    assert "1024 bytes" in response.get_json()["detail"]
+    assert recorder.events == []
+
+
+def test_a_body_a_before_request_read_first_is_held_to_the_cap() -> None:
+    recorder = Recorder()
+    app = make_app(recorder, max_body_bytes=CAP)
+
+    @app.before_request
+    def peek() -> None:
+        request.get_data(cache=True)
+
+    body = event_of_size(CAP + 1)
+    # The hook read the whole body before the view: the check is on the bytes it kept.
+    response = app.test_client().post("/webhooks", data=body, headers=signed(body))
+    assert response.status_code == 413
+    assert recorder.events == []
+
+
 # -- a real server on loopback ---------------------------------------------------------------
 
 
@@ -266,6 +344,45 @@ def test_real_server_receives_a_signed_post(pool: ThreadPoolExecutor) -> None:
         status, answer = urlopen_post(base + "/webhooks", body, signed(body, "wrong"))
         assert status == 401
         assert json.loads(answer)["status"] == 401
+
+
+def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it() -> None:
+    recorder = Recorder()
+    with serve(make_app(recorder, max_body_bytes=CAP)) as base:
+        body = event_of_size(CAP + 1)
+        # Only the head and a first part are sent: a view that read the body would wait.
+        status, answer = raw_post(
+            base + "/webhooks",
+            {**signed(body), "Content-Length": str(len(body))},
+            [body[:100]],
+            finish=False,
+        )
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        headers = {**signed(exact), "Content-Length": str(CAP)}
+        assert raw_post(base + "/webhooks", headers, [exact])[0] == 200
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> None:
+    recorder = Recorder()
+    with serve(make_app(recorder, max_body_bytes=CAP)) as base:
+        body = event_of_size(4 * CAP)
+        parts = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+        # Never finished: only a view that stops reading at the cap can answer.
+        status, answer = raw_post(
+            base + "/webhooks", signed(body), parts, chunked=True, finish=False
+        )
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        chunks = [exact[:1000], exact[1000:]]
+        assert raw_post(base + "/webhooks", signed(exact), chunks, chunked=True)[0] == 200
+        # One byte over, and finished: over the cap all the same.
+        over = event_of_size(CAP + 1, "evt_over")
+        assert raw_post(base + "/webhooks", signed(over), [over], chunked=True)[0] == 413
+    assert [e.id for e in recorder.events] == ["evt_big"]
 
 
 # -- the example app -------------------------------------------------------------------------

@@ -13,6 +13,10 @@ so a ``before_request`` hook that read the JSON first is harmless. ``request.dat
 Code that read ``request.stream`` itself leaves nothing to verify; that raises
 :class:`RawBodyUnavailableError` instead of a misleading 401.
 
+A body over ``max_body_bytes`` (1 MiB by default; the app's ``MAX_CONTENT_LENGTH`` when that is
+smaller) is answered 413 before the signature is checked: at once on its ``Content-Length``,
+and a streamed body is read no further than one byte past the cap.
+
 In the default ``mode="background"`` the handlers run in a thread pool after the view
 returned (pass ``executor=`` to use your own); ``mode="inline"`` runs them in the request.
 """
@@ -24,9 +28,11 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, cast
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ...signature import Webhook
 from .._core import (
+    DEFAULT_MAX_BODY_BYTES,
     MEMORY,
     ErrorHook,
     Mode,
@@ -34,10 +40,12 @@ from .._core import (
     Reply,
     StoreOption,
     WebhookReceiver,
+    body_limit,
+    body_too_large,
 )
 from ..router import Router
 
-__all__ = ["FlaskView", "ascend_blueprint", "ascend_view"]
+__all__ = ["FlaskView", "ascend_blueprint", "ascend_view", "read_body"]
 
 
 class FlaskView(Protocol):
@@ -57,19 +65,28 @@ def ascend_view(
     mode: Mode = "background",
     executor: Executor | None = None,
     on_error: ErrorHook | None = None,
+    max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
 ) -> FlaskView:
     """A Flask view function that verifies, de-duplicates and dispatches (POST only).
 
     ``webhook`` is a :class:`Webhook` or the secret(s): pass both during a key rotation.
     ``store`` is a blocking idempotency store, ``MEMORY`` (the default) or ``None``.
+    A body over ``max_body_bytes`` is answered 413 unread; ``None`` turns the cap off.
     """
+    limit = body_limit(max_body_bytes)
     receiver = WebhookReceiver(
         webhook, router, store=store, mode=mode, executor=executor, on_error=on_error
     )
     receiver.require_blocking_store()
 
     def ascend_webhook() -> Response:
-        body = request.get_data(cache=True)
+        cap = _smaller(limit, request.max_content_length)
+        if cap is None:
+            body = request.get_data(cache=True)
+        elif (capped := read_body(cap)) is not None:
+            body = capped
+        else:
+            return to_response(body_too_large(cap))
         if not body and request.content_length:
             raise RawBodyUnavailableError(
                 "the request body was consumed before the webhook view ran (something read "
@@ -97,6 +114,29 @@ def ascend_blueprint(
     view = ascend_view(webhook, router, **options)
     blueprint.add_url_rule(path, view_func=view, methods=["POST"])
     return blueprint
+
+
+def read_body(limit: int) -> bytes | None:
+    """The raw body (cached, as ``get_data(cache=True)``), or None if it is over ``limit``."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None  # refused unread
+    # Werkzeug ends a streamed (chunked) read at max_content_length without telling whether
+    # more followed: reading up to one byte past the cap is what tells "over" from "exactly".
+    previous = request.max_content_length
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        return None
+    finally:
+        request.max_content_length = previous
+    # Also holds a body a before_request hook read before the cap applied.
+    return None if len(body) > limit else body
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def to_response(reply: Reply) -> Response:
