@@ -30,12 +30,19 @@ from django.test import Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from ascend_webhooks import Event, sign  # noqa: E402
-from ascend_webhooks.receiver import RawBodyUnavailableError, Router  # noqa: E402
+from ascend_webhooks.receiver import (  # noqa: E402
+    Claim,
+    MemoryIdempotencyStore,
+    RawBodyUnavailableError,
+    Router,
+)
 from ascend_webhooks.receiver.contrib.django import DjangoView, ascend_view  # noqa: E402
 from tests.support.examples import (  # noqa: E402
+    event_of_size,
     example_process,
     free_port,
     post_until_duplicate,
+    raw_post,
     urlopen_post,
 )
 
@@ -245,6 +252,58 @@ def test_key_rotation_accepts_the_old_and_the_new_secret() -> None:
     assert [e.id for e in recorder.events] == ["evt_0", "evt_1"]
 
 
+# -- the body cap ----------------------------------------------------------------------------
+
+CAP = 4096
+
+
+def test_a_body_over_the_cap_is_413_and_nothing_runs_or_is_recorded() -> None:
+    recorder = Recorder()
+    store = MemoryIdempotencyStore()
+    body = event_of_size(CAP + 1)
+    with urls(make_view(recorder, store=store, max_body_bytes=CAP)):
+        response = post(client(), body, signed(body))
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "body_too_large"
+    assert "4096 bytes" in response.json()["detail"]
+    assert recorder.events == []
+    assert store.claim("evt_big") is Claim.ACQUIRED  # nothing was claimed or completed
+
+
+def test_the_default_cap_is_1_mib_and_a_body_of_exactly_the_cap_is_accepted() -> None:
+    recorder = Recorder()
+    body = event_of_size(1_048_576)
+    over = event_of_size(1_048_577, "evt_over")
+    with urls(make_view(recorder)):
+        response = post(client(), body, signed(body))
+        assert (response.status_code, response.json()["status"]) == (200, "processed")
+        assert post(client(), over, signed(over)).status_code == 413
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_none_turns_the_cap_off() -> None:
+    recorder = Recorder()
+    body = event_of_size(2 * 1_048_576)  # under Django's own 2.5 MB default
+    with urls(make_view(recorder, max_body_bytes=None)):
+        assert post(client(), body, signed(body)).status_code == 200
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+@pytest.mark.parametrize("cap", [None, CAP])
+def test_over_djangos_own_limit_is_a_413_too(cap: int | None) -> None:
+    recorder = Recorder()
+    body = event_of_size(1025)
+    with (
+        urls(make_view(recorder, max_body_bytes=cap)),
+        override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1024),
+    ):
+        response = post(client(), body, signed(body))
+    assert response.status_code == 413
+    assert "1024 bytes" in response.json()["detail"]
+    assert recorder.events == []
+
+
 # -- a real server on loopback ---------------------------------------------------------------
 
 
@@ -285,6 +344,40 @@ def test_real_server_receives_a_signed_post() -> None:
         assert [e.id for e in recorder.wait()] == ["evt_1"]
         status, _ = urlopen_post(base + "/webhooks/", body, signed(body, "wrong"))
         assert status == 401
+
+
+def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it() -> None:
+    recorder = Recorder()
+    with urls(make_view(recorder, max_body_bytes=CAP)), serve() as base:
+        body = event_of_size(CAP + 1)
+        # Only the head and a first part are sent: a view that read the body would wait.
+        status, answer = raw_post(
+            base + "/webhooks/",
+            {**signed(body), "Content-Type": "application/json", "Content-Length": str(len(body))},
+            [body[:100]],
+            finish=False,
+        )
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        headers = {**signed(exact), "Content-Length": str(CAP)}
+        assert raw_post(base + "/webhooks/", headers, [exact])[0] == 200
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_real_server_never_reads_a_chunked_body() -> None:
+    recorder = Recorder()
+    with urls(make_view(recorder, max_body_bytes=CAP)), serve() as base:
+        body = event_of_size(4 * CAP)
+        parts = [body[i : i + 1024] for i in range(0, len(body), 1024)]
+        # Django reads Content-Length bytes, and none without one: the view answers at once,
+        # the unfinished body unread, and the empty body it sees does not verify.
+        status, answer = raw_post(
+            base + "/webhooks/", signed(body), parts, chunked=True, finish=False
+        )
+        assert status == 401
+        assert json.loads(answer)["code"] == "invalid_signature"
+    assert recorder.events == []
 
 
 # -- the example app -------------------------------------------------------------------------
