@@ -95,7 +95,7 @@ def main() -> int:
                     batch.flush()
                 else:
                     cpu, wall = time.thread_time(), time.perf_counter()
-                    _publish.publish_group(conn, [("org_1", copy)])
+                    _publish.publish_group(conn, [("org_1", copy, None)])
                 if label.endswith("COMMIT"):
                     conn.execute("COMMIT")
                 cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall

@@ -21,6 +21,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from .handoff import HandOff
 from .models import (
     ApiToken,
     AttemptOutcome,
@@ -299,6 +300,11 @@ class Store(abc.ABC):
         The deliveries are due again at once, unattempted (no attempt is recorded, the
         attempt number stays); returns how many were released.
         """
+
+    def hand_off(self, handoff: HandOff | None) -> bool:
+        """Lease new deliveries to an in-process worker as they are published (see
+        ``handoff.py``); None ends it. Returns whether this store does (the default: no)."""
+        return False
 
     @abc.abstractmethod
     async def next_due_at(self) -> datetime | None:

@@ -40,12 +40,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 from ..models import ClaimedDelivery
 from ._rows import chunks, from_ms, marks, now_ms
 
-__all__ = ["Claimer", "Leases"]
+__all__ = ["Claimer", "Leases", "claimed_delivery"]
 
 _MAX_PAIRS = 4096
 
@@ -107,6 +108,33 @@ if [f.name for f in fields(ClaimedDelivery)] != [
     raise ImportError("ClaimedDelivery changed: update _claim's builder")
 (_c_id, _c_org, _c_event, _c_type, _c_endpoint, _c_url, _c_body, _c_number, _c_round,
  _c_lease) = _SETTERS  # fmt: skip
+
+
+def claimed_delivery(
+    delivery_id: str,
+    organization_id: str,
+    event_id: str,
+    event_type: str,
+    endpoint_id: str,
+    url: str,
+    body: bytes,
+    number: int,
+    in_round: int,
+    lease_expires_at: datetime,
+) -> ClaimedDelivery:
+    """``ClaimedDelivery(...)`` without the frozen dataclass's ``__init__``."""
+    one: ClaimedDelivery = object.__new__(ClaimedDelivery)
+    _c_id(one, delivery_id)
+    _c_org(one, organization_id)
+    _c_event(one, event_id)
+    _c_type(one, event_type)
+    _c_endpoint(one, endpoint_id)
+    _c_url(one, url)
+    _c_body(one, body)
+    _c_number(one, number)
+    _c_round(one, in_round)
+    _c_lease(one, lease_expires_at)
+    return one
 
 
 @dataclass
@@ -281,22 +309,16 @@ class _Lease:
         urls: dict[str, str] = {}
         for part in chunks(endpoints):
             urls.update(self.conn.execute(_URLS.format(marks(len(part))), part).fetchall())
-        lease_expires_at, new = from_ms(self.until), object.__new__
+        lease_expires_at = from_ms(self.until)
         claimed = []
         for org_id, endpoint, rows in self.parts:
             url = urls.get(endpoint, "")  # (a foreign key: always there)
             for seq, id_, event, kind, body, number, in_round, key in rows:
-                one: ClaimedDelivery = new(ClaimedDelivery)
-                _c_id(one, id_)
-                _c_org(one, org_id)
-                _c_event(one, event)
-                _c_type(one, kind)
-                _c_endpoint(one, endpoint)
-                _c_url(one, url)
-                _c_body(one, body)
-                _c_number(one, number)
-                _c_round(one, in_round)
-                _c_lease(one, lease_expires_at)
-                claimed.append(one)
+                claimed.append(
+                    claimed_delivery(
+                        id_, org_id, event, kind, endpoint, url, body, number, in_round,
+                        lease_expires_at,
+                    )
+                )  # fmt: skip
                 known[id_] = (seq, endpoint, key)
         return claimed

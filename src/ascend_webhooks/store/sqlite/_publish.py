@@ -10,6 +10,12 @@ The Python per event is what the writer thread holds the GIL for (the INSERTs th
 in SQLite with it released), so the usual call (every event new, each once) takes one pass
 with no bookkeeping, the endpoints that want a type are worked out once per batch, and the
 result objects are built through their slot descriptors.
+
+A call may carry a worker's :class:`~..handoff.HandOff`: while it is open, each new due
+delivery it has room for is inserted already leased to that worker and returned beside the
+call's results as a ``ClaimedDelivery``, for the store to hand over once the transaction has
+committed. The call names its hand-off (rather than the writer looking it up) so that the
+caller, which hands the deliveries over, and the transaction agree on it.
 """
 
 from __future__ import annotations
@@ -21,28 +27,48 @@ from datetime import datetime
 
 from ...ids import new_ids
 from ..base import EventConflictError, StoreError
-from ..models import Delivery, DeliveryStatus, Endpoint, Event, NewEvent, PublishResult
+from ..handoff import HandOff
+from ..models import (
+    ClaimedDelivery,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+    Event,
+    NewEvent,
+    PublishResult,
+)
 from . import _reads, _rows
+from ._claim import claimed_delivery
 from ._rows import chunks, from_ms, marks, now_ms
 from ._writes import BEHIND_KEY, require_organization
 
-__all__ = ["PublishCall", "publish_group"]
+__all__ = ["PublishCall", "Published", "publish_group"]
 
 
-PublishCall = tuple[str, tuple[NewEvent, ...]]
+#: An organization, its events, and the hand-off (if any) to lease new deliveries to.
+PublishCall = tuple[str, tuple[NewEvent, ...], HandOff | None]
+#: A call's results, and the new deliveries leased to the hand-off's worker.
+Published = tuple[list[PublishResult], list[ClaimedDelivery]]
+Known = dict[str, tuple[int, str, str | None]]
 
 
 def publish_group(
-    conn: sqlite3.Connection, calls: list[PublishCall]
-) -> list[tuple[bool, list[PublishResult] | StoreError]]:
-    """Publish many callers' events with one insert per table; a caller's error is its own."""
-    batch = _PublishBatch(conn)
-    outcomes: list[tuple[bool, list[PublishResult] | StoreError]] = []
-    for organization_id, events in calls:
+    conn: sqlite3.Connection, calls: list[PublishCall], known: Known | None = None
+) -> list[tuple[bool, Published | StoreError]]:
+    """Publish many callers' events with one insert per table; a caller's error is its own.
+
+    ``known`` (the claim's ``Leases.known``) learns the rows of handed deliveries, which
+    ``record`` then finds as it finds claimed ones.
+    """
+    batch = _PublishBatch(conn, known)
+    outcomes: list[tuple[bool, Published | StoreError]] = []
+    for organization_id, events, handoff in calls:
         try:
-            outcomes.append((True, batch.add(organization_id, events)))
+            results = batch.add(organization_id, events, handoff)
         except StoreError as exc:
             outcomes.append((False, exc))
+        else:
+            outcomes.append((True, (results, batch.take_handed())))
     batch.flush()
     return outcomes
 
@@ -51,10 +77,15 @@ class _PublishBatch:
     """Rows staged for one transaction. ``add`` validates a call fully before staging any of
     its rows, so a call that raises leaves the batch as it was."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, known: Known | None = None) -> None:
         self._conn = conn
         self._now = now_ms()
         self._created_at = from_ms(self._now)
+        self._handoff: HandOff | None = None  # of the call being added
+        self._known = known if known is not None else {}
+        self._lease_until = 0
+        self._lease_expires_at = self._created_at
+        self._handed: list[ClaimedDelivery] = []  # of the call being added
         self._endpoints: dict[str, list[Endpoint]] = {}
         self._next_seq: int | None = None
         self._staged: dict[tuple[str, str], tuple[bytes, Event]] = {}  # (org, id) → hash, event
@@ -80,7 +111,10 @@ class _PublishBatch:
             self._endpoints[organization_id] = found
         return found
 
-    def add(self, organization_id: str, events: Sequence[NewEvent]) -> list[PublishResult]:
+    def add(
+        self, organization_id: str, events: Sequence[NewEvent], handoff: HandOff | None = None
+    ) -> list[PublishResult]:
+        self._handoff = handoff if handoff is not None and handoff.is_open else None
         endpoints = self._endpoints_of(organization_id)
         unique: dict[str, NewEvent] = {}
         for new in events:
@@ -156,16 +190,45 @@ class _PublishBatch:
                     blocked = BEHIND_KEY
                 self._chains.add(chain)
             delivery_id = self._ids.pop()  # reserved in ``add``
-            self._delivery_rows.append(
-                (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
-                 now, now, now)
-            )  # fmt: skip
+            handoff = self._handoff
+            if handoff is not None and not blocked and handoff.take(endpoint.id):
+                # Leased to the in-process worker in this transaction: out of the due range
+                # until the lease ends, exactly as a claim leaves it.
+                until = self._lease(handoff)
+                self._delivery_rows.append(
+                    (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, 0,
+                     until, now, now, handoff.worker_id, until)
+                )  # fmt: skip
+                self._handed.append(
+                    claimed_delivery(
+                        delivery_id, organization_id, new.id, new.type, endpoint.id,
+                        endpoint.url, new.body, 1, 1, self._lease_expires_at,
+                    )
+                )  # fmt: skip
+                self._known[delivery_id] = (seq, endpoint.id, new.ordering_key)
+            else:
+                self._delivery_rows.append(
+                    (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
+                     now, now, now, None, None)
+                )  # fmt: skip
             deliveries.append(
                 _new_delivery(delivery_id, organization_id, new.id, endpoint.id, created_at)
             )
         event = _new_event(new, organization_id, created_at, tuple(deliveries))
         self._staged[(organization_id, new.id)] = (new.content_hash, event)
         return event
+
+    def _lease(self, handoff: HandOff) -> int:
+        """The end (ms) of the leases handed over in this transaction."""
+        if not self._lease_until:
+            self._lease_until = self._now + max(1, round(handoff.lease_seconds * 1000))
+            self._lease_expires_at = from_ms(self._lease_until)
+        return self._lease_until
+
+    def take_handed(self) -> list[ClaimedDelivery]:
+        """The deliveries leased to the hand-off's worker by the last ``add``."""
+        handed, self._handed = self._handed, []
+        return handed
 
     def flush(self) -> None:
         if self._event_rows:
@@ -177,8 +240,8 @@ class _PublishBatch:
         if self._delivery_rows:
             self._conn.executemany(
                 "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id,"
-                " ordering_key, blocked, next_attempt_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " ordering_key, blocked, next_attempt_at, created_at, updated_at, locked_by,"
+                " lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._delivery_rows,
             )
         self._event_rows, self._delivery_rows = [], []

@@ -9,6 +9,7 @@ worker in another process on the same file sees new work within a quarter of a s
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from ..base import Store, StoreError, StoreUnavailableError
+from ..handoff import HandOff
 from ..models import (
     ApiToken,
     AttemptOutcome,
@@ -49,6 +51,11 @@ class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self._engine = Engine(parse_url(url))
         self._claimer = Claimer()
+        self._handoff: HandOff | None = None
+        # One object for every publish of this store: the engine groups jobs by it.
+        self._publish_group = functools.partial(
+            _publish.publish_group, known=self._claimer.leases.known
+        )
         self._wakeup: asyncio.Event | None = None
         self._opened = False
 
@@ -200,13 +207,48 @@ class SQLiteStore(Store):
     async def publish(
         self, organization_id: str, events: Sequence[NewEvent]
     ) -> list[PublishResult]:
-        call = (organization_id, tuple(events))
-        results: list[PublishResult] = await self._write(
-            GroupJob(_publish.publish_group, call, weight=len(call[1]))
-        )
+        handoff = self._handoff
+        call = (organization_id, tuple(events), handoff)
+        job = GroupJob(self._publish_group, call, weight=len(call[1]))
+        results: list[PublishResult]
+        if handoff is None:
+            results, _ = await self._write(job)
+        else:
+            results, handed = await self._publish_handing(job, handoff)
+            if handed and sum(len(r.event.deliveries) for r in results if r.created) == handed:
+                return results  # the worker has every new delivery: no claim to wake for
         if any(result.created and result.event.deliveries for result in results):
             self._wake()
         return results
+
+    async def _publish_handing(
+        self, job: GroupJob[_publish.PublishCall], handoff: HandOff
+    ) -> tuple[list[PublishResult], int]:
+        """Publish; the deliveries leased to the hand-off's worker reach it once committed,
+        even if this caller is cancelled meanwhile (the job then still runs: shielded)."""
+        try:
+            future: asyncio.Future[_publish.Published] = self._engine.submit(job)
+        except EngineClosedError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+
+        def hand_over(done: asyncio.Future[_publish.Published]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                handed = done.result()[1]
+                if handed:
+                    handoff.deliver(handed)
+
+        future.add_done_callback(hand_over)
+        try:
+            results, handed = await asyncio.shield(future)
+        except sqlite3.OperationalError as exc:
+            raise _translate(exc) from exc
+        except EngineClosedError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+        return results, len(handed)
+
+    def hand_off(self, handoff: HandOff | None) -> bool:
+        self._handoff = handoff
+        return True
 
     async def get_event(self, organization_id: str, event_id: str) -> Event:
         return await self._read(lambda c: _reads.event(c, organization_id, event_id))
