@@ -21,6 +21,13 @@ The loop, and why it looks like this:
   slots that held delivery to ~750/s during a burst). Buffered deliveries are leased like the
   others (their leases extended while they wait), given back when their endpoint turns slow,
   and given back unattempted when the worker stops.
+* **New deliveries handed over.** Once a claim finds less than it asked for (the worker has
+  caught up), the worker opens a :class:`~..store.handoff.HandOff` with the room it has left;
+  a store that supports it (SQLite, where ``serve`` publishes in this same process) leases
+  each new due delivery to the worker in the publish's own transaction and hands it over once
+  committed: the attempt starts without a wake-up or a claim. Before each claim the hand-off
+  is closed, and it opens again only when caught up, so older work (other organizations'
+  backlog, retries) always goes through the fair claim first.
 * **Each endpoint's limit adapts (AIMD).** It starts at ``per_endpoint_limit`` (the base,
   ``endpoint_concurrency``) and grows by one for every fast, answered attempt made while the
   endpoint used its whole limit (so it doubles every round trip, as TCP's slow start), up to
@@ -89,6 +96,7 @@ from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
 from ..signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from ..store.base import Store
+from ..store.handoff import HandOff
 from ..store.models import Attempt, AttemptOutcome, ClaimedDelivery, DeliveryStatus
 from .identity import is_dead_here, new_worker_id
 from .retry import RetryPolicy, is_success
@@ -263,6 +271,11 @@ class Worker:
         self._ready: dict[str, deque[tuple[ClaimedDelivery, float]]] = {}
         self._ready_ids: set[str] = set()
         self._give_back: list[str] = []  # buffered deliveries to release (endpoint turned slow)
+        self._handoff: HandOff | None = None  # while the store hands new deliveries over
+        self._handed: list[ClaimedDelivery] = []  # handed over, not yet started or buffered
+        self._claim_due = True  # the last wait ended for the store or a due time: claim
+        self._excluding = False  # the last claim left out endpoints at their limit
+        self._caught_up_idle = False  # waiting, caught up, for handed deliveries or the store
         # Metrics counted here and added to the shared registry by the flush loop.
         self._attempt_counts: dict[DeliveryStatus, int] = dict.fromkeys(_ATTEMPTS_BY_STATUS, 0)
         self._durations: list[float] = []
@@ -309,6 +322,9 @@ class Worker:
         self._slots_closing = False
         self._drained = None
         self._loop = asyncio.get_running_loop()
+        handoff = HandOff(self.worker_id, self.lease_seconds, self._take_handed)
+        self._handoff = handoff if self.store.hand_off(handoff) else None
+        self._claim_due = True
         flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
         reaper = asyncio.create_task(self._reaper_loop(), name=f"{self.worker_id}-reaper")
@@ -323,11 +339,15 @@ class Worker:
 
     async def _finish(self, flusher: asyncio.Task[None], heartbeat: asyncio.Task[None]) -> None:
         try:
+            if self._handoff is not None:
+                self._handoff.close()
+                self.store.hand_off(None)
             abandoned = await self._drain_attempts()
-            abandoned += [*self._ready_ids, *self._give_back]
+            abandoned += [*self._ready_ids, *self._give_back, *(d.id for d in self._handed)]
             self._ready.clear()
             self._ready_ids.clear()
             self._give_back = []
+            self._handed = []
             self._closing = True
             self._outcome_ready.set()
             self._flush_now.set()
@@ -355,9 +375,31 @@ class Worker:
             if self._give_back:
                 give_back, self._give_back = self._give_back, []
                 await self._release(give_back)
+            if self._handed:
+                handed, self._handed = self._handed, []
+                try:
+                    await self._start(handed)
+                except Exception:  # (released by _start) the store may be restarting
+                    logger.warning("worker %s: store error", self.worker_id, exc_info=True)
+                    self._claim_due = True
             free, recheck = self._capacity()
             if free > 0 and self._ready:
                 free -= self._start_ready(free)
+            handoff = self._handoff
+            if (
+                handoff is not None
+                and handoff.is_open
+                and not handoff.missed
+                and not self._claim_due
+            ):
+                # Caught up, and every new delivery came straight from its publish: wait for
+                # more of those, a retry falling due, or work the store tells of.
+                self._caught_up_idle = True
+                try:
+                    self._claim_due = await self._idle(excluding=self._excluding)
+                finally:
+                    self._caught_up_idle = False
+                continue
             want = max(0, free) + self.prefetch - len(self._ready_ids)
             if want <= 0:
                 await self._wait_for_slot(recheck)
@@ -370,6 +412,9 @@ class Worker:
                 continue
             gathered = False
             exclude = self._full_endpoints()
+            if handoff is not None:
+                handoff.close()  # the claim goes first; new deliveries wait for it
+            self._claim_due = False
             try:
                 claimed = await self.store.claim(
                     self.worker_id,
@@ -381,8 +426,11 @@ class Worker:
                 )
                 if claimed:
                     await self._start(claimed)
-                else:
-                    await self._idle(excluding=bool(exclude))
+                self._excluding = bool(exclude)
+                if handoff is not None and len(claimed) < want and not self._stopping.is_set():
+                    self._open_hand_off(handoff)
+                if not claimed:
+                    self._claim_due = await self._idle(excluding=bool(exclude))
             except Exception:  # the database may be restarting: wait and try again
                 delay = backoff.next()
                 logger.warning(
@@ -391,9 +439,38 @@ class Worker:
                     delay,
                     exc_info=True,
                 )
+                self._claim_due = True
                 await self._sleep(delay)
             else:
                 backoff.reset()
+
+    def _open_hand_off(self, handoff: HandOff) -> None:
+        """Caught up: take new deliveries from publishes, as many as a claim could now."""
+        free = max(0, self._capacity()[0])
+        total = free + self.prefetch - len(self._ready_ids)
+        handoff.open(total, self._endpoint_room(), self._per_endpoint_claim())
+
+    def _take_handed(self, deliveries: list[ClaimedDelivery]) -> None:
+        """Deliveries the store leased to this worker as they were published (event loop):
+        started at once when their keys are cached, else by the claim loop."""
+        now = time.monotonic()
+        keys = self._keys
+        if (
+            self._stopping.is_set()
+            or self._handed
+            or any(
+                (key := keys.get(d.organization_id)) is None
+                or now - key.fetched_at >= self.key_cache_seconds
+                for d in deliveries
+            )
+        ):
+            self._handed.extend(deliveries)
+            self._wakeup.set()
+            return
+        excess = self._place(deliveries)
+        if excess:
+            self._give_back.extend(excess)
+            self._wakeup.set()
 
     def _holds(self, endpoint_id: str) -> int:
         """How many deliveries of ``endpoint_id`` this worker may hold: its limit in flight,
@@ -475,8 +552,9 @@ class Worker:
                 self._give_back.append(delivery.id)
             self._wakeup.set()
 
-    async def _idle(self, *, excluding: bool) -> None:
-        """Nothing claimable: sleep until work may be due (or a slot frees)."""
+    async def _idle(self, *, excluding: bool) -> bool:
+        """Nothing claimable: sleep until work may be due (or a slot frees); whether the
+        wait ended for the store or a due time (True: claim) rather than a wake-up."""
         due = await self.store.next_due_at()
         wait = self.poll_interval
         hint = self._retry_hint
@@ -494,7 +572,7 @@ class Worker:
             elif not excluding:
                 wait = 0.01  # became due just after the claim: claim again shortly
             # else: what is due belongs to endpoints at their limit; a freed slot wakes us
-        await self._pause(wait, store=True)
+        return await self._pause(wait, store=True)
 
     async def _wait_for_slot(self, seconds: float) -> None:
         """Wait ``seconds`` or until a slot frees / stop(); cheaper than _pause (no tasks)."""
@@ -506,9 +584,11 @@ class Worker:
         finally:
             timer.cancel()
 
-    async def _pause(self, seconds: float, *, store: bool) -> None:
-        """Wait ``seconds`` or until a slot frees / stop(); with ``store``, also new work."""
-        waiters: list[asyncio.Task[object]] = [asyncio.create_task(self._wakeup.wait())]
+    async def _pause(self, seconds: float, *, store: bool) -> bool:
+        """Wait ``seconds`` or until a slot frees / stop(); with ``store``, also new work.
+        Whether it ended other than by the wake-up (the store, or the time)."""
+        woken = asyncio.create_task(self._wakeup.wait())
+        waiters: list[asyncio.Task[object]] = [woken]
         if store:
             waiters.append(asyncio.create_task(self.store.wait_for_work(seconds)))
         try:
@@ -518,6 +598,7 @@ class Worker:
             for task in done:
                 if not task.cancelled() and (exc := task.exception()) is not None:
                     raise exc
+            return len(done) != 1 or woken not in done
         finally:
             for task in waiters:
                 task.cancel()
@@ -537,6 +618,12 @@ class Worker:
         except Exception:
             await self._release(d.id for d in claimed)
             raise
+        excess = self._place(claimed)
+        if excess:
+            await self._release(excess)
+
+    def _place(self, claimed: Sequence[ClaimedDelivery]) -> list[str]:
+        """Start what there are slots and room for, buffer what may wait; the rest's ids."""
         excess: list[str] = []
         inflight, per_endpoint, ready_ids = self._inflight, self._per_endpoint, self._ready_ids
         now = time.monotonic()
@@ -561,8 +648,7 @@ class Worker:
                 ready_ids.add(delivery.id)
             else:
                 excess.append(delivery.id)
-        if excess:
-            await self._release(excess)
+        return excess
 
     def _begin(self, delivery: ClaimedDelivery, now: float, leased: float | None = None) -> None:
         """Count ``delivery`` in flight (its attempt starts now; claimed at ``leased``)."""
@@ -797,7 +883,8 @@ class Worker:
             self._full_at.pop(endpoint_id, None)
         else:
             self._per_endpoint[endpoint_id] = left
-        self._wakeup.set()
+        if not self._caught_up_idle:  # (caught up, a freed slot changes nothing to claim)
+            self._wakeup.set()
         if self._drained is not None and not self._inflight and not self._drained.done():
             self._drained.set_result(None)
 

@@ -1,0 +1,187 @@
+"""New deliveries handed from a publish straight to the worker of the same process.
+
+The store's side (SQLite): what a publish leases to an open hand-off, and what it leaves for
+the claim. The worker's side: a caught-up worker attempts new deliveries without claiming,
+and never lets a new delivery overtake a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from ascend_webhooks.delivery.worker import Worker
+from ascend_webhooks.ids import new_id
+from ascend_webhooks.signature import verify
+from ascend_webhooks.store import Store, open_store
+from ascend_webhooks.store.handoff import HandOff
+from ascend_webhooks.store.models import (
+    Attempt,
+    AttemptOutcome,
+    ClaimedDelivery,
+    DeliveryStatus,
+    NewEvent,
+)
+from tests.integration.test_worker import (
+    SECRET,
+    CountingStore,
+    decrypt,
+    make_settings,
+    new_organization,
+    running,
+    wait_terminal,
+    wait_until,
+)
+from tests.support import receivers as receiver_fixtures
+from tests.support.receivers import ReceiverFactory, Reply
+
+receivers = receiver_fixtures.receivers
+
+
+def _event(ordering_key: str | None = None) -> NewEvent:
+    event_id = new_id("evt")
+    body = json.dumps({"id": event_id, "type": "invoice.paid", "data": {}}).encode()
+    return NewEvent(event_id, "invoice.paid", body, hashlib.sha256(body).digest(), ordering_key)
+
+
+class Taken:
+    """A hand-off's receiving end that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[ClaimedDelivery] = []
+
+    def __call__(self, deliveries: list[ClaimedDelivery]) -> None:
+        self.deliveries.extend(deliveries)
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_url: str) -> AsyncIterator[Store]:
+    store = open_store(sqlite_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_only_the_sqlite_store_hands_off(store: Store) -> None:
+    # PostgreSQL serves workers in other processes: nothing to hand over in-process.
+    supported = store.hand_off(HandOff("wrk_x", 60.0, Taken()))
+    store.hand_off(None)
+    assert supported is (type(store).__name__ == "SQLiteStore")
+
+
+async def test_a_publish_leases_what_the_hand_off_has_room_for_and_leaves_the_rest(
+    sqlite_store: Store,
+) -> None:
+    store = sqlite_store
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, "https://example.com/hook", None, None)
+    taken = Taken()
+    handoff = HandOff("wrk_handed", 60.0, taken)
+    assert store.hand_off(handoff)
+    handoff.open(total=10, rooms={endpoint.id: 1}, default=0)
+
+    results = await store.publish(org, [_event(), _event(), _event()])
+
+    # After the commit: one handed over (the endpoint's room), leased, attempt 1.
+    ((handed),) = taken.deliveries
+    assert handed.endpoint_id == endpoint.id
+    assert handed.url == "https://example.com/hook"
+    assert (handed.attempt_number, handed.round_attempt) == (1, 1)
+    assert handed.body == results[0].event.body
+    assert handoff.missed  # the other two were left for the claim
+    claimed = await store.claim("wrk_other", 10, 60.0)
+    assert {d.id for d in claimed} == {r.event.deliveries[0].id for r in results} - {handed.id}
+    # The handed delivery is the hand-off worker's: its outcome is recorded as a claimed one's.
+    attempt = Attempt(1, results[0].event.created_at, 3.0, 200, None, None)
+    await store.record(
+        "wrk_handed", [AttemptOutcome(handed.id, attempt, DeliveryStatus.SUCCEEDED, None)]
+    )
+    done = await store.get_delivery(org, handed.id)
+    assert (done.status, done.attempt_count) == (DeliveryStatus.SUCCEEDED, 1)
+
+
+async def test_a_closed_hand_off_and_a_chain_behind_its_head_are_left_for_the_claim(
+    sqlite_store: Store,
+) -> None:
+    store = sqlite_store
+    org = await new_organization(store)
+    await store.create_endpoint(org, "https://example.com/hook", None, None)
+    taken = Taken()
+    handoff = HandOff("wrk_handed", 60.0, taken)
+    store.hand_off(handoff)
+
+    await store.publish(org, [_event()])  # never opened: nothing handed
+    assert taken.deliveries == []
+    assert len(await store.claim("wrk_other", 10, 60.0)) == 1
+
+    handoff.open(total=10, rooms={}, default=10)
+    head, behind = await store.publish(org, [_event("cus_1"), _event("cus_1")])
+    # The head of the ordering key is handed over; the next waits behind it, blocked.
+    assert [d.id for d in taken.deliveries] == [head.event.deliveries[0].id]
+    assert await store.claim("wrk_other", 10, 60.0) == []
+    handoff.close()
+    await store.publish(org, [_event()])
+    assert len(taken.deliveries) == 1
+    assert behind.event.deliveries
+
+
+async def test_a_caught_up_worker_attempts_new_deliveries_without_claiming(
+    sqlite_store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(sqlite_store)
+    await sqlite_store.create_endpoint(org, receiver.url, None, None)
+    store = CountingStore(sqlite_store)
+    worker = Worker(store, make_settings(), decrypt)  # type: ignore[arg-type]
+    async with running(worker):
+
+        async def caught_up() -> bool:
+            return worker._handoff is not None and worker._handoff.is_open
+
+        await wait_until(caught_up, within=5.0, every=0.005)
+        results = []
+        for _ in range(5):
+            results += await sqlite_store.publish(org, [_event()])
+            await asyncio.sleep(0.02)
+        ids = [r.event.deliveries[0].id for r in results]
+        states = await wait_terminal(sqlite_store, org, ids)
+
+    assert all(s.status is DeliveryStatus.SUCCEEDED and s.attempt_count == 1 for s in states)
+    assert store.claimed == 0  # every one came from its publish, none through a claim
+    assert sorted(r.header("x-ascend-delivery-id") or "" for r in receiver.requests) == sorted(ids)
+    for request in receiver.requests:  # signed as any attempt
+        assert verify(request.body, dict(request.headers), SECRET).type == "invoice.paid"
+
+
+async def test_new_deliveries_never_overtake_a_backlog(
+    sqlite_store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(behaviour=Reply(200, delay=0.05))
+    org = await new_organization(sqlite_store)
+    await sqlite_store.create_endpoint(org, receiver.url, None, None)
+    backlog = []
+    for _ in range(6):
+        backlog += await sqlite_store.publish(org, [_event()])
+    # The first claim asks for 5 (a slot and 4 ahead) and gets 3 (the endpoint may hold 3):
+    # less than it asked for, with a backlog left behind the endpoint's limit.
+    worker = Worker(
+        sqlite_store, make_settings(), decrypt, concurrency=1, per_endpoint_limit=1, prefetch=4
+    )
+    async with running(worker):
+        await wait_until(lambda: _sent(receiver, 1), within=5.0, every=0.005)
+        late = await sqlite_store.publish(org, [_event()])
+        ids = [r.event.deliveries[0].id for r in [*backlog, *late]]
+        await wait_terminal(sqlite_store, org, ids)
+
+    # One at a time, oldest first: the new delivery came after the whole backlog.
+    assert [r.header("x-ascend-delivery-id") for r in receiver.requests] == ids
+
+
+async def _sent(receiver: receiver_fixtures.Receiver, count: int) -> bool:
+    return len(receiver.requests) >= count
