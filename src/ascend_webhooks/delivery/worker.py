@@ -174,6 +174,16 @@ def _safe_type(event_type: str) -> bool:
 _SAFE_TYPES: set[str] = set()  # event types known to be valid header values
 
 
+def _room_filled(
+    claimed: Sequence[ClaimedDelivery], room: dict[str, int], per_endpoint: int
+) -> bool:
+    """Whether the claim gave some endpoint all the room it had (more may be due there)."""
+    if not claimed:
+        return False
+    counts = Counter(d.endpoint_id for d in claimed)
+    return any(n >= room.get(e, per_endpoint) for e, n in counts.items())
+
+
 class _Backoff:
     """Capped exponential backoff with jitter, for retrying the store."""
 
@@ -275,6 +285,9 @@ class Worker:
         self._handed: list[ClaimedDelivery] = []  # handed over, not yet started or buffered
         self._claim_due = True  # the last wait ended for the store or a due time: claim
         self._excluding = False  # the last claim left out endpoints at their limit
+        # The last claim found less than it asked for, and no endpoint was held back by its
+        # room: nothing due is left but what the store will signal (or time will bring).
+        self._caught_up = False
         self._caught_up_idle = False  # waiting, caught up, for handed deliveries or the store
         # Metrics counted here and added to the shared registry by the flush loop.
         self._attempt_counts: dict[DeliveryStatus, int] = dict.fromkeys(_ATTEMPTS_BY_STATUS, 0)
@@ -325,6 +338,7 @@ class Worker:
         handoff = HandOff(self.worker_id, self.lease_seconds, self._take_handed)
         self._handoff = handoff if self.store.hand_off(handoff) else None
         self._claim_due = True
+        self._caught_up = False
         flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
         reaper = asyncio.create_task(self._reaper_loop(), name=f"{self.worker_id}-reaper")
@@ -390,10 +404,12 @@ class Worker:
                 handoff is not None
                 and handoff.is_open
                 and not handoff.missed
+                and self._caught_up
                 and not self._claim_due
             ):
-                # Caught up, and every new delivery came straight from its publish: wait for
-                # more of those, a retry falling due, or work the store tells of.
+                # Caught up, and nothing new since but what came straight from its publish: wait
+                # for more of those, a retry falling due, or work the store tells of (a freed
+                # slot has nothing to claim).
                 self._caught_up_idle = True
                 try:
                     self._claim_due = await self._idle(excluding=self._excluding)
@@ -415,19 +431,28 @@ class Worker:
             if handoff is not None:
                 handoff.close()  # the claim goes first; new deliveries wait for it
             self._claim_due = False
+            self._caught_up = False
             try:
+                room = self._endpoint_room()
+                per_endpoint = self._per_endpoint_claim()
                 claimed = await self.store.claim(
                     self.worker_id,
                     want,
                     self.lease_seconds,
                     exclude_endpoints=exclude,
-                    endpoint_room=self._endpoint_room(),
-                    per_endpoint=self._per_endpoint_claim(),
+                    endpoint_room=room,
+                    per_endpoint=per_endpoint,
+                )
+                self._caught_up = (
+                    len(claimed) < want
+                    and not exclude
+                    and not _room_filled(claimed, room, per_endpoint)
+                    and not self._stopping.is_set()
                 )
                 if claimed:
                     await self._start(claimed)
                 self._excluding = bool(exclude)
-                if handoff is not None and len(claimed) < want and not self._stopping.is_set():
+                if handoff is not None and self._caught_up:
                     self._open_hand_off(handoff)
                 if not claimed:
                     self._claim_due = await self._idle(excluding=bool(exclude))
