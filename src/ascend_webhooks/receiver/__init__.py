@@ -17,7 +17,15 @@ Framework adapters (imported only when used, so this package needs no web framew
 
 from __future__ import annotations
 
-from ._core import MEMORY, ErrorHook, Mode, RawBodyUnavailableError, Reply, WebhookReceiver
+from ._core import (
+    DEFAULT_MAX_BODY_BYTES,
+    MEMORY,
+    ErrorHook,
+    Mode,
+    RawBodyUnavailableError,
+    Reply,
+    WebhookReceiver,
+)
 from .idempotency import (
     DEFAULT_DONE_TTL,
     DEFAULT_PROCESSING_TTL,
@@ -33,6 +41,7 @@ from .router import AsyncHandler, Handler, Router, SyncHandler
 
 __all__ = [
     "DEFAULT_DONE_TTL",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PROCESSING_TTL",
     "MEMORY",
     "AsyncHandler",
