@@ -40,11 +40,12 @@ from ascend_webhooks.receiver.contrib.fastapi import (
     ascend_route,
 )
 from tests.support.examples import (
+    check_announced_body_over_cap,
+    check_chunked_body_over_cap,
     event_of_size,
     example_process,
     free_port,
     post_until_duplicate,
-    raw_post,
     urlopen_post,
 )
 
@@ -433,34 +434,12 @@ async def test_two_apps_sharing_async_redis_handle_an_event_once() -> None:
 def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it() -> None:
     app, seen = make_app(mode="inline", max_body_bytes=CAP)
     with serve(app) as base:
-        body = event_of_size(CAP + 1)
-        # Only the head and a first part are sent: a server that read the body would wait.
-        status, answer = raw_post(
-            base + "/webhooks",
-            {**signed(body), "Content-Length": str(len(body))},
-            [body[:100]],
-            finish=False,
-        )
-        assert status == 413
-        assert json.loads(answer)["code"] == "body_too_large"
-        exact = event_of_size(CAP)
-        headers = {**signed(exact), "Content-Length": str(CAP)}
-        assert raw_post(base + "/webhooks", headers, [exact])[0] == 200
+        check_announced_body_over_cap(base + "/webhooks", CAP, signed)
     assert [e.id for e in seen] == ["evt_big"]
 
 
 def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> None:
     app, seen = make_app(mode="inline", max_body_bytes=CAP)
     with serve(app) as base:
-        body = event_of_size(4 * CAP)
-        parts = [body[i : i + 1024] for i in range(0, len(body), 1024)]
-        # Never finished: only a server that stops reading at the cap can answer.
-        status, answer = raw_post(
-            base + "/webhooks", signed(body), parts, chunked=True, finish=False
-        )
-        assert status == 413
-        assert json.loads(answer)["code"] == "body_too_large"
-        exact = event_of_size(CAP)
-        chunks = [exact[:1000], exact[1000:]]
-        assert raw_post(base + "/webhooks", signed(exact), chunks, chunked=True)[0] == 200
+        check_chunked_body_over_cap(base + "/webhooks", CAP, signed)
     assert [e.id for e in seen] == ["evt_big"]

@@ -31,6 +31,8 @@ from ascend_webhooks.receiver import (
 )
 from ascend_webhooks.receiver.contrib.flask import ascend_blueprint, ascend_view
 from tests.support.examples import (
+    check_announced_body_over_cap,
+    check_chunked_body_over_cap,
     event_of_size,
     example_process,
     free_port,
@@ -349,36 +351,14 @@ def test_real_server_receives_a_signed_post(pool: ThreadPoolExecutor) -> None:
 def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it() -> None:
     recorder = Recorder()
     with serve(make_app(recorder, max_body_bytes=CAP)) as base:
-        body = event_of_size(CAP + 1)
-        # Only the head and a first part are sent: a view that read the body would wait.
-        status, answer = raw_post(
-            base + "/webhooks",
-            {**signed(body), "Content-Length": str(len(body))},
-            [body[:100]],
-            finish=False,
-        )
-        assert status == 413
-        assert json.loads(answer)["code"] == "body_too_large"
-        exact = event_of_size(CAP)
-        headers = {**signed(exact), "Content-Length": str(CAP)}
-        assert raw_post(base + "/webhooks", headers, [exact])[0] == 200
+        check_announced_body_over_cap(base + "/webhooks", CAP, signed)
     assert [e.id for e in recorder.events] == ["evt_big"]
 
 
 def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> None:
     recorder = Recorder()
     with serve(make_app(recorder, max_body_bytes=CAP)) as base:
-        body = event_of_size(4 * CAP)
-        parts = [body[i : i + 1024] for i in range(0, len(body), 1024)]
-        # Never finished: only a view that stops reading at the cap can answer.
-        status, answer = raw_post(
-            base + "/webhooks", signed(body), parts, chunked=True, finish=False
-        )
-        assert status == 413
-        assert json.loads(answer)["code"] == "body_too_large"
-        exact = event_of_size(CAP)
-        chunks = [exact[:1000], exact[1000:]]
-        assert raw_post(base + "/webhooks", signed(exact), chunks, chunked=True)[0] == 200
+        check_chunked_body_over_cap(base + "/webhooks", CAP, signed)
         # One byte over, and finished: over the cap all the same.
         over = event_of_size(CAP + 1, "evt_over")
         assert raw_post(base + "/webhooks", signed(over), [over], chunked=True)[0] == 413

@@ -133,3 +133,44 @@ def raw_post(
             return response.status, response.read()
         finally:
             response.close()
+
+
+def pieces(body: bytes, size: int = 1024) -> list[bytes]:
+    """``body`` cut into parts of ``size`` bytes, to send as chunks."""
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def check_announced_body_over_cap(
+    url: str,
+    cap: int,
+    sign: Callable[[bytes], dict[str, str]],
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """A receiver on a real server, capped at ``cap`` bytes: ``cap + 1`` bytes announced by
+    ``Content-Length`` and only the first 100 sent (a server that read the body would wait)
+    get a 413 ``body_too_large`` at once; exactly ``cap`` bytes then get a 200."""
+    body = event_of_size(cap + 1)
+    status, answer = raw_post(
+        url,
+        {**sign(body), **(headers or {}), "Content-Length": str(len(body))},
+        [body[:100]],
+        finish=False,
+    )
+    assert status == 413
+    assert json.loads(answer)["code"] == "body_too_large"
+    exact = event_of_size(cap)
+    assert raw_post(url, {**sign(exact), "Content-Length": str(cap)}, [exact])[0] == 200
+
+
+def check_chunked_body_over_cap(
+    url: str, cap: int, sign: Callable[[bytes], dict[str, str]]
+) -> None:
+    """A receiver on a real server, capped at ``cap`` bytes: a chunked body of ``4 * cap``
+    bytes, never finished (only a server that stops reading at the cap can answer), gets a
+    413 ``body_too_large``; exactly ``cap`` bytes in two chunks then get a 200."""
+    body = event_of_size(4 * cap)
+    status, answer = raw_post(url, sign(body), pieces(body), chunked=True, finish=False)
+    assert status == 413
+    assert json.loads(answer)["code"] == "body_too_large"
+    exact = event_of_size(cap)
+    assert raw_post(url, sign(exact), [exact[:1000], exact[1000:]], chunked=True)[0] == 200
