@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
 from ascend_webhooks.delivery.worker import Worker
 from ascend_webhooks.ids import new_id
 from ascend_webhooks.signature import verify
-from ascend_webhooks.store import Store, open_store
+from ascend_webhooks.store import Store
 from ascend_webhooks.store.handoff import HandOff
 from ascend_webhooks.store.models import (
     Attempt,
@@ -58,14 +57,8 @@ class Taken:
         self.deliveries.extend(deliveries)
 
 
-@pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[Store]:
-    store = open_store(sqlite_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+#: Runs a test on the embedded store alone: the hand-off is the in-process path of ``serve``.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def test_only_the_sqlite_store_hands_off(store: Store) -> None:
@@ -75,10 +68,10 @@ async def test_only_the_sqlite_store_hands_off(store: Store) -> None:
     assert supported is (type(store).__name__ == "SQLiteStore")
 
 
+@sqlite_only
 async def test_a_publish_leases_what_the_hand_off_has_room_for_and_leaves_the_rest(
-    sqlite_store: Store,
+    store: Store,
 ) -> None:
-    store = sqlite_store
     org = await new_organization(store)
     endpoint = await store.create_endpoint(org, "https://example.com/hook", None, None)
     taken = Taken()
@@ -106,10 +99,10 @@ async def test_a_publish_leases_what_the_hand_off_has_room_for_and_leaves_the_re
     assert (done.status, done.attempt_count) == (DeliveryStatus.SUCCEEDED, 1)
 
 
+@sqlite_only
 async def test_a_closed_hand_off_and_a_chain_behind_its_head_are_left_for_the_claim(
-    sqlite_store: Store,
+    store: Store,
 ) -> None:
-    store = sqlite_store
     org = await new_organization(store)
     await store.create_endpoint(org, "https://example.com/hook", None, None)
     taken = Taken()
@@ -131,14 +124,15 @@ async def test_a_closed_hand_off_and_a_chain_behind_its_head_are_left_for_the_cl
     assert behind.event.deliveries
 
 
+@sqlite_only
 async def test_a_caught_up_worker_attempts_new_deliveries_without_claiming(
-    sqlite_store: Store, receivers: ReceiverFactory
+    store: Store, receivers: ReceiverFactory
 ) -> None:
     receiver = await receivers(secret=SECRET)
-    org = await new_organization(sqlite_store)
-    await sqlite_store.create_endpoint(org, receiver.url, None, None)
-    store = CountingStore(sqlite_store)
-    worker = Worker(store, make_settings(), decrypt)  # type: ignore[arg-type]
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    counting = CountingStore(store)
+    worker = Worker(counting, make_settings(), decrypt)  # type: ignore[arg-type]
     async with running(worker):
 
         async def caught_up() -> bool:
@@ -147,37 +141,38 @@ async def test_a_caught_up_worker_attempts_new_deliveries_without_claiming(
         await wait_until(caught_up, within=5.0, every=0.005)
         results = []
         for _ in range(5):
-            results += await sqlite_store.publish(org, [_event()])
+            results += await store.publish(org, [_event()])
             await asyncio.sleep(0.02)
         ids = [r.event.deliveries[0].id for r in results]
-        states = await wait_terminal(sqlite_store, org, ids)
+        states = await wait_terminal(store, org, ids)
 
     assert all(s.status is DeliveryStatus.SUCCEEDED and s.attempt_count == 1 for s in states)
-    assert store.claimed == 0  # every one came from its publish, none through a claim
+    assert counting.claimed == 0  # every one came from its publish, none through a claim
     assert sorted(r.header("x-ascend-delivery-id") or "" for r in receiver.requests) == sorted(ids)
     for request in receiver.requests:  # signed as any attempt
         assert verify(request.body, dict(request.headers), SECRET).type == "invoice.paid"
 
 
+@sqlite_only
 async def test_new_deliveries_never_overtake_a_backlog(
-    sqlite_store: Store, receivers: ReceiverFactory
+    store: Store, receivers: ReceiverFactory
 ) -> None:
     receiver = await receivers(behaviour=Reply(200, delay=0.05))
-    org = await new_organization(sqlite_store)
-    await sqlite_store.create_endpoint(org, receiver.url, None, None)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
     backlog = []
     for _ in range(6):
-        backlog += await sqlite_store.publish(org, [_event()])
+        backlog += await store.publish(org, [_event()])
     # The first claim asks for 5 (a slot and 4 ahead) and gets 3 (the endpoint may hold 3):
     # less than it asked for, with a backlog left behind the endpoint's limit.
     worker = Worker(
-        sqlite_store, make_settings(), decrypt, concurrency=1, per_endpoint_limit=1, prefetch=4
+        store, make_settings(), decrypt, concurrency=1, per_endpoint_limit=1, prefetch=4
     )
     async with running(worker):
         await wait_until(lambda: _sent(receiver, 1), within=5.0, every=0.005)
-        late = await sqlite_store.publish(org, [_event()])
+        late = await store.publish(org, [_event()])
         ids = [r.event.deliveries[0].id for r in [*backlog, *late]]
-        await wait_terminal(sqlite_store, org, ids)
+        await wait_terminal(store, org, ids)
 
     # One at a time, oldest first: the new delivery came after the whole backlog.
     assert [r.header("x-ascend-delivery-id") for r in receiver.requests] == ids
@@ -187,25 +182,26 @@ async def _sent(receiver: receiver_fixtures.Receiver, count: int) -> bool:
     return len(receiver.requests) >= count
 
 
+@sqlite_only
 async def test_an_endpoint_held_back_by_its_limit_keeps_its_backlog_moving(
-    sqlite_store: Store, receivers: ReceiverFactory
+    store: Store, receivers: ReceiverFactory
 ) -> None:
     # Each claim finds less than it asks for (the endpoint may hold 3), yet work is left
     # behind the endpoint's limit: the worker must not take itself for caught up and sleep
     # through freed slots waiting for publishes.
     receiver = await receivers(behaviour=Reply(200, delay=0.01))
-    org = await new_organization(sqlite_store)
-    await sqlite_store.create_endpoint(org, receiver.url, None, None)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
     backlog = []
     for _ in range(80):
-        backlog += await sqlite_store.publish(org, [_event()])
+        backlog += await store.publish(org, [_event()])
     worker = Worker(
-        sqlite_store, make_settings(), decrypt, concurrency=4, per_endpoint_limit=1, prefetch=8
+        store, make_settings(), decrypt, concurrency=4, per_endpoint_limit=1, prefetch=8
     )
     started = asyncio.get_running_loop().time()
     async with running(worker):
         ids = [r.event.deliveries[0].id for r in backlog]
-        await wait_terminal(sqlite_store, org, ids, within=20.0)
+        await wait_terminal(store, org, ids, within=20.0)
         elapsed = asyncio.get_running_loop().time() - started
     # One at a time, ~10 ms each: about 1 s. Napping between refills (10 ms polls instead of
     # the freed slot's wake-up) took about three times as long.
