@@ -284,7 +284,6 @@ class Worker:
         self._handoff: HandOff | None = None  # while the store hands new deliveries over
         self._handed: list[ClaimedDelivery] = []  # handed over, not yet started or buffered
         self._claim_due = True  # the last wait ended for the store or a due time: claim
-        self._excluding = False  # the last claim left out endpoints at their limit
         # The last claim found less than it asked for, and no endpoint was held back by its
         # room: nothing due is left but what the store will signal (or time will bring).
         self._caught_up = False
@@ -412,7 +411,8 @@ class Worker:
                 # slot has nothing to claim).
                 self._caught_up_idle = True
                 try:
-                    self._claim_due = await self._idle(excluding=self._excluding)
+                    # (caught up means the last claim left no endpoint out)
+                    self._claim_due = await self._idle(excluding=False)
                 finally:
                     self._caught_up_idle = False
                 continue
@@ -427,13 +427,13 @@ class Worker:
                 await asyncio.sleep(self.flush_interval)
                 continue
             gathered = False
-            exclude = self._full_endpoints()
+            room = self._endpoint_room()
+            exclude = self._full_endpoints(room)
             if handoff is not None:
                 handoff.close()  # the claim goes first; new deliveries wait for it
             self._claim_due = False
             self._caught_up = False
             try:
-                room = self._endpoint_room()
                 per_endpoint = self._per_endpoint_claim()
                 claimed = await self.store.claim(
                     self.worker_id,
@@ -451,7 +451,6 @@ class Worker:
                 )
                 if claimed:
                     await self._start(claimed)
-                self._excluding = bool(exclude)
                 if handoff is not None and self._caught_up:
                     self._open_hand_off(handoff)
                 if not claimed:
@@ -479,15 +478,10 @@ class Worker:
         """Deliveries the store leased to this worker as they were published (event loop):
         started at once when their keys are cached, else by the claim loop."""
         now = time.monotonic()
-        keys = self._keys
         if (
             self._stopping.is_set()
             or self._handed
-            or any(
-                (key := keys.get(d.organization_id)) is None
-                or now - key.fetched_at >= self.key_cache_seconds
-                for d in deliveries
-            )
+            or not all(self._key_fresh(d.organization_id, now) for d in deliveries)
         ):
             self._handed.extend(deliveries)
             self._wakeup.set()
@@ -509,9 +503,11 @@ class Worker:
         ready = self._ready.get(endpoint_id)
         return self._per_endpoint.get(endpoint_id, 0) + (len(ready) if ready else 0)
 
-    def _full_endpoints(self) -> list[str]:
-        """The endpoints holding as many deliveries as they may (in flight and buffered)."""
-        return [e for e in {*self._per_endpoint, *self._ready} if self._held(e) >= self._holds(e)]
+    def _full_endpoints(self, room: dict[str, int] | None = None) -> list[str]:
+        """The endpoints holding as many deliveries as they may (in flight and buffered):
+        those with no room left (``room``: what ``_endpoint_room`` says now)."""
+        room = self._endpoint_room() if room is None else room
+        return [endpoint_id for endpoint_id, left in room.items() if left <= 0]
 
     def _endpoint_room(self) -> dict[str, int]:
         """How many more deliveries this worker may take now of each endpoint with attempts
@@ -840,14 +836,14 @@ class Worker:
 
     # -- signing keys ----------------------------------------------------------------------
 
+    def _key_fresh(self, organization_id: str, now: float) -> bool:
+        """Whether the organization's signing key was looked up within key_cache_seconds."""
+        cached = self._keys.get(organization_id)
+        return cached is not None and now - cached.fetched_at < self.key_cache_seconds
+
     async def _refresh_keys(self, organization_ids: set[str]) -> None:
         now = time.monotonic()
-        stale = [
-            org
-            for org in organization_ids
-            if (cached := self._keys.get(org)) is None
-            or now - cached.fetched_at >= self.key_cache_seconds
-        ]
+        stale = [org for org in organization_ids if not self._key_fresh(org, now)]
         if not stale:
             return
         keys = await self.store.signing_keys(stale)
