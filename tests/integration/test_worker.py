@@ -105,6 +105,15 @@ async def wait_terminal(
     return [await store.get_delivery(organization_id, i) for i in delivery_ids]
 
 
+async def wait_holding(worker: Worker, *, in_flight: int, buffered: int) -> None:
+    """Wait until ``worker`` has ``in_flight`` attempts going and ``buffered`` claimed ahead."""
+
+    async def holding() -> bool:
+        return worker.in_flight == in_flight and worker.buffered == buffered
+
+    await wait_until(holding, within=5.0, every=0.005)
+
+
 @asynccontextmanager
 async def running(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(worker.run())
@@ -537,11 +546,7 @@ async def test_a_worker_claims_ahead_and_gives_back_what_it_did_not_start_when_i
         store, make_settings(), decrypt, concurrency=2, per_endpoint_limit=2, prefetch=4
     )
     async with running(worker):
-
-        async def holding() -> bool:
-            return worker.in_flight == 2 and worker.buffered == 4
-
-        await wait_until(holding, within=5.0, every=0.005)
+        await wait_holding(worker, in_flight=2, buffered=4)
         buffered = set(worker._ready_ids)
         # Six are leased to the worker: another one finds only the other four.
         other = await store.claim("other-worker", 100, 60.0)
@@ -605,11 +610,7 @@ async def test_a_slow_endpoints_buffered_deliveries_are_given_back(
         slow_after=0.3,
     )
     async with running(worker):
-
-        async def holding() -> bool:
-            return worker.in_flight == 2 and worker.buffered == 4
-
-        await wait_until(holding, within=5.0, every=0.005)
+        await wait_holding(worker, in_flight=2, buffered=4)
         held = set(worker._ready_ids)
 
         async def given_back() -> bool:
