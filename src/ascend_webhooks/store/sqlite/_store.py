@@ -61,9 +61,26 @@ class SQLiteStore(Store):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+    async def _write(
+        self,
+        job: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        committed: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run ``job`` on the writer; ``committed`` gets its result once its transaction has
+        committed, even if this caller is cancelled meanwhile (the job then still runs)."""
         try:
-            return await self._engine.submit(job, durable=durable)
+            future = self._engine.submit(job, durable=durable)
+            if committed is None:
+                return await future
+
+            def then(done: asyncio.Future[T]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    committed(done.result())
+
+            future.add_done_callback(then)
+            return await asyncio.shield(future)
         except sqlite3.OperationalError as exc:
             raise _translate(exc) from exc
         except EngineClosedError as exc:  # e.g. a request still running during shutdown
@@ -214,37 +231,17 @@ class SQLiteStore(Store):
         if handoff is None:
             results, _ = await self._write(job)
         else:
-            results, handed = await self._publish_handing(job, handoff)
-            if handed and sum(len(r.event.deliveries) for r in results if r.created) == handed:
+
+            def hand_over(published: _publish.Published) -> None:
+                if published[1]:  # leased to the hand-off's worker: it attempts them now
+                    handoff.deliver(published[1])
+
+            results, handed = await self._write(job, committed=hand_over)
+            if handed and sum(len(r.event.deliveries) for r in results if r.created) == len(handed):
                 return results  # the worker has every new delivery: no claim to wake for
         if any(result.created and result.event.deliveries for result in results):
             self._wake()
         return results
-
-    async def _publish_handing(
-        self, job: GroupJob[_publish.PublishCall], handoff: HandOff
-    ) -> tuple[list[PublishResult], int]:
-        """Publish; the deliveries leased to the hand-off's worker reach it once committed,
-        even if this caller is cancelled meanwhile (the job then still runs: shielded)."""
-        try:
-            future: asyncio.Future[_publish.Published] = self._engine.submit(job)
-        except EngineClosedError as exc:
-            raise StoreUnavailableError(str(exc)) from exc
-
-        def hand_over(done: asyncio.Future[_publish.Published]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                handed = done.result()[1]
-                if handed:
-                    handoff.deliver(handed)
-
-        future.add_done_callback(hand_over)
-        try:
-            results, handed = await asyncio.shield(future)
-        except sqlite3.OperationalError as exc:
-            raise _translate(exc) from exc
-        except EngineClosedError as exc:
-            raise StoreUnavailableError(str(exc)) from exc
-        return results, len(handed)
 
     def hand_off(self, handoff: HandOff | None) -> bool:
         self._handoff = handoff
