@@ -176,6 +176,7 @@ async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "mysql://db"}, "unsupported database URL"),
         ({"ASCEND_WEBHOOKS_MASTER_KEY": "short"}, "ASCEND_WEBHOOKS_MASTER_KEY"),
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x"}, "MASTER_KEY is required"),
+        ({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "two"}, "ASCEND_WEBHOOKS_DELIVERY_PROCESSES"),
     ],
 )
 async def test_bad_configuration_is_one_line_and_nonzero(

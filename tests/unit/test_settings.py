@@ -85,12 +85,22 @@ def test_worker_tuning_variables() -> None:
             "ASCEND_WEBHOOKS_WORKER_CONCURRENCY": "16",
             "ASCEND_WEBHOOKS_ENDPOINT_CONCURRENCY": "2",
             "ASCEND_WEBHOOKS_LEASE_SECONDS": "30",
+            "ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "3",
         }
     )
+    assert settings.delivery_processes == 3
+    assert Settings.from_env({}).delivery_processes == 0
+    assert Settings.from_env({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "0"}).delivery_processes == 0
     assert settings.ca_file == "/etc/ssl/extra.pem"
     assert settings.worker_concurrency == 16
     assert settings.endpoint_concurrency == 2
     assert settings.lease_seconds == 30
-    for name, value in [("WORKER_CONCURRENCY", "1.5"), ("ENDPOINT_CONCURRENCY", "0")]:
+    for name, value in [
+        ("WORKER_CONCURRENCY", "1.5"),
+        ("ENDPOINT_CONCURRENCY", "0"),
+        ("DELIVERY_PROCESSES", "-1"),
+        ("DELIVERY_PROCESSES", "2.5"),
+        ("DELIVERY_PROCESSES", "two"),
+    ]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({f"ASCEND_WEBHOOKS_{name}": value})

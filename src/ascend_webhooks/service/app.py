@@ -29,6 +29,7 @@ from .dashboard import Dashboard
 from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
 from .problems import CatchAllMiddleware, install_problem_handlers
+from .processes import DeliveryProcesses
 from .responses import JSONResponse
 from .routes import system_router, v1_router
 from .schemas import ProblemOut
@@ -163,8 +164,13 @@ def create_app(
     store: Store | None = None,
     run_delivery: bool = True,
     secret_box: SecretBox | None = None,
+    delivery_processes: DeliveryProcesses | None = None,
 ) -> FastAPI:
-    """The API application. A ``store`` given here must already be open; it is not closed."""
+    """The API application. A ``store`` given here must already be open; it is not closed.
+
+    ``delivery_processes`` are started once the admin token exists and stopped on shutdown,
+    at the same time as the worker of this process, so that both drain together.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -184,12 +190,18 @@ def create_app(
                 worker_task = asyncio.create_task(worker.run(), name="delivery-worker")
                 worker_task.add_done_callback(_log_worker_exit)
                 log.info("delivery worker started")
+            if delivery_processes is not None:
+                delivery_processes.start()
             with _collector_tuned_for_serving():
                 yield
         finally:
+            if delivery_processes is not None:
+                delivery_processes.signal_stop()
             if worker is not None and worker_task is not None:
                 log.info("stopping the delivery worker (finishing attempts in flight)")
                 await _stop_worker(worker, worker_task)
+            if delivery_processes is not None:
+                await delivery_processes.stop()
             if owned:
                 await active.close()
 

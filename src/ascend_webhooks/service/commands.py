@@ -47,6 +47,14 @@ def register_service(sub: Any) -> None:
     serve.add_argument(
         "--no-delivery", action="store_true", help="serve the API only; run workers elsewhere"
     )
+    serve.add_argument(
+        "--delivery-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also run N worker processes on the same database, to use more cores "
+        "(default: $ASCEND_WEBHOOKS_DELIVERY_PROCESSES, else 0)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     _database_option(serve)
     serve.set_defaults(handler=_serve)
@@ -71,6 +79,8 @@ def register_service(sub: Any) -> None:
         default="127.0.0.1",
         help="address of the metrics listener (default 127.0.0.1)",
     )
+    # Given by `serve --delivery-processes` to its children: stop once that process is gone.
+    worker.add_argument("--stop-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(handler=_worker)
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
@@ -161,6 +171,10 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if not 0 <= args.port <= 65535:
         return _fail(f"--port {args.port} is not a TCP port")
+    if args.delivery_processes is not None:
+        if args.delivery_processes < 0:
+            return _fail("--delivery-processes must be 0 or more")
+        settings = dataclasses.replace(settings, delivery_processes=args.delivery_processes)
     _configure_logging()
     return _run(_run_server(settings, box, args))
 
@@ -175,7 +189,23 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
     store = await _open_store(settings)
     if store is None:
         return 0
-    app = create_app(settings, store=store, run_delivery=not args.no_delivery, secret_box=box)
+    processes = None
+    if settings.delivery_processes:
+        from .processes import DeliveryProcesses
+
+        # Started by the lifespan once the schema is migrated and the admin token made.
+        processes = DeliveryProcesses(
+            settings.delivery_processes,
+            settings.database_url,
+            stop_timeout=settings.attempt_timeout + 15.0,
+        )
+    app = create_app(
+        settings,
+        store=store,
+        run_delivery=not args.no_delivery,
+        secret_box=box,
+        delivery_processes=processes,
+    )
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -247,7 +277,7 @@ def _worker(args: argparse.Namespace) -> int:
         metrics.start()
         log.info("metrics at http://%s:%d/metrics", args.metrics_host, port)
     try:
-        return _run(_run_worker(settings, box, args.concurrency, metrics))
+        return _run(_run_worker(settings, box, args.concurrency, metrics, args.stop_with_parent))
     finally:
         if metrics is not None:
             metrics.close()
@@ -276,6 +306,7 @@ async def _run_worker(
     box: SecretBox,
     concurrency: int | None,
     metrics: MetricsServer | None = None,
+    parent_pid: int | None = None,
 ) -> int:
     from ..delivery.worker import Worker
 
@@ -300,7 +331,16 @@ async def _run_worker(
         log.info("delivery worker running on %s", _redacted(settings.database_url))
         if metrics is not None:
             metrics.ready.set()
-        await worker.run()
+        watcher = None
+        if parent_pid is not None:
+            from .processes import watch_parent
+
+            watcher = asyncio.create_task(watch_parent(parent_pid, request_stop))
+        try:
+            await worker.run()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
     finally:
         await store.close()
     return 0

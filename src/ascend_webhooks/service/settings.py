@@ -34,6 +34,7 @@ class Settings:
     endpoint_concurrency: int = 8  # per-endpoint limit's start; adapts up to worker_concurrency
     lease_seconds: float = 60.0  # a claimed delivery's lease; renewed while in flight
     startup_timeout: float = 60.0  # how long a starting command waits for the database
+    delivery_processes: int = 0  # worker processes `serve` starts beside its own worker
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -78,6 +79,11 @@ class Settings:
                 kwargs[key] = int(count)
         if (value := get("LEASE_SECONDS")) is not None:
             kwargs["lease_seconds"] = _positive("LEASE_SECONDS", value)
+        if (value := get("DELIVERY_PROCESSES")) is not None:
+            count = _number("DELIVERY_PROCESSES", value, minimum=0.0)
+            if count != int(count):
+                raise SettingsError(f"{_PREFIX}DELIVERY_PROCESSES must be a whole number")
+            kwargs["delivery_processes"] = int(count)
         if (value := get("STARTUP_TIMEOUT")) is not None:
             kwargs["startup_timeout"] = _number("STARTUP_TIMEOUT", value, minimum=0.0)
         return cls(**kwargs)  # type: ignore[arg-type]

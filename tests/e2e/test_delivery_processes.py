@@ -1,0 +1,114 @@
+"""``serve --delivery-processes N``: worker processes started, supervised and stopped by serve."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.test_serve import CLI, serve, service_env, setup_organization
+from tests.support.processes import eventually
+from tests.support.receivers import Receiver
+
+ADMIN = "e2e-admin"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+_STARTED = re.compile(r"delivery process (\d+) started \(pid (\d+)\)")
+
+
+def children(log: Path) -> dict[int, int]:
+    """Slot -> pid of the latest start of each delivery process that serve logged."""
+    return {int(slot): int(pid) for slot, pid in _STARTED.findall(log.read_text())}
+
+
+def alive(pid: int) -> bool:
+    # A child that exited but was not reaped yet ("Z") is gone for every purpose here.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_the_delivery_processes_deliver_and_stop_with_serve(tmp_path: Path) -> None:
+    # --no-delivery: serve's own process sends nothing, so every arrival is a child's work.
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+    args = ("--no-delivery", "--delivery-processes", "2")
+    async with (
+        serve(tmp_path, env, *args) as service,
+        Receiver() as receiver,
+        httpx.AsyncClient() as client,
+    ):
+        await eventually(lambda: len(children(service.stderr)) == 2, within=10)
+        pids = children(service.stderr)
+        assert all(alive(pid) for pid in pids.values())
+        org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
+        receiver.secret = secret
+        events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {"n": n}} for n in range(40)]
+        published = await client.post(
+            f"{service.base_url}/v1/organizations/{org}/events/batch",
+            json={"events": events},
+            headers=AUTH,
+        )
+        assert published.status_code == 202, published.text
+        arrived = await receiver.wait_for_requests(40, within=20)
+        assert all(request.verified for request in arrived)
+        assert {request.event.id for request in arrived if request.event} == {
+            event["id"] for event in events
+        }
+        assert await service.stop() == 0
+        await eventually(lambda: not any(alive(pid) for pid in pids.values()), within=5)
+    log = service.stderr.read_text()
+    assert "Traceback" not in log
+    assert log.count("worker wrk_") >= 4  # each child's worker started and stopped
+
+
+async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+    async with (
+        serve(tmp_path, env, "--no-delivery", "--delivery-processes", "1") as service,
+        Receiver() as receiver,
+        httpx.AsyncClient() as client,
+    ):
+        await eventually(lambda: 1 in children(service.stderr), within=10)
+        first = children(service.stderr)[1]
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: children(service.stderr)[1] != first, within=10)
+        assert "delivery process 1 exited unexpectedly (status -9)" in service.stderr.read_text()
+        # The new child delivers: serve's own process does not (--no-delivery).
+        org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
+        receiver.secret = secret
+        published = await client.post(
+            f"{service.base_url}/v1/organizations/{org}/events",
+            json={"id": "evt_after", "type": "invoice.paid", "data": {}},
+            headers=AUTH,
+        )
+        assert published.status_code == 202, published.text
+        (request,) = await receiver.wait_for_requests(1, within=20)
+        assert request.verified
+        assert await service.stop() == 0
+
+
+async def test_delivery_processes_stop_when_serve_is_killed(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+    async with serve(tmp_path, env, "--delivery-processes", "1") as service:
+        await eventually(lambda: 1 in children(service.stderr), within=10)
+        child = children(service.stderr)[1]
+        service.process.kill()
+        await service.process.wait()
+        # Orphaned, the child notices within its check interval and drains as on SIGTERM.
+        await eventually(lambda: not alive(child), within=10)
+    assert "is gone: stopping" in service.stderr.read_text()
+
+
+async def test_a_negative_count_is_refused_in_one_line(tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--delivery-processes", "-1", env=service_env(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert err.decode().strip() == "ascend-webhooks: error: --delivery-processes must be 0 or more"
