@@ -1,4 +1,5 @@
-"""The Django adapter, through Django's test client and a real wsgiref server.
+"""The Django adapter, through Django's test client and real servers (wsgiref, Werkzeug's,
+uvicorn under ASGI).
 
 Every request is really signed with :func:`ascend_webhooks.sign`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import sys
 import threading
 import time
@@ -16,15 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+import uvicorn
+from werkzeug.serving import BaseWSGIServer
+from werkzeug.serving import make_server as make_werkzeug_server
 
 from tests.integration import django_settings
 
 django_settings.configure()
 
-from django.core.handlers.wsgi import WSGIHandler  # noqa: E402 (needs configured settings)
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402 (needs configured settings)
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
@@ -39,6 +45,7 @@ from ascend_webhooks.receiver import (  # noqa: E402
 from ascend_webhooks.receiver.contrib.django import DjangoView, ascend_view  # noqa: E402
 from tests.support.examples import (  # noqa: E402
     check_announced_body_over_cap,
+    check_chunked_body_over_cap,
     event_of_size,
     example_process,
     free_port,
@@ -315,8 +322,15 @@ class QuietHandler(WSGIRequestHandler):
 
 
 @contextmanager
-def serve() -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=QuietHandler)
+def serve(*, dechunking: bool = False) -> Iterator[str]:
+    """Serve Django on loopback: with wsgiref (what ``runserver`` builds on), whose input
+    stream is the socket as it is; or, ``dechunking``, with Werkzeug's server, which decodes a
+    chunked body and sets ``wsgi.input_terminated`` as gunicorn and mod_wsgi do."""
+    server: BaseWSGIServer | WSGIServer
+    if dechunking:
+        server = make_werkzeug_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
+    else:
+        server = make_server("127.0.0.1", 0, WSGIHandler(), handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -326,6 +340,28 @@ def serve() -> Iterator[str]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+@contextmanager
+def serve_asgi() -> Iterator[str]:
+    """Serve Django's ASGI handler under uvicorn on loopback."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(ASGIHandler(), log_level="warning", lifespan="off", ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def test_real_server_receives_a_signed_post() -> None:
@@ -357,19 +393,56 @@ def test_real_server_refuses_an_announced_oversized_body_without_waiting_for_it(
     assert [e.id for e in recorder.events] == ["evt_big"]
 
 
-def test_real_server_never_reads_a_chunked_body() -> None:
+def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> None:
+    recorder = Recorder()
+    with urls(make_view(recorder, max_body_bytes=CAP)), serve(dechunking=True) as base:
+        check_chunked_body_over_cap(base + "/webhooks/", CAP, signed)
+        # One byte over, and finished: over the cap all the same.
+        over = event_of_size(CAP + 1, "evt_over")
+        assert raw_post(base + "/webhooks/", signed(over), [over], chunked=True)[0] == 413
+    assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+def test_a_chunked_body_over_djangos_own_limit_is_a_413_too() -> None:
+    recorder = Recorder()
+    body = event_of_size(1025)
+    with (
+        urls(make_view(recorder, max_body_bytes=CAP)),
+        override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1024),
+        serve(dechunking=True) as base,
+    ):
+        status, answer = raw_post(base + "/webhooks/", signed(body), pieces(body), chunked=True)
+    assert status == 413
+    assert "1024 bytes" in json.loads(answer)["detail"]
+    assert recorder.events == []
+
+
+def test_a_chunked_body_the_server_does_not_decode_is_411_unread() -> None:
     recorder = Recorder()
     with urls(make_view(recorder, max_body_bytes=CAP)), serve() as base:
         body = event_of_size(4 * CAP)
-        parts = pieces(body)
-        # Django reads Content-Length bytes, and none without one: the view answers at once,
-        # the unfinished body unread, and the empty body it sees does not verify.
+        # wsgiref hands over the socket with the chunks' framing and no end to read to: the
+        # view answers at once, the unfinished body unread.
         status, answer = raw_post(
-            base + "/webhooks/", signed(body), parts, chunked=True, finish=False
+            base + "/webhooks/", signed(body), pieces(body), chunked=True, finish=False
         )
-        assert status == 401
-        assert json.loads(answer)["code"] == "invalid_signature"
+        assert status == 411
+        assert json.loads(answer)["code"] == "length_required"
     assert recorder.events == []
+
+
+def test_under_asgi_a_chunked_body_over_the_cap_is_413() -> None:
+    # Django's ASGI handler receives the whole body (spooling it to disk) before any view
+    # runs; the view still holds it to the cap, reading no more than one byte past it.
+    recorder = Recorder()
+    with urls(make_view(recorder, max_body_bytes=CAP)), serve_asgi() as base:
+        over = event_of_size(CAP + 1, "evt_over")
+        status, answer = raw_post(base + "/webhooks/", signed(over), pieces(over), chunked=True)
+        assert status == 413
+        assert json.loads(answer)["code"] == "body_too_large"
+        exact = event_of_size(CAP)
+        assert raw_post(base + "/webhooks/", signed(exact), pieces(exact), chunked=True)[0] == 200
+    assert [e.id for e in recorder.events] == ["evt_big"]
 
 
 # -- the example app -------------------------------------------------------------------------
