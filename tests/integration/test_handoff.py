@@ -2,7 +2,8 @@
 
 The store's side (SQLite): what a publish leases to an open hand-off, and what it leaves for
 the claim. The worker's side: a caught-up worker attempts new deliveries without claiming,
-and never lets a new delivery overtake a backlog.
+never lets a new delivery overtake a backlog, and as it stops gives back at once what it was
+handed but did not start.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 
 import pytest
 
@@ -206,3 +208,58 @@ async def test_an_endpoint_held_back_by_its_limit_keeps_its_backlog_moving(
     # One at a time, ~10 ms each: about 1 s. Napping between refills (10 ms polls instead of
     # the freed slot's wake-up) took about three times as long.
     assert elapsed < 2.2
+
+
+@sqlite_only
+async def test_a_delivery_handed_over_as_the_worker_stops_is_given_back_at_once(
+    store: Store, receivers: ReceiverFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A publish leases a new delivery to the caught-up worker; stop() comes before its
+    # transaction commits, so the hand-over reaches a worker that is on its way out. It must
+    # give the delivery back (or attempt it) before run() returns: left leased, it would wait
+    # out its lease (a minute) after a restart.
+    receiver = await receivers()
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    worker = Worker(store, make_settings(), decrypt)
+    task = asyncio.create_task(worker.run())
+    leased, commit = threading.Event(), threading.Event()
+    try:
+
+        async def caught_up() -> bool:
+            return worker._handoff is not None and worker._handoff.is_open
+
+        await wait_until(caught_up, within=5.0, every=0.005)
+        handoff = worker._handoff
+        assert handoff is not None
+        take = handoff.take
+
+        def take_and_hold(endpoint_id: str) -> bool:  # on the writer, in the transaction
+            took = take(endpoint_id)
+            if took:
+                leased.set()
+                commit.wait(5.0)
+            return took
+
+        monkeypatch.setattr(handoff, "take", take_and_hold)
+        publishing = asyncio.create_task(store.publish(org, [_event()]))
+        assert await asyncio.to_thread(leased.wait, 5.0)
+        worker.stop()
+        open_while_stopping = handoff.is_open
+        await asyncio.sleep(0.1)  # the worker stops meanwhile, as far as it can
+        commit.set()
+        (result,) = await publishing
+        await asyncio.wait_for(task, 5.0)
+    finally:
+        commit.set()
+        await worker.drain()
+        await task
+
+    (delivery,) = result.event.deliveries
+    assert worker.worker_id not in await store.lease_holders()
+    # The next worker claims it at once, unattempted: no lease to wait out.
+    assert [d.id for d in await store.claim("wrk_next", 10, 60.0)] == [delivery.id]
+    assert (await store.get_delivery(org, delivery.id)).attempt_count == 0
+    assert receiver.requests == []
+    # From stop() on, the worker takes nothing more from publishes.
+    assert not open_while_stopping

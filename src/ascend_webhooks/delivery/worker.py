@@ -69,9 +69,11 @@ The loop, and why it looks like this:
 * **Failures of the store** (a database restarting) are logged and retried with capped
   exponential backoff; they never end the worker. Outcomes that cannot be written stay
   buffered; should their leases expire meanwhile, the deliveries are simply attempted again.
-* **Stopping.** :meth:`Worker.stop` stops claiming; in-flight attempts finish (bounded by the
-  attempt timeout plus a grace), their outcomes are recorded, and anything claimed but not
-  attempted is released. :meth:`Worker.drain` is stop-and-wait.
+* **Stopping.** :meth:`Worker.stop` stops claiming and closes the hand-off; in-flight attempts
+  finish (bounded by the attempt timeout plus a grace), their outcomes are recorded, and
+  anything claimed or handed over but not attempted is released, a hand-over from a publish
+  that was committing as the hand-off closed included (``Store.hand_off_settled``).
+  :meth:`Worker.drain` is stop-and-wait.
 
 Metrics: ``ATTEMPTS{outcome=succeeded|retrying|failed}`` and ``ATTEMPT_SECONDS``, counted per
 attempt in the worker and added to the shared registry by the flush loop, before each batch
@@ -316,6 +318,8 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; :meth:`run` returns once in-flight attempts are recorded."""
         self._stopping.set()
+        if self._handoff is not None:
+            self._handoff.close()  # new deliveries stay pending, unleased, for the next worker
         self._wakeup.set()
 
     async def drain(self) -> None:
@@ -355,6 +359,7 @@ class Worker:
             if self._handoff is not None:
                 self._handoff.close()
                 self.store.hand_off(None)
+                await self._hand_offs_settled()
             abandoned = await self._drain_attempts()
             abandoned += [*self._ready_ids, *self._give_back, *(d.id for d in self._handed)]
             self._ready.clear()
@@ -451,8 +456,8 @@ class Worker:
                 )
                 if claimed:
                     await self._start(claimed)
-                if handoff is not None and self._caught_up:
-                    self._open_hand_off(handoff)
+                if handoff is not None and self._caught_up and not self._stopping.is_set():
+                    self._open_hand_off(handoff)  # (stop() may have come during _start)
                 if not claimed:
                     self._claim_due = await self._idle(excluding=bool(exclude))
             except Exception:  # the database may be restarting: wait and try again
@@ -473,6 +478,16 @@ class Worker:
         free = max(0, self._capacity()[0])
         total = free + self.prefetch - len(self._ready_ids)
         handoff.open(total, self._endpoint_room(), self._per_endpoint_claim())
+
+    async def _hand_offs_settled(self) -> None:
+        """Stopping, the hand-off closed: wait until a publish that leased deliveries to it
+        before has handed them over (into ``_handed``: given back with the buffer)."""
+        try:
+            await self.store.hand_off_settled()
+        except Exception:  # a delivery handed over later keeps its lease until it expires
+            logger.warning(
+                "worker %s: could not wait for the last hand-overs", self.worker_id, exc_info=True
+            )
 
     def _take_handed(self, deliveries: list[ClaimedDelivery]) -> None:
         """Deliveries the store leased to this worker as they were published (event loop):

@@ -306,6 +306,12 @@ class Store(abc.ABC):
         ``handoff.py``); None ends it. Returns whether this store does (the default: no)."""
         return False
 
+    async def hand_off_settled(self) -> None:
+        """Return once every publish that leased deliveries to a hand-off before it was closed
+        has handed them over, so that its stopping worker can give back what it will not
+        attempt (the default: at once, for a store that does not hand off)."""
+        return
+
     @abc.abstractmethod
     async def next_due_at(self) -> datetime | None:
         """When the earliest pending delivery becomes due (or None if none is pending)."""

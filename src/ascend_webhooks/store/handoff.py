@@ -14,8 +14,11 @@ backlog (older due work, other organizations' included) is always taken through 
 claim, never overtaken by a stream of new publishes.
 
 ``take`` runs on the store's writer thread, ``open``/``close`` in the worker's event loop: the
-counts are guarded by a lock. A delivery taken by a publish that commits just as the worker
-stops is not attempted by it: it waits for its lease to run out, as after a crash.
+counts are guarded by a lock. The worker closes the hand-off as soon as it is told to stop; a
+publish already leasing to it may still commit after that, so before it exits the worker waits
+for such hand-overs (``Store.hand_off_settled``) and gives back, with what it claimed ahead,
+every delivery it was handed but did not start: the next worker claims them at once, and only
+a crash leaves one to wait out its lease.
 """
 
 from __future__ import annotations

@@ -247,6 +247,13 @@ class SQLiteStore(Store):
         self._handoff = handoff
         return True
 
+    async def hand_off_settled(self) -> None:
+        # A publish leases only to an open hand-off: once it is closed, the one transaction
+        # that may still commit such leases is the one running now. The writer runs this empty
+        # one after it and resolves both in that order in the event loop (publishes and worker
+        # share it), so that publish's hand-over, a done callback, has run when this returns.
+        await self._write(_settle, durable=False)
+
     async def get_event(self, organization_id: str, event_id: str) -> Event:
         return await self._read(lambda c: _reads.event(c, organization_id, event_id))
 
@@ -387,6 +394,10 @@ class SQLiteStore(Store):
 
     async def delivery_counts(self) -> dict[DeliveryStatus, int]:
         return await self._read(_reads.delivery_counts)
+
+
+def _settle(conn: sqlite3.Connection) -> None:
+    """An empty write: committed after every transaction that was running when it was queued."""
 
 
 def _translate(exc: sqlite3.OperationalError) -> Exception:
