@@ -13,7 +13,7 @@ floor: what the publisher and receiver add by themselves. Then it runs the embed
 (one ``serve`` on SQLite) and PostgreSQL with separate API and worker processes (skipped, with
 the reason, where it cannot run)::
 
-    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R]
+    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R] [--delivery-processes N]
                                      [--no-postgres | --only-postgres]
 """
 
@@ -312,10 +312,13 @@ def _commits(database: str | None) -> int | None:
     return int(query(database, sql)[0][0])
 
 
-def _mode(name: str, url: str, conn: Connection, seconds: float, rate: float) -> dict[str, Any]:
+def _mode(
+    name: str, url: str, conn: Connection, seconds: float, rate: float, processes: int = 0
+) -> dict[str, Any]:
     try:
         if name == "sqlite":
-            with running_service() as service:
+            extra = ["--delivery-processes", str(processes)] if processes else []
+            with running_service(serve_args=extra) as service:
                 return measure_latency(service, url, conn, seconds, rate)
         with postgres_database() as database, running_service(database, workers=2) as service:
             return measure_latency(service, url, conn, seconds, rate, database)
@@ -355,10 +358,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--rate", type=float, default=RATE, help=f"events/s (default {RATE:g})")
     cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
     cli.add_argument("--only-postgres", action="store_true", help="skip the SQLite part")
+    cli.add_argument(
+        "--delivery-processes",
+        type=int,
+        default=0,
+        help="run the SQLite part's serve with --delivery-processes N (default 0)",
+    )
     args = cli.parse_args(argv)
     warn_if_busy("latency")
     seconds = args.seconds or (2.0 if args.quick else SECONDS)
-    results: dict[str, Any] = {"rate": args.rate, "seconds": seconds}
+    results: dict[str, Any] = {
+        "rate": args.rate,
+        "seconds": seconds,
+        "delivery_processes": args.delivery_processes,
+    }
     names = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]
     if args.only_postgres:
         names = ["postgres"]
@@ -366,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["floor"] = measure_floor(url, conn, min(seconds, 5.0), args.rate)
         print(_line("floor", results["floor"]))
         for name in names:
-            results[name] = _mode(name, url, conn, seconds, args.rate)
+            results[name] = _mode(name, url, conn, seconds, args.rate, args.delivery_processes)
             print(_line(name, results[name]))
     if args.no_postgres:
         results["postgres"] = {"skipped": "--no-postgres"}

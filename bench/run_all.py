@@ -6,7 +6,9 @@ same sink, so this script starts one nginx sink and measures, one after the othe
 - the ceiling (``ceiling.py``): pyreqwest and aiohttp signing and POSTing with 256 in flight,
   nothing stored;
 - the baseline (``baseline_celery.py``): Celery prefork x4 + Redis + requests;
-- the service on its embedded SQLite: one ``ascend-webhooks serve`` on a fresh database file;
+- the service on its embedded SQLite: one ``ascend-webhooks serve`` on a fresh database file,
+  then the same with ``--delivery-processes N`` (default 1: worker processes that serve starts
+  beside its own worker, to use the cores one process cannot);
 - the service on PostgreSQL: ``serve --no-delivery`` plus 2 ``worker`` processes on a fresh
   database.
 
@@ -17,6 +19,7 @@ publish is a 202, so every event was committed before it was delivered. Parts th
 here (the service not installed yet, no PostgreSQL) are marked SKIPPED with the reason::
 
     .venv/bin/python bench/run_all.py [--quick] [--events N] [--baseline-events N]
+                                      [--delivery-processes N] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -182,10 +185,13 @@ def measure_service(
     return figures
 
 
-def _service_part(sink: Sink, events: int, postgres: bool) -> dict[str, Any]:
+def _service_part(
+    sink: Sink, events: int, postgres: bool, delivery_processes: int = 0
+) -> dict[str, Any]:
     try:
         if not postgres:
-            with running_service() as service:
+            extra = ["--delivery-processes", str(delivery_processes)] if delivery_processes else []
+            with running_service(serve_args=extra) as service:
                 return measure_service(sink, service, events)
         with postgres_database() as url, running_service(url, workers=2) as service:
             return measure_service(sink, service, events)
@@ -209,11 +215,19 @@ def report(results: dict[str, Any]) -> list[str]:
         f"== delivery throughput, one run, one nginx sink, {results['event_bytes']} B events ==",
         _line("baseline (Celery x4 + Redis)", results["baseline"]),
         _line("service, SQLite (1 serve)", results["service_sqlite"]),
+        _line(
+            f"service, SQLite (+{results.get('delivery_processes', '?')} processes)",
+            results.get("service_sqlite_processes", {"skipped": "not measured"}),
+        ),
         _line("service, PostgreSQL (2 workers)", results["service_postgres"]),
         _line(f"ceiling ({results['ceiling'].get('ceiling_client', '?')})", results["ceiling"]),
     ]
-    for key, label in (("service_sqlite", "SQLite"), ("service_postgres", "PostgreSQL")):
-        part = results[key]
+    for key, label in (
+        ("service_sqlite", "SQLite"),
+        ("service_sqlite_processes", "SQLite, serve --delivery-processes"),
+        ("service_postgres", "PostgreSQL"),
+    ):
+        part = results.get(key, {})
         if "deliveries_per_s" not in part:
             continue
         rate = part["deliveries_per_s"]
@@ -239,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = parser("Ceiling, baseline and the service, one run, one sink.", 50_000, 5_000)
     cli.add_argument("--baseline-events", type=int, default=None, help="default 10,000")
     cli.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL part")
+    cli.add_argument(
+        "--delivery-processes",
+        type=int,
+        default=1,
+        help="the second SQLite part's serve --delivery-processes (0 skips it; default 1)",
+    )
     args = cli.parse_args(argv)
     warn_if_busy("run_all")
     events = events_from(args)
@@ -255,6 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["baseline"] = {"skipped": str(exc)}
             results["service_sqlite"] = _service_part(sink, events, postgres=False)
             print(_line("service, SQLite", results["service_sqlite"]).strip())
+            results["delivery_processes"] = args.delivery_processes
+            if args.delivery_processes:
+                results["service_sqlite_processes"] = _service_part(
+                    sink, events, postgres=False, delivery_processes=args.delivery_processes
+                )
+            else:
+                results["service_sqlite_processes"] = {"skipped": "--delivery-processes 0"}
+            print(_line("service, SQLite + processes", results["service_sqlite_processes"]).strip())
             if args.no_postgres:
                 results["service_postgres"] = {"skipped": "--no-postgres"}
             else:

@@ -69,8 +69,10 @@ def _rate(part: Any) -> float | None:
     return None
 
 
-def _throughput(results: dict[str, dict[str, Any]]) -> tuple[str, bool | None]:
-    sqlite = _rate(_get(results, "throughput", "service_sqlite"))
+def _throughput(
+    results: dict[str, dict[str, Any]], part: str = "service_sqlite"
+) -> tuple[str, bool | None]:
+    sqlite = _rate(_get(results, "throughput", part))
     ceiling = _rate(_get(results, "throughput", "ceiling"))
     baseline = _rate(_get(results, "throughput", "baseline"))
     if sqlite is None or not ceiling or not baseline:
@@ -141,6 +143,11 @@ def _isolation(results: dict[str, dict[str, Any]]) -> tuple[str, bool | None]:
 
 TARGETS = [
     Target("delivery, SQLite (1 serve)", ">= 70 % of ceiling, >= 15x baseline", _throughput),
+    Target(
+        "  the same, --delivery-processes",
+        "(the same)",
+        lambda results: _throughput(results, "service_sqlite_processes"),
+    ),
     Target("delivery, PostgreSQL (2 workers)", ">= SQLite", _postgres),
     Target("publish, single calls", ">= 5,000/s", _single),
     Target("publish, batch route", ">= 50,000 events/s", _batch),

@@ -191,12 +191,14 @@ def running_service(
     *,
     delivery: bool = True,
     extra_env: dict[str, str] | None = None,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[Service]:
     """Start the service on a fresh database and yield it once ``/healthz`` answers 200.
 
     With ``workers == 0`` one ``serve`` does everything (the embedded default); otherwise
     ``serve --no-delivery`` answers the API and ``workers`` separate ``worker`` processes deliver.
     ``delivery=False`` with no workers runs the API alone (nothing is delivered).
+    ``serve_args`` go to ``serve`` as they are (``["--delivery-processes", "2"]``).
     ``database_url`` defaults to a new SQLite file in a temporary directory.
     """
     check_installed()
@@ -231,7 +233,7 @@ def running_service(
             )
 
     try:
-        serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port), *serve_args]
         spawn("serve", [*serve, "--no-delivery"] if workers or not delivery else serve)
         service = Service(f"http://127.0.0.1:{port}", workdir, processes)
         try:
