@@ -390,3 +390,27 @@ async def test_events_are_paged_newest_first_and_filtered_by_type(
     await page.reload()
     await expect(rows).to_have_count(15)
     await expect(page.get_by_label("Type")).to_have_value("payout.paid")
+
+
+@pytest.mark.parametrize("event_id", [".", ".."])
+async def test_an_event_whose_id_is_a_dot_segment_opens(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient, event_id: str
+) -> None:
+    # "." and ".." are valid ids, and a URL path segment a browser resolves away.
+    org = await organization(api, f"Dots {len(event_id)}")
+    event = {"id": event_id, "type": "invoice.paid", "data": {"dots": len(event_id)}}
+    await call(api, "POST", f"/v1/organizations/{org}/events", event)
+    # The real server answers the id encoded twice, as the dashboard sends it.
+    twice = "%252E" * len(event_id)
+    assert (await call(api, "GET", f"/v1/organizations/{org}/events/{twice}"))["id"] == event_id
+
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/events")
+    await page.get_by_role("link", name=event_id, exact=True).click()
+    await view(page, "event").to_be_visible()
+    await expect(page.locator("main h1")).to_have_text(f"Event {event_id}")
+    payload = await page.locator("pre.payload").text_content()
+    assert payload == f'{{\n  "dots": {len(event_id)}\n}}'
+
+    await page.reload()  # the address alone opens it again
+    await view(page, "event").to_be_visible()
+    await expect(page.locator("main h1")).to_have_text(f"Event {event_id}")

@@ -258,3 +258,26 @@ async def test_list_events_newest_first_by_type_and_pages(api: Api) -> None:
         assert_problem(await api.call("GET", path, params=params), 422)
     assert_problem(await api.call("GET", path, params={"after": "garbage"}), 400)
     assert_problem(await api.call("GET", f"{path}/nope"), 404)
+
+
+async def test_the_ids_dot_and_dot_dot_are_fetched_encoded_once_or_twice(api: Api) -> None:
+    # Valid ids, and path segments a browser resolves away even written %2E: the dashboard
+    # names them encoded twice, which the route decodes (ids never hold a "%").
+    org = await api.organization()
+    for event_id in (".", "..", "..."):
+        assert (await api.publish(org, id=event_id, data={"id": event_id})).status_code == 202
+    path = f"/v1/organizations/{org}/events"
+    for segment, event_id in [
+        ("%2E", "."),
+        ("%252E", "."),
+        ("%252e", "."),
+        ("%2E%2E", ".."),
+        ("%252E%252E", ".."),
+        ("...", "..."),
+        ("%252E%252E%252E", "..."),
+    ]:
+        got = await api.call("GET", f"{path}/{segment}", expect=200)
+        assert EventOut.model_validate(got.json()).id == event_id
+        assert got.json()["data"] == {"id": event_id}
+    for unknown in ("%252F", "%25zz", "%2525"):
+        assert_problem(await api.call("GET", f"{path}/{unknown}"), 404)

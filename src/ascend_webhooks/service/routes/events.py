@@ -12,6 +12,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import APIRouter, Query
@@ -206,4 +207,12 @@ async def list_events(
     summary="Get an event with its deliveries",
 )
 async def get_event(org: OrgScope, event: str, services: Svc) -> JSONResponse:
-    return JSONResponse(event_view(await services.store.get_event(org, event)))
+    return JSONResponse(event_view(await services.store.get_event(org, _event_path_id(event))))
+
+
+def _event_path_id(segment: str) -> str:
+    """The event id a path segment names, once the server decoded the URL. Ids never hold "%",
+    so one left is a second level of percent-encoding, decoded here: the way to name the ids
+    "." and ".." (``%252E``, ``%252E%252E``), path segments that browsers, and any client
+    parsing URLs as they do, resolve away even when written ``%2E``."""
+    return unquote(segment) if "%" in segment else segment

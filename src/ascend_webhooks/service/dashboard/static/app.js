@@ -40,7 +40,15 @@
   // ---- the API ---------------------------------------------------------------------------
 
   function path(...parts) {
-    return API + "/" + parts.map((part) => encodeURIComponent(part)).join("/");
+    return API + "/" + parts.map(segment).join("/");
+  }
+
+  // An event id may be "." or "..": as a path segment the URL parser resolves it away, even
+  // written %2E. Encoded twice (%252E) it stays; the API decodes that second level for ids,
+  // which never hold a "%" of their own.
+  function segment(part) {
+    const encoded = encodeURIComponent(part);
+    return encoded === "." || encoded === ".." ? encoded.replace(/\./g, "%252E") : encoded;
   }
 
   function withQuery(url, params) {
