@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -430,3 +431,39 @@ async def test_claims_of_one_take_turns_across_organizations_and_endpoints(path:
             assert sorted(c.endpoint_id for c in mine) == sorted(endpoints * 2)
     finally:
         await store.close()
+
+
+async def test_writers_of_other_processes_wait_on_the_writer_lock(path: Path) -> None:
+    # Another process's writer holds the lock: this one's transaction waits, without SQLite's
+    # sleeping busy loop, and runs as soon as the lock is let go.
+    store = await opened(path)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_WRITER_LOCK, f"{path}-writer",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdin is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
+        created = asyncio.create_task(store.create_organization("Acme"))
+        await asyncio.sleep(0.3)
+        assert not created.done()  # waits for the other process
+        holder.stdin.write(b"release\n")
+        await holder.stdin.drain()
+        organization = await asyncio.wait_for(created, 5)
+        assert (await store.get_organization(organization.id)).name == "Acme"
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+        await store.close()
+
+
+_HOLD_WRITER_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+fcntl.flock(fd, fcntl.LOCK_UN)
+"""
