@@ -467,3 +467,37 @@ print("held", flush=True)
 sys.stdin.readline()
 fcntl.flock(fd, fcntl.LOCK_UN)
 """
+
+
+@pytest.mark.parametrize("count", [1, 3, 255, 256, 341, 1000])
+async def test_every_row_of_a_publish_is_stored_whatever_its_size(path: Path, count: int) -> None:
+    # The rows go in by multi-row INSERTs of fixed sizes (256, 64, 16, 4, 1): each count here
+    # leaves a different remainder for the smaller sizes.
+    store = await opened(path)
+    try:
+        org, (a, b) = await setup(store, endpoints=2)
+        events = [event(f"evt_{n}", "k" if n % 7 == 0 else None) for n in range(count)]
+        results = await store.publish(org, events)
+        assert all(result.created for result in results)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        stored = conn.execute(
+            "SELECT id, body, content_hash, ordering_key FROM events ORDER BY seq"
+        ).fetchall()
+        assert stored == [(new.id, new.body, new.content_hash, new.ordering_key) for new in events]
+        pairs = conn.execute(
+            "SELECT e.id, d.endpoint_id, d.blocked FROM deliveries d"
+            " JOIN events e ON e.seq = d.event_seq ORDER BY d.seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert sorted((event_id, endpoint) for event_id, endpoint, _ in pairs) == sorted(
+        (new.id, endpoint) for new in events for endpoint in (a, b)
+    )
+    # Only the first delivery of the ordering key to each endpoint may go; the rest wait.
+    assert (
+        sum(1 for _, _, blocked in pairs if not blocked)
+        == 2 * (count - len([new for new in events if new.ordering_key])) + 2
+    )

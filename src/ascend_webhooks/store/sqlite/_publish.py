@@ -24,6 +24,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
+from functools import cache
+from itertools import chain
 
 from ...ids import new_ids
 from ..base import EventConflictError, StoreError
@@ -232,19 +234,44 @@ class _PublishBatch:
 
     def flush(self) -> None:
         if self._event_rows:
-            self._conn.executemany(
-                "INSERT INTO events (seq, id, organization_id, type, body, content_hash,"
-                " ordering_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                self._event_rows,
-            )
+            _insert_rows(self._conn, _INSERT_EVENTS, 8, self._event_rows)
         if self._delivery_rows:
-            self._conn.executemany(
-                "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id,"
-                " ordering_key, blocked, next_attempt_at, created_at, updated_at, locked_by,"
-                " lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                self._delivery_rows,
-            )
+            _insert_rows(self._conn, _INSERT_DELIVERIES, 11, self._delivery_rows)
         self._event_rows, self._delivery_rows = [], []
+
+
+_INSERT_EVENTS = (
+    "INSERT INTO events (seq, id, organization_id, type, body, content_hash, ordering_key,"
+    " created_at) VALUES "
+)
+_INSERT_DELIVERIES = (
+    "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,"
+    " blocked, next_attempt_at, created_at, updated_at, locked_by, lease_expires_at) VALUES "
+)
+# Rows per statement, largest first: a few statement texts, each prepared once per connection
+# (its statement cache), cover any count; 256 rows of 11 values stay far below SQLite's limit
+# of 32,766 parameters.
+_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
+
+
+@cache
+def _values_insert(head: str, width: int, rows: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return head + ",".join([row] * rows)
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[object, ...]]
+) -> None:
+    """INSERT ``rows`` with as few multi-row statements as the fixed sizes allow."""
+    start, total = 0, len(rows)
+    for size in _ROWS_PER_INSERT:
+        if total - start < size:
+            continue
+        sql = _values_insert(head, width, size)
+        while total - start >= size:
+            conn.execute(sql, list(chain.from_iterable(rows[start : start + size])))
+            start += size
 
 
 # The result objects of a publish, built through their slot descriptors: a frozen dataclass's
