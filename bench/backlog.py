@@ -5,9 +5,11 @@ Two drains measured the same way in one run, each on its own SQLite file: events
 ``serve`` on the same database; the figure is the rate at which the sink receives the first
 ``--drain`` deliveries after the new ``serve`` answers ``/healthz``. First with only those
 events pending (the small-queue figure), then with a backlog of ``--backlog`` events pending.
-The resident memory (RSS) of ``serve`` is sampled every 50 ms throughout each drain::
+The resident memory (RSS) of ``serve`` is sampled every 50 ms throughout each drain; with
+``--delivery-processes N`` the draining ``serve`` runs N delivery processes beside it, and the
+figure is the RSS of ``serve`` and its children together::
 
-    .venv/bin/python bench/backlog.py [--quick] [--backlog N] [--drain N]
+    .venv/bin/python bench/backlog.py [--quick] [--backlog N] [--drain N] [--delivery-processes N]
 
 Publishing the backlog takes backlog / (batch publish rate): about 20 s at 50,000 events/s.
 ``--max-publish-seconds`` bounds it; the backlog actually reached is reported.
@@ -48,6 +50,15 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _tree_rss_mb(pid: int) -> float:
+    """RSS of the process and of its children (the delivery processes of a ``serve``)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return _rss_mb(pid) + sum(_rss_mb(int(child)) for child in children)
+
+
 def _publish(service: Service, events: int, max_seconds: float) -> tuple[int, float]:
     publisher = Publisher(service)
     run = run_tag()
@@ -68,11 +79,11 @@ def _drain(sink: Sink, service: Service, base: int, events: int) -> dict[str, fl
     pid = service.processes[0].pid
     start = time.perf_counter()
     early = sink.posts() - base
-    peak = _rss_mb(pid)
+    peak = _tree_rss_mb(pid)
     deadline = start + DRAIN_TIMEOUT
     while True:
         seen = sink.posts() - base
-        peak = max(peak, _rss_mb(pid))
+        peak = max(peak, _tree_rss_mb(pid))
         now = time.perf_counter()
         if seen >= events or now > deadline:
             break
@@ -88,7 +99,13 @@ def _drain(sink: Sink, service: Service, base: int, events: int) -> dict[str, fl
 
 
 def _pending_then_drain(
-    sink: Sink, workdir: Path, name: str, pending: int, drain: int, max_seconds: float
+    sink: Sink,
+    workdir: Path,
+    name: str,
+    pending: int,
+    drain: int,
+    max_seconds: float,
+    processes: int = 0,
 ) -> dict[str, Any]:
     url = f"sqlite:///{workdir / (name + '.db')}"
     env = {"ASCEND_WEBHOOKS_MASTER_KEY": base64.b64encode(os.urandom(32)).decode("ascii")}
@@ -98,7 +115,8 @@ def _pending_then_drain(
         published, publish_rate = _publish(api, pending, max_seconds)
         idle_rss = _rss_mb(api.processes[0].pid)
     base = sink.posts()
-    with running_service(url, extra_env=env) as service:
+    extra = ["--delivery-processes", str(processes)] if processes else []
+    with running_service(url, extra_env=env, serve_args=extra) as service:
         service.org = org
         figures = _drain(sink, service, base, min(drain, published))
     return {
@@ -116,17 +134,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--backlog", type=int, default=None, help="default 1,000,000")
     cli.add_argument("--drain", type=int, default=None, help="deliveries timed (default 50,000)")
     cli.add_argument("--max-publish-seconds", type=float, default=300.0)
+    cli.add_argument(
+        "--delivery-processes",
+        type=int,
+        default=0,
+        help="run the draining serve with --delivery-processes N (default 0)",
+    )
     args = cli.parse_args(argv)
     warn_if_busy("backlog")
     backlog = args.backlog or (100_000 if args.quick else 1_000_000)
     drain = args.drain or (10_000 if args.quick else 50_000)
     workdir = Path(tempfile.mkdtemp(prefix="ascend-bench-backlog-"))
-    results: dict[str, Any] = {"drain": drain}
+    processes = args.delivery_processes
+    results: dict[str, Any] = {"drain": drain, "delivery_processes": processes}
     try:
         with nginx_sink() as sink:
             limit = args.max_publish_seconds
-            results["small"] = _pending_then_drain(sink, workdir, "small", drain, drain, limit)
-            results["backlog"] = _pending_then_drain(sink, workdir, "big", backlog, drain, limit)
+            results["small"] = _pending_then_drain(
+                sink, workdir, "small", drain, drain, limit, processes
+            )
+            results["backlog"] = _pending_then_drain(
+                sink, workdir, "big", backlog, drain, limit, processes
+            )
     except (ServiceUnavailable, SinkError) as exc:
         print(f"backlog: SKIPPED: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         write_result("backlog", {"skipped": str(exc)})
@@ -137,10 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept = big["per_s"] / small["per_s"] if small["per_s"] else 0.0
     results["kept"] = kept
 
+    who = f"serve + {processes} processes" if processes else "serve"
+
     def row(part: dict[str, Any]) -> str:
         return (
             f"  {part['pending']:>9,} pending: {part['per_s']:>8,.0f}/s, "
-            f"serve RSS {part['rss_mb']:.0f} MB (published at {part['publish_per_s']:,.0f}/s)"
+            f"{who} RSS {part['rss_mb']:.0f} MB (published at {part['publish_per_s']:,.0f}/s)"
         )
 
     lines = [
