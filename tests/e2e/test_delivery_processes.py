@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -112,3 +113,83 @@ async def test_a_negative_count_is_refused_in_one_line(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
     assert err.decode().strip() == "ascend-webhooks: error: --delivery-processes must be 0 or more"
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_each_delivery_process_serves_its_metrics_from_the_metrics_port_up(
+    tmp_path: Path,
+) -> None:
+    port = two_free_ports()
+    env = service_env(
+        tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN, ASCEND_WEBHOOKS_METRICS_PORT=str(port)
+    )
+    async with (
+        serve(tmp_path, env, "--no-delivery", "--delivery-processes", "2") as service,
+        Receiver() as receiver,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        urls = [f"http://127.0.0.1:{port + n}" for n in (0, 1)]
+
+        async def healthy() -> bool:
+            for url in urls:
+                try:
+                    if (await client.get(f"{url}/healthz")).status_code != 200:
+                        return False
+                except httpx.TransportError:
+                    return False
+            return True
+
+        for _ in range(200):
+            if await healthy():
+                break
+            await asyncio.sleep(0.05)
+        assert await healthy(), service.stderr.read_text()
+        org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
+        receiver.secret = secret
+        events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {}} for n in range(20)]
+        published = await client.post(
+            f"{service.base_url}/v1/organizations/{org}/events/batch",
+            json={"events": events},
+            headers=AUTH,
+        )
+        assert published.status_code == 202, published.text
+        await receiver.wait_for_requests(20, within=20)
+        # Every attempt was a child's (--no-delivery): together their counters show all 20.
+        counted = 0.0
+        for _ in range(100):
+            counted = 0.0
+            for url in urls:
+                for line in (await client.get(f"{url}/metrics")).text.splitlines():
+                    if line.startswith("ascend_webhooks_attempt_duration_seconds_count"):
+                        counted += float(line.rsplit(" ", 1)[1])
+            if counted >= 20:
+                break
+            await asyncio.sleep(0.05)
+        assert counted == 20
+        assert await service.stop() == 0
+
+
+async def test_metrics_ports_past_65535_are_refused_in_one_line(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_METRICS_PORT="65535")
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--delivery-processes", "2", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    (line,) = err.decode().strip().splitlines()
+    assert line.startswith("ascend-webhooks: error: ASCEND_WEBHOOKS_METRICS_PORT 65535")

@@ -175,6 +175,17 @@ def _serve(args: argparse.Namespace) -> int:
         if args.delivery_processes < 0:
             return _fail("--delivery-processes must be 0 or more")
         settings = dataclasses.replace(settings, delivery_processes=args.delivery_processes)
+    if settings.delivery_processes:
+        # The delivery processes serve their metrics from this port up (see processes.py).
+        try:
+            first = _metrics_port(None)
+        except _StartupError as exc:
+            return _fail(str(exc))
+        if first is not None and first + settings.delivery_processes - 1 > 65535:
+            return _fail(
+                f"{_METRICS_PORT_ENV} {first}: {settings.delivery_processes} delivery processes "
+                "need that many ports up to 65535"
+            )
     _configure_logging()
     return _run(_run_server(settings, box, args))
 

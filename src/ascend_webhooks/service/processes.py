@@ -8,6 +8,10 @@ machine write the same file in turn. Supervising them takes little enough (start
 after an unexpected exit, stop) that asyncio's subprocesses do it without a process-manager
 dependency.
 
+With ``ASCEND_WEBHOOKS_METRICS_PORT=P`` (which ``serve`` itself does not use: its ``/metrics``
+is on its own port), delivery process N serves its ``/metrics`` and ``/healthz`` on port P+N-1,
+the same port again after a restart.
+
 A child follows its parent: ``--stop-with-parent PID`` makes the worker stop (gracefully, as on
 SIGTERM) once that process is gone, so a ``serve`` killed outright leaves no orphan behind.
 """
@@ -31,6 +35,7 @@ _FIRST_RESTART_DELAY = 1.0
 _MAX_RESTART_DELAY = 30.0
 _HEALTHY_AFTER = 60.0  # a child that ran this long restarts at once after an exit
 _PARENT_CHECK_SECONDS = 1.0
+_METRICS_PORT = "ASCEND_WEBHOOKS_METRICS_PORT"
 
 
 class DeliveryProcesses:
@@ -91,7 +96,7 @@ class DeliveryProcesses:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                process = await self._spawn()
+                process = await self._spawn(slot)
             except OSError as exc:
                 log.error("cannot start delivery process %d: %s", slot, exc)
                 status: int | None = None
@@ -116,12 +121,13 @@ class DeliveryProcesses:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, _MAX_RESTART_DELAY)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
+    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         args = [*self._command, "worker", "--database-url", self._database_url]
         args += ["--stop-with-parent", str(os.getpid())]
         env = dict(os.environ)
-        # The parent's metrics port is its own; a child would only find it taken.
-        env.pop("ASCEND_WEBHOOKS_METRICS_PORT", None)
+        base = env.get(_METRICS_PORT, "").strip()
+        if base:  # (the child refuses a bad value in one line, as `worker` always does)
+            env[_METRICS_PORT] = str(int(base) + slot - 1) if base.isdigit() else base
         return await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, env=env
         )
