@@ -459,6 +459,38 @@ async def test_writers_of_other_processes_wait_on_the_writer_lock(path: Path) ->
         await store.close()
 
 
+async def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_not_the_store(
+    path: Path,
+) -> None:
+    # A process that stopped while holding the lock: the write fails after busy_timeout, as
+    # it would on SQLite's own lock (503 from the API), and the store works once it is free.
+    from ascend_webhooks.store.base import StoreUnavailableError
+
+    store = SQLiteStore(f"sqlite:///{path}?busy_timeout=300")
+    await store.open()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_WRITER_LOCK, f"{path}-writer",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdin is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
+        with pytest.raises(StoreUnavailableError, match="database is locked"):
+            await asyncio.wait_for(store.create_organization("late"), 10)
+        holder.stdin.write(b"release\n")
+        await holder.stdin.drain()
+        assert await asyncio.wait_for(holder.wait(), 10) == 0
+        created = await asyncio.wait_for(store.create_organization("after"), 5)
+        assert (await store.get_organization(created.id)).name == "after"
+        assert [o.name for o in (await store.list_organizations(limit=10)).items] == ["after"]
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
+        await store.close()
+
+
 _HOLD_WRITER_LOCK = """
 import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)

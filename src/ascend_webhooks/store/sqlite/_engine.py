@@ -62,7 +62,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -162,21 +162,55 @@ def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
 
 
 class _WriterLock:
-    """An exclusive ``flock`` that the writer threads of every process on one file take in turn."""
+    """An exclusive ``flock`` that the writer threads of every process on one file take in turn.
 
-    def __init__(self, database_path: str) -> None:
+    Free, it is taken at once (one system call). Held by another process, a waiter thread
+    blocks in ``flock`` for it, so that the kernel wakes it the moment the lock is let go,
+    while the writer waits at most the busy timeout, as SQLite would have made it: then its
+    transaction fails with "database is locked" instead of hanging behind a process that is
+    stopped, and the waiter lets go of the lock as soon as it gets it.
+    """
+
+    def __init__(self, database_path: str, timeout: float) -> None:
         self._fd: int | None = None
+        self._timeout = timeout
+        self._waits: queue.SimpleQueue[_LockWait] = queue.SimpleQueue()
+        self._waiter: threading.Thread | None = None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: SQLite's busy waiting alone
             return
         self._flock = fcntl.flock
         self._exclusive, self._unlock = fcntl.LOCK_EX, fcntl.LOCK_UN
+        self._nonblocking = fcntl.LOCK_EX | fcntl.LOCK_NB
         self._fd = os.open(f"{database_path}-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def acquire(self) -> None:
-        if self._fd is not None:
-            self._flock(self._fd, self._exclusive)  # blocks with the GIL released
+        """Take the lock; sqlite3.OperationalError if another process held it too long."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            self._flock(fd, self._nonblocking)
+            return
+        except BlockingIOError:
+            pass
+        if self._waiter is None:
+            self._waiter = threading.Thread(
+                target=self._wait_loop, name="ascend-webhooks-sqlite-lock", daemon=True
+            )
+            self._waiter.start()
+        wait = _LockWait()
+        self._waits.put(wait)
+        if wait.taken.wait(self._timeout):
+            return
+        with wait.guard:
+            if wait.taken.is_set():
+                return
+            wait.abandoned = True
+        raise sqlite3.OperationalError(
+            f"database is locked (another process's writer held it over {self._timeout:g} s)"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
@@ -186,6 +220,29 @@ class _WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # (closing also releases a lock still held)
             self._fd = None
+
+    def _wait_loop(self) -> None:
+        while True:
+            wait = self._waits.get()
+            fd = self._fd
+            if fd is None:
+                return
+            try:
+                self._flock(fd, self._exclusive)  # blocks with the GIL released
+            except OSError:  # closed meanwhile: the store is stopping
+                return
+            with wait.guard:
+                if wait.abandoned:
+                    self._flock(fd, self._unlock)
+                else:
+                    wait.taken.set()
+
+
+@dataclass(slots=True)
+class _LockWait:
+    taken: threading.Event = field(default_factory=threading.Event)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    abandoned: bool = False
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -245,7 +302,7 @@ class Engine:
             conn.close()
             raise
         self._write_conn = conn
-        self._writer_lock = _WriterLock(self.options.path)
+        self._writer_lock = _WriterLock(self.options.path, self.options.busy_timeout_ms / 1000)
         self._writer = threading.Thread(
             target=self._run_writer, name="ascend-webhooks-sqlite-writer", daemon=True
         )
@@ -355,7 +412,11 @@ class Engine:
                             _fail_all(jobs, exc)
                             continue
                         # (staying fully synchronous for a relaxed batch only costs time)
-                lock.acquire()
+                try:
+                    lock.acquire()
+                except sqlite3.OperationalError as exc:
+                    _fail_all(jobs, exc)
+                    continue
                 try:
                     self._run_batch(conn, jobs)
                 finally:
