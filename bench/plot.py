@@ -28,7 +28,13 @@ from matplotlib.axes import Axes
 from harness import BENCH_DIR, load_results
 
 OUTPUT = BENCH_DIR.parent / "docs" / "benchmarks-throughput.png"
-COLORS = {"baseline": "#9e9e9e", "sqlite": "#1f77b4", "postgres": "#2ca02c", "ceiling": "#d62728"}
+COLORS = {
+    "baseline": "#9e9e9e",
+    "sqlite": "#1f77b4",
+    "sqlite_processes": "#6baed6",
+    "postgres": "#2ca02c",
+    "ceiling": "#d62728",
+}
 LATENCY_TARGETS = {"sqlite": (2.0, 10.0), "postgres": (5.0, 25.0)}
 
 
@@ -47,22 +53,27 @@ def throughput_bars(results: dict[str, dict[str, Any]]) -> tuple[list[tuple[str,
         parts = {
             "baseline": run.get("baseline"),
             "sqlite": run.get("service_sqlite"),
+            "sqlite_processes": run.get("service_sqlite_processes"),
             "postgres": run.get("service_postgres"),
             "ceiling": run.get("ceiling"),
         }
+        processes = run.get("delivery_processes", "N")
     else:
         source = "separate ceiling.py and baseline_celery.py runs"
         parts = {
             "baseline": results.get("baseline_celery"),
             "sqlite": None,
+            "sqlite_processes": None,
             "postgres": None,
             "ceiling": results.get("ceiling"),
         }
+        processes = "N"
     client = (parts["ceiling"] or {}).get("ceiling_client", "")
     labels = {
         "baseline": "baseline\nCelery x4 + Redis",
         "sqlite": "service\nSQLite (1 serve)",
-        "postgres": "service\nPostgreSQL (2 workers)",
+        "sqlite_processes": f"service, SQLite\nserve + {processes}\ndelivery process",
+        "postgres": "service\nPostgreSQL\n(2 workers)",
         "ceiling": f"ceiling\n{client or 'fastest client'}, no storage",
     }
     return [(labels[key], key, _rate(parts[key])) for key in labels], source
@@ -73,7 +84,11 @@ def _draw_throughput(ax: Axes, results: dict[str, dict[str, Any]]) -> None:
     run = results.get("throughput", {})
     incomplete = {
         key
-        for key, part in (("sqlite", "service_sqlite"), ("postgres", "service_postgres"))
+        for key, part in (
+            ("sqlite", "service_sqlite"),
+            ("sqlite_processes", "service_sqlite_processes"),
+            ("postgres", "service_postgres"),
+        )
         if "incomplete" in run.get(part, {})
     }
     heights = [0.0 if math.isnan(rate) else rate for _, _, rate in bars]
@@ -93,7 +108,7 @@ def _draw_throughput(ax: Axes, results: dict[str, dict[str, Any]]) -> None:
     if not math.isnan(baseline):
         ax.axhline(15 * baseline, color=COLORS["baseline"], linestyle=":", linewidth=1)
         ax.text(-0.4, 15 * baseline - top * 0.01, "target: 15x baseline", fontsize=8, va="top")
-    ax.set_xticks(list(positions), [label for label, _, _ in bars], fontsize=8)
+    ax.set_xticks(list(positions), [label for label, _, _ in bars], fontsize=7)
     ax.set_ylim(0, top * 1.15)
     ax.set_ylabel("deliveries per second (higher is better)")
     ax.set_title(f"Durable delivery throughput, 1 KB events\n({source})", fontsize=10)
