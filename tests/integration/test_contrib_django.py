@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
-import uvicorn
 from werkzeug.serving import BaseWSGIServer
 from werkzeug.serving import make_server as make_werkzeug_server
 
@@ -43,6 +41,7 @@ from ascend_webhooks.receiver import (  # noqa: E402
     Router,
 )
 from ascend_webhooks.receiver.contrib.django import DjangoView, ascend_view  # noqa: E402
+from tests.support.asgi import serve_in_thread  # noqa: E402
 from tests.support.examples import (  # noqa: E402
     check_announced_body_over_cap,
     check_chunked_body_over_cap,
@@ -342,28 +341,6 @@ def serve(*, dechunking: bool = False) -> Iterator[str]:
         server.server_close()
 
 
-@contextmanager
-def serve_asgi() -> Iterator[str]:
-    """Serve Django's ASGI handler under uvicorn on loopback."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(ASGIHandler(), log_level="warning", lifespan="off", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 def test_real_server_receives_a_signed_post() -> None:
     recorder = Recorder()
     recorder.gate.clear()
@@ -435,7 +412,7 @@ def test_under_asgi_a_chunked_body_over_the_cap_is_413() -> None:
     # Django's ASGI handler receives the whole body (spooling it to disk) before any view
     # runs; the view still holds it to the cap, reading no more than one byte past it.
     recorder = Recorder()
-    with urls(make_view(recorder, max_body_bytes=CAP)), serve_asgi() as base:
+    with urls(make_view(recorder, max_body_bytes=CAP)), serve_in_thread(ASGIHandler()) as base:
         over = event_of_size(CAP + 1, "evt_over")
         status, answer = raw_post(base + "/webhooks/", signed(over), pieces(over), chunked=True)
         assert status == 413

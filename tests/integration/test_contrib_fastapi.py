@@ -8,19 +8,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -39,6 +35,7 @@ from ascend_webhooks.receiver.contrib.fastapi import (
     ascend_endpoint,
     ascend_route,
 )
+from tests.support.asgi import serve_in_thread as serve
 from tests.support.examples import (
     check_announced_body_over_cap,
     check_chunked_body_over_cap,
@@ -296,28 +293,6 @@ def test_max_body_bytes_must_be_a_positive_int(value: Any, error: type[Exception
 
 
 # -- a real server on loopback ---------------------------------------------------------------
-
-
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread on an ephemeral loopback port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_real_server_answers_200_before_a_slow_handler_finishes() -> None:

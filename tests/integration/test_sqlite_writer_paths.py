@@ -14,6 +14,8 @@ import hashlib
 import json
 import sqlite3
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -433,29 +435,44 @@ async def test_claims_of_one_take_turns_across_organizations_and_endpoints(path:
         await store.close()
 
 
-async def test_writers_of_other_processes_wait_on_the_writer_lock(path: Path) -> None:
-    # Another process's writer holds the lock: this one's transaction waits, without SQLite's
-    # sleeping busy loop, and runs as soon as the lock is let go.
-    store = await opened(path)
+@asynccontextmanager
+async def writer_lock_held_elsewhere(path: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Another process holds the store's writer lock; the block gets the function that frees it."""
     holder = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _HOLD_WRITER_LOCK, f"{path}-writer",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdin is not None
+    stdin = holder.stdin
+
+    async def release() -> None:
+        stdin.write(b"release\n")
+        await stdin.drain()
+        assert await asyncio.wait_for(holder.wait(), 10) == 0
+
     try:
-        assert holder.stdout is not None
-        assert holder.stdin is not None
         assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
-        created = asyncio.create_task(store.create_organization("Acme"))
-        await asyncio.sleep(0.3)
-        assert not created.done()  # waits for the other process
-        holder.stdin.write(b"release\n")
-        await holder.stdin.drain()
-        organization = await asyncio.wait_for(created, 5)
-        assert (await store.get_organization(organization.id)).name == "Acme"
+        yield release
     finally:
         if holder.returncode is None:
             holder.kill()
         await holder.wait()
+
+
+async def test_writers_of_other_processes_wait_on_the_writer_lock(path: Path) -> None:
+    # Another process's writer holds the lock: this one's transaction waits, without SQLite's
+    # sleeping busy loop, and runs as soon as the lock is let go.
+    store = await opened(path)
+    try:
+        async with writer_lock_held_elsewhere(path) as release:
+            created = asyncio.create_task(store.create_organization("Acme"))
+            await asyncio.sleep(0.3)
+            assert not created.done()  # waits for the other process
+            await release()
+            organization = await asyncio.wait_for(created, 5)
+        assert (await store.get_organization(organization.id)).name == "Acme"
+    finally:
         await store.close()
 
 
@@ -468,26 +485,15 @@ async def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_not_the_
 
     store = SQLiteStore(f"sqlite:///{path}?busy_timeout=300")
     await store.open()
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HOLD_WRITER_LOCK, f"{path}-writer",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
     try:
-        assert holder.stdout is not None
-        assert holder.stdin is not None
-        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
-        with pytest.raises(StoreUnavailableError, match="database is locked"):
-            await asyncio.wait_for(store.create_organization("late"), 10)
-        holder.stdin.write(b"release\n")
-        await holder.stdin.drain()
-        assert await asyncio.wait_for(holder.wait(), 10) == 0
+        async with writer_lock_held_elsewhere(path) as release:
+            with pytest.raises(StoreUnavailableError, match="database is locked"):
+                await asyncio.wait_for(store.create_organization("late"), 10)
+            await release()
         created = await asyncio.wait_for(store.create_organization("after"), 5)
         assert (await store.get_organization(created.id)).name == "after"
         assert [o.name for o in (await store.list_organizations(limit=10)).items] == ["after"]
     finally:
-        if holder.returncode is None:
-            holder.kill()
-        await holder.wait()
         await store.close()
 
 
