@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,9 +11,11 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.test_serve import CLI, serve, service_env, setup_organization
-from tests.support.processes import eventually
+from tests.support.api import MASTER_KEY
+from tests.support.processes import eventually, postgres_database
 from tests.support.receivers import Receiver
 
 ADMIN = "e2e-admin"
@@ -34,9 +37,20 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def test_the_delivery_processes_deliver_and_stop_with_serve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_the_delivery_processes_deliver_and_stop_with_serve(
+    tmp_path: Path, database: str
+) -> None:
     # --no-delivery: serve's own process sends nothing, so every arrival is a child's work.
-    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+    async with contextlib.AsyncExitStack() as stack:
+        env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+        if database == "postgresql":
+            url = await stack.enter_async_context(postgres_database())
+            env.update(ASCEND_WEBHOOKS_DATABASE_URL=url, ASCEND_WEBHOOKS_MASTER_KEY=MASTER_KEY)
+        await deliver_through_children(tmp_path, env)
+
+
+async def deliver_through_children(tmp_path: Path, env: dict[str, str]) -> None:
     args = ("--no-delivery", "--delivery-processes", "2")
     async with (
         serve(tmp_path, env, *args) as service,
