@@ -60,6 +60,8 @@ async def deliver_through_children(tmp_path: Path, env: dict[str, str]) -> None:
         await eventually(lambda: len(children(service.stderr)) == 2, within=10)
         pids = children(service.stderr)
         assert all(alive(pid) for pid in pids.values())
+        # Each in a session of its own: a terminal's Ctrl-C reaches serve, which stops them.
+        assert all(os.getsid(pid) == pid for pid in pids.values())
         org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
         receiver.secret = secret
         events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {"n": n}} for n in range(40)]

@@ -128,8 +128,10 @@ class DeliveryProcesses:
         base = env.get(_METRICS_PORT, "").strip()
         if base:  # (the child refuses a bad value in one line, as `worker` always does)
             env[_METRICS_PORT] = str(int(base) + slot - 1) if base.isdigit() else base
+        # A session of its own: Ctrl-C in a terminal reaches serve alone, which stops its
+        # children in order, instead of each child stopping (and being restarted) on its own.
         return await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, env=env
+            *args, stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True
         )
 
 
