@@ -33,7 +33,7 @@ log = logging.getLogger("ascend_webhooks.service")
 
 _FIRST_RESTART_DELAY = 1.0
 _MAX_RESTART_DELAY = 30.0
-_HEALTHY_AFTER = 60.0  # a child that ran this long restarts at once after an exit
+_HEALTHY_AFTER = 60.0  # a child that ran this long before exiting starts again after 1 s
 _PARENT_CHECK_SECONDS = 1.0
 _METRICS_PORT = "ASCEND_WEBHOOKS_METRICS_PORT"
 
