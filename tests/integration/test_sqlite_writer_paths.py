@@ -14,6 +14,7 @@ import hashlib
 import json
 import sqlite3
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -495,6 +496,9 @@ async def test_a_writer_lock_held_past_the_busy_timeout_fails_the_write_not_the_
         assert [o.name for o in (await store.list_organizations(limit=10)).items] == ["after"]
     finally:
         await store.close()
+    # The thread that waited for the lock ends with the store.
+    await asyncio.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "ascend-webhooks-sqlite-lock"]
 
 
 _HOLD_WRITER_LOCK = """

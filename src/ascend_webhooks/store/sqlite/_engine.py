@@ -220,6 +220,9 @@ class _WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # (closing also releases a lock still held)
             self._fd = None
+        if self._waiter is not None:
+            self._waits.put(_LockWait())  # wakes the waiter thread, which sees the lock closed
+            self._waiter = None
 
     def _wait_loop(self) -> None:
         while True:
