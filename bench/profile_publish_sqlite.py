@@ -10,9 +10,12 @@ processes on the machine count less) and wall time:
 * ``publish_group``: checks, staging (ids, result objects) and the INSERTs;
 * ``+ COMMIT``: the same with the commit (``synchronous=FULL``: the WAL is fsynced).
 
-::
+``--contended`` runs a thread of pure Python beside it, as the event loop of ``serve`` is
+while it parses the next batches: the writer lets go of the GIL around every statement and
+waits to take it back, up to the switch interval (5 ms) each time, so there the wall time per
+event counts how many statements a batch takes, and CPU time hardly changes::
 
-    .venv/bin/python bench/profile_publish_sqlite.py [--batches 20]
+    .venv/bin/python bench/profile_publish_sqlite.py [--batches 20] [--contended]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import hashlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,7 +64,26 @@ def _events(run: int) -> tuple[NewEvent, ...]:
 def main() -> int:
     cli = argparse.ArgumentParser(description="SQLite cost per published event (no HTTP).")
     cli.add_argument("--batches", type=int, default=20)
+    cli.add_argument(
+        "--contended", action="store_true", help="a thread of pure Python runs meanwhile"
+    )
     args = cli.parse_args()
+    stop = threading.Event()
+    if args.contended:
+        threading.Thread(target=_busy, args=(stop,), daemon=True).start()
+    try:
+        return _measure(args.batches, args.contended)
+    finally:
+        stop.set()
+
+
+def _busy(stop: threading.Event) -> None:
+    """Pure Python, holding the GIL but for the interpreter's forced switches."""
+    while not stop.is_set():
+        sum(range(1_000))
+
+
+def _measure(batches: int, contended: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="ascend-sqlite-floor-") as tmp:
         conn = connect(SQLiteOptions(path=str(Path(tmp) / "floor.db")))
         apply_migrations(conn, load_migrations())
@@ -78,7 +101,7 @@ def main() -> int:
             "publish_group": [],
             "publish_group + COMMIT": [],
         }
-        for run in range(args.batches):
+        for run in range(batches):
             events = _events(run)
             labels = list(figures)
             for label in labels[run % 3 :] + labels[: run % 3]:  # rotate: no order advantage
@@ -103,7 +126,8 @@ def main() -> int:
                     conn.execute("COMMIT")
                 figures[label].append((cpu * 1e6 / BATCH, wall * 1e6 / BATCH))
         conn.close()
-    print(f"== SQLite cost per event, batches of {BATCH:,}, median of {args.batches} ==")
+    beside = ", a busy Python thread beside" if contended else ""
+    print(f"== SQLite cost per event, batches of {BATCH:,}, median of {batches}{beside} ==")
     for label, values in figures.items():
         cpu = statistics.median(v[0] for v in values)
         wall = statistics.median(v[1] for v in values)

@@ -16,8 +16,8 @@ Why this shape, and not aiosqlite or an ORM:
   transactions across callers, and an ORM adds per-row object overhead we do not want on a
   path meant for thousands of publishes a second.
 * Publishes queued together go further: they are validated one by one (a conflict fails
-  only its caller, before anything is written) and then inserted with one ``executemany`` per
-  table for the whole batch (``GroupJob``), so a publish costs a few microseconds of Python
+  only its caller, before anything is written) and then inserted with a few multi-row INSERTs
+  per table for the whole batch (``GroupJob``), so a publish costs a few microseconds of Python
   rather than a handful of statements.
 * Reads run on a small pool of reader threads, each with its own connection. In WAL mode they
   read the last committed snapshot beside the writer without waiting for it.

@@ -3,8 +3,9 @@
 ``publish_group`` runs as a ``GroupJob``: every publish queued for one transaction is checked
 on its own (its organization, conflicts with stored events, with its own duplicates and with
 the other callers' events in the batch) before any of its rows is staged; then the whole batch
-is inserted with one ``executemany`` per table. A caller's mistake is its own error, and the
-engine falls back to running the calls one by one if the combined insert itself fails.
+is inserted with a few multi-row INSERTs per table (``statement_sizes``). A caller's mistake is
+its own error, and the engine falls back to running the calls one by one if the combined
+insert itself fails.
 
 The Python per event is what the writer thread holds the GIL for (the INSERTs themselves run
 in SQLite with it released), so the usual call (every event new, each once) takes one pass
@@ -248,10 +249,32 @@ _INSERT_DELIVERIES = (
     "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,"
     " blocked, next_attempt_at, created_at, updated_at, locked_by, lease_expires_at) VALUES "
 )
-# Rows per statement, largest first: a few statement texts, each prepared once per connection
-# (its statement cache), cover any count; 256 rows of 11 values stay far below SQLite's limit
-# of 32,766 parameters.
-_ROWS_PER_INSERT = (256, 64, 16, 4, 1)
+# Rows per statement. Each statement is a point where the writer thread lets go of the GIL
+# (around sqlite3_step) and must take it back from the event loop, which can keep it for the
+# whole switch interval (5 ms): a 1,000-event batch in ten statements per table spent most of
+# its time waiting so while the event loop was busy (bench/profile_publish_sqlite.py
+# --contended). So one statement carries as many rows as it can: up to _MOST_ROWS, a part of
+# _ROUND or more rows rounded down to a multiple of _ROUND, the rest halving (32, 16, ... 1):
+# a 1,000-event batch takes three statements per table. Every size is a statement of its own
+# in the connection's statement cache (about 1 KB per row of 11 values), so the sizes are
+# few: at most 16 + 6 per table, about 15 MB for both tables once every size has been used.
+_MOST_ROWS = 1024  # x 11 values: far below SQLite's limit of 32,766 parameters
+_ROUND = 64
+_REST = (32, 16, 8, 4, 2, 1)
+
+
+def statement_sizes(total: int) -> list[int]:
+    """The rows of each INSERT for ``total`` rows, largest first."""
+    sizes = []
+    while total >= _ROUND:
+        size = min(_MOST_ROWS, total - total % _ROUND)
+        sizes.append(size)
+        total -= size
+    for size in _REST:
+        if total >= size:
+            sizes.append(size)
+            total -= size
+    return sizes
 
 
 @cache
@@ -263,15 +286,12 @@ def _values_insert(head: str, width: int, rows: int) -> str:
 def _insert_rows(
     conn: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[object, ...]]
 ) -> None:
-    """INSERT ``rows`` with as few multi-row statements as the fixed sizes allow."""
-    start, total = 0, len(rows)
-    for size in _ROWS_PER_INSERT:
-        if total - start < size:
-            continue
+    """INSERT ``rows`` with as few multi-row statements as ``statement_sizes`` allows."""
+    start = 0
+    for size in statement_sizes(len(rows)):
         sql = _values_insert(head, width, size)
-        while total - start >= size:
-            conn.execute(sql, list(chain.from_iterable(rows[start : start + size])))
-            start += size
+        conn.execute(sql, list(chain.from_iterable(rows[start : start + size])))
+        start += size
 
 
 # The result objects of a publish, built through their slot descriptors: a frozen dataclass's
