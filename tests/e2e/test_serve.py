@@ -134,6 +134,39 @@ async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Pa
     assert (tmp_path / "service.db.key").stat().st_mode & 0o077 == 0
 
 
+async def test_a_minimal_batch_answer_over_a_real_server_is_delivered_in_full(
+    tmp_path: Path,
+) -> None:
+    async with (
+        serve(tmp_path, service_env(tmp_path)) as service,
+        Receiver() as receiver,
+        httpx.AsyncClient() as client,
+    ):
+        token = await admin_token_from(service)
+        org, secret = await setup_organization(client, service.base_url, token, receiver)
+        receiver.secret = secret
+        events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {"n": n}} for n in range(3)]
+        for attempt in ("route", "front"):  # the first publish of the organization: the route
+            published = await client.post(
+                f"{service.base_url}/v1/organizations/{org}/events/batch",
+                json={"events": [{**e, "id": f"{e['id']}_{attempt}"} for e in events]},
+                headers={"Authorization": f"Bearer {token}", "Prefer": "return=minimal"},
+            )
+            assert published.status_code == 202, published.text
+            assert published.headers["preference-applied"] == "return=minimal"
+            assert published.json() == {
+                "data": [{"id": f"evt_{n}_{attempt}", "created": True} for n in range(3)]
+            }
+        arrived = await receiver.wait_for_requests(6)
+        assert all(request.verified for request in arrived)
+        assert sorted(request.body for request in arrived) == sorted(
+            b'{"id":"evt_%d_%s","type":"invoice.paid","data":{"n":%d}}' % (n, a, n)
+            for n in range(3)
+            for a in (b"route", b"front")
+        )
+        assert await service.stop() == 0
+
+
 async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
     env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN="e2e-admin")
     migrate = await asyncio.create_subprocess_exec(*CLI, "migrate", env=env)

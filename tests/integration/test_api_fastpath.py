@@ -20,8 +20,18 @@ from starlette.types import Receive, Scope, Send
 from ascend_webhooks.service import fastpath
 from ascend_webhooks.service.app import GC_THRESHOLD
 from ascend_webhooks.service.problems import Problem
-from ascend_webhooks.service.routes.events import build_event, published_view, wire_body
-from ascend_webhooks.service.schemas import EventBatchResult, EventCreate, EventPublished
+from ascend_webhooks.service.routes.events import (
+    build_event,
+    prefers_minimal,
+    published_view,
+    wire_body,
+)
+from ascend_webhooks.service.schemas import (
+    EventBatchAccepted,
+    EventBatchResult,
+    EventCreate,
+    EventPublished,
+)
 from ascend_webhooks.store import Store
 from ascend_webhooks.store.models import (
     Delivery,
@@ -423,3 +433,87 @@ async def test_the_collector_is_tuned_while_the_app_runs_and_put_back_after(
         assert gc.get_threshold()[0] >= GC_THRESHOLD  # still tuned: the first app runs
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_return_minimal_is_answered_alike_by_the_front_and_the_route(
+    api: Api, store: Store
+) -> None:
+    org = await api.organization()
+    endpoint = await api.endpoint(org)
+    await api.publish(org, id="evt_old", type="a")  # stored before the batches
+    token = await api.org_token(org)  # a token the front has not seen: its first call, the route
+    counted = Counted(api)
+    path = f"/v1/organizations/{org}/events/batch"
+    prefer = {"Prefer": "return=minimal"}
+
+    def events(tag: str) -> dict[str, Any]:
+        return {
+            "events": [
+                {"id": f"{tag}:1", "type": "a", "data": {"n": 1}},
+                {"type": "a", "data": {"n": 2}},
+                {"id": f"{tag}:1", "type": "a", "data": {"n": 1}},  # a repeat within the batch
+                {"id": "evt_old", "type": "a", "data": {}},  # stored already, same content
+            ]
+        }
+
+    answers = {}
+    for tag in ("route", "front"):
+        response = await api.call(
+            "POST", path, token=token, json=events(tag), headers=prefer, expect=202
+        )
+        assert response.headers["preference-applied"] == "return=minimal"
+        assert response.headers["content-type"] == "application/json"
+        answers[tag] = [(a.id, a.created) for a in EventBatchAccepted.model_validate(
+            response.json()).data]  # fmt: skip
+        assert counted.calls == 1  # the first went to the route, the second did not
+    for tag, answer in answers.items():
+        generated = answer[1][0]
+        assert generated.startswith("evt_")
+        assert answer == [(f"{tag}:1", True), (generated, True), (f"{tag}:1", False),
+                          ("evt_old", False)]  # fmt: skip
+        stored = await store.get_event(org, f"{tag}:1")  # stored as any publish stores it
+        assert [d.endpoint_id for d in stored.deliveries] == [endpoint]
+        assert stored.body == b'{"id":"%s:1","type":"a","data":{"n":1}}' % tag.encode()
+
+    # One event: the same two keys; the full answer without the preference.
+    single = f"/v1/organizations/{org}/events"
+    one = await api.call(
+        "POST", single, json={"id": "one", "type": "a", "data": {}}, headers=prefer, expect=202
+    )
+    assert one.json() == {"id": "one", "created": True}
+    assert one.headers["preference-applied"] == "return=minimal"
+    again = await api.call(
+        "POST", single, json={"id": "one", "type": "a", "data": {}},
+        headers={"Prefer": "handling=lenient, return=minimal"}, expect=200,
+    )  # fmt: skip
+    assert again.json() == {"id": "one", "created": False}
+    full = await api.call(
+        "POST", single, json={"id": "one", "type": "a", "data": {}},
+        headers={"Prefer": "return=representation"}, expect=200,
+    )  # fmt: skip
+    assert "preference-applied" not in full.headers
+    assert EventPublished.model_validate(full.json()).deliveries[0].endpoint_id == endpoint
+    fresh = await api.org_token(org)  # a single publish through the route, too
+    routed = counted.calls
+    by_route = await api.call(
+        "POST", single, token=fresh, json={"id": "two", "type": "a", "data": {}}, headers=prefer,
+        expect=202,
+    )  # fmt: skip
+    assert by_route.json() == {"id": "two", "created": True}
+    assert by_route.headers["preference-applied"] == "return=minimal"
+    assert counted.calls == routed + 1
+
+
+@pytest.mark.parametrize(
+    ("values", "minimal"),
+    [
+        (["return=minimal"], True),
+        (['RETURN="minimal"'], True),
+        (["respond-async, wait=10", "return=minimal; x=1"], True),
+        (["return=representation"], False),
+        (["return=minimalist", "minimal"], False),
+        ([], False),
+    ],
+)
+def test_the_prefer_header_is_read_as_rfc_7240_writes_it(values: list[str], minimal: bool) -> None:
+    assert prefers_minimal(values) is minimal

@@ -15,7 +15,8 @@ which orjson refuses); ids missing are made in one ``new_ids`` call;
 bodies and content hashes come from ``wire_body``, the route's own builder, so they are the
 same bytes; and an event's answer is its stored body with the rest of the view appended, since
 ``{"id","type","data"`` is exactly how the route's rendered answer starts (no second rendering
-of the data). Anything the checks are unsure of goes to the route, never the other way.
+of the data), or under ``Prefer: return=minimal`` only its id and ``created``, as the route
+answers it. Anything the checks are unsure of goes to the route, never the other way.
 
 Anything else — a token never seen, an organization not yet known, a body that does not parse
 or validate, an event too large, a store error — is handed, with its body replayed, to the
@@ -41,7 +42,7 @@ from ..store.base import StoreError
 from ..store.models import DeliveryStatus, NewEvent, PublishResult
 from .limits import RequestLimits
 from .problems import problem_response
-from .routes.events import published_view, wire_body
+from .routes.events import MINIMAL_APPLIED, prefers_minimal, published_view, wire_body
 from .schemas import EVENT_ID_PATTERN, EVENT_TYPE_PATTERN, MAX_BATCH_EVENTS, MAX_ORDERING_KEY
 from .state import Services
 from .tokens import hash_token, same_hash
@@ -55,6 +56,7 @@ _SUFFIX = "/events"
 _BATCH_SUFFIX = "/events/batch"
 _MAX_TOKEN_LENGTH = 512
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_MINIMAL_HEADER = (MINIMAL_APPLIED[0].lower().encode(), MINIMAL_APPLIED[1].encode())
 _UTC_Z = orjson.OPT_UTC_Z
 _dumps = orjson.dumps
 _EVENT_KEYS = frozenset(("type", "data", "id", "ordering_key"))
@@ -107,13 +109,14 @@ class FastPublish:
             if size > limit:  # the route's body limit answers 413 on the replay
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        minimal = _minimal(scope)
         try:
             if more:
                 answer = None
             elif batch:
-                answer = await _publish_batch(services, org, body)
+                answer = await _publish_batch(services, org, body, minimal)
             else:
-                answer = await _publish(services, org, body)
+                answer = await _publish(services, org, body, minimal)
         except (ValueError, TypeError, StoreError):  # a conflict (409), say: the route answers
             answer = None
         except Exception:
@@ -126,13 +129,10 @@ class FastPublish:
             await self.app(scope, _replay(body, more, receive), send)
             return
         status, content = answer
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())],
-            }
-        )
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(content)).encode())]
+        if minimal:
+            headers.append(_MINIMAL_HEADER)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
 
@@ -164,17 +164,35 @@ def _allowed(services: Services, scope: Scope, org: str, limit: int) -> bool:
     return principal is not None and principal.organization_id == org
 
 
-async def _publish(services: Services, org: str, body: bytes) -> tuple[int, bytes] | None:
+def _minimal(scope: Scope) -> bool:
+    """Whether the request's ``Prefer`` headers ask for ``return=minimal``."""
+    values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"prefer"]
+    return bool(values) and prefers_minimal(values)
+
+
+def _accepted(result: PublishResult, created: bool) -> bytes:
+    """One event's answer under ``Prefer: return=minimal``: its id and whether it was created."""
+    return b'{"id":%b,"created":%b}' % (_dumps(result.event.id), b"true" if created else b"false")
+
+
+async def _publish(
+    services: Services, org: str, body: bytes, minimal: bool
+) -> tuple[int, bytes] | None:
     events = _events(services, _parsed(body, batch=False))
     if events is None:
         return None
     (result,) = await services.store.publish(org, events)
     if result.created:
         EVENTS_PUBLISHED.inc()
-    return (202 if result.created else 200), _Answers().view(result, result.created, fresh=True)
+    status = 202 if result.created else 200
+    if minimal:
+        return status, _accepted(result, result.created)
+    return status, _Answers().view(result, result.created, fresh=True)
 
 
-async def _publish_batch(services: Services, org: str, body: bytes) -> tuple[int, bytes] | None:
+async def _publish_batch(
+    services: Services, org: str, body: bytes, minimal: bool
+) -> tuple[int, bytes] | None:
     events = _events(services, _parsed(body, batch=True))
     if events is None:
         return None
@@ -189,7 +207,14 @@ async def _publish_batch(services: Services, org: str, body: bytes) -> tuple[int
     by_id = {result.event.id: result for result in results}
     answers = _Answers()
     view = answers.view
-    if len(unique) == len(events):
+    if minimal:
+        answered: set[str] = set()
+        views = []
+        for event in events:  # a repeat within the batch created nothing itself
+            result = by_id[event.id]
+            views.append(_accepted(result, result.created and event.id not in answered))
+            answered.add(event.id)
+    elif len(unique) == len(events):
         views = [
             view(result, result.created, fresh=True) for result in map(by_id.__getitem__, unique)
         ]

@@ -244,6 +244,17 @@ class EventBatchResult(_Output):
     data: list[EventPublished]
 
 
+class EventAccepted(_Output):
+    """The answer for one event under ``Prefer: return=minimal``."""
+
+    id: str
+    created: bool = Field(description="false when an identical event already existed")
+
+
+class EventBatchAccepted(_Output):
+    data: list[EventAccepted]
+
+
 class EventList(_Output):
     data: list[EventOut]
     next_cursor: str | None

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from ...ids import new_id
 from ...metrics import EVENTS_PUBLISHED
@@ -24,7 +24,9 @@ from ..auth import OrgScope
 from ..problems import Problem
 from ..responses import JSONResponse
 from ..schemas import (
+    EventAccepted,
     EventBatch,
+    EventBatchAccepted,
     EventBatchResult,
     EventCreate,
     EventList,
@@ -36,13 +38,44 @@ from ..schemas import (
 from ..state import Services
 from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
 
-__all__ = ["build_event", "publish_many", "published_view", "router", "wire_body"]
+__all__ = [
+    "MINIMAL_APPLIED",
+    "build_event",
+    "prefers_minimal",
+    "publish_many",
+    "published_view",
+    "router",
+    "wire_body",
+]
 
 router = APIRouter(tags=["events"])
 
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 _sha256 = hashlib.sha256
+
+
+#: The header an answer to ``Prefer: return=minimal`` carries (RFC 7240).
+MINIMAL_APPLIED = ("Preference-Applied", "return=minimal")
+
+Prefer = Annotated[
+    list[str] | None,
+    Header(
+        description="`return=minimal` (RFC 7240): each event is answered with its `id` and"
+        " `created` only, not the stored event; the answer says `Preference-Applied:"
+        " return=minimal`. For bulk publishing, whose full answer is as large as the request."
+    ),
+]
+
+
+def prefers_minimal(values: Iterable[str]) -> bool:
+    """Whether ``Prefer`` header values (RFC 7240) ask for ``return=minimal``."""
+    for value in values:
+        for preference in value.split(","):
+            name, _, wanted = preference.split(";", 1)[0].partition("=")
+            if name.strip().lower() == "return" and wanted.strip().strip('"') == "minimal":
+                return True
+    return False
 
 
 def _invalid_data(where: str, reason: str) -> Problem:
@@ -117,40 +150,57 @@ def published_view(result: PublishResult, data: Any = None) -> dict[str, Any]:
 @router.post(
     "/organizations/{org}/events",
     status_code=202,
-    response_model=EventPublished,
+    response_model=EventPublished | EventAccepted,
     responses={
-        200: {"model": EventPublished, "description": "Identical event already stored"},
+        200: {
+            "model": EventPublished | EventAccepted,
+            "description": "Identical event already stored",
+        },
         **problems(404, 409, 413),
     },
     summary="Publish an event (202 once durably stored)",
 )
-async def publish_event(org: OrgScope, body: EventCreate, services: Svc) -> JSONResponse:
+async def publish_event(
+    org: OrgScope, body: EventCreate, services: Svc, prefer: Prefer = None
+) -> JSONResponse:
     event = build_event(body, services.settings.max_payload_bytes)
     (result,) = await services.store.publish(org, [event])
     if result.created:
         EVENTS_PUBLISHED.inc()
-    return JSONResponse(published_view(result), status_code=202 if result.created else 200)
+    status = 202 if result.created else 200
+    if prefer and prefers_minimal(prefer):
+        minimal = {"id": result.event.id, "created": result.created}
+        return JSONResponse(minimal, status_code=status, headers=dict([MINIMAL_APPLIED]))
+    return JSONResponse(published_view(result), status_code=status)
 
 
 @router.post(
     "/organizations/{org}/events/batch",
     status_code=202,
-    response_model=EventBatchResult,
+    response_model=EventBatchResult | EventBatchAccepted,
     responses={
-        200: {"model": EventBatchResult, "description": "Every event already stored"},
+        200: {
+            "model": EventBatchResult | EventBatchAccepted,
+            "description": "Every event already stored",
+        },
         **problems(404, 409, 413),
     },
     summary="Publish up to 1,000 events at once (all or nothing)",
 )
-async def publish_batch(org: OrgScope, body: EventBatch, services: Svc) -> JSONResponse:
-    status, answer = await publish_many(services, org, body.events)
-    return JSONResponse(answer, status_code=status)
+async def publish_batch(
+    org: OrgScope, body: EventBatch, services: Svc, prefer: Prefer = None
+) -> JSONResponse:
+    minimal = bool(prefer) and prefers_minimal(prefer or ())
+    status, answer = await publish_many(services, org, body.events, minimal=minimal)
+    headers = dict([MINIMAL_APPLIED]) if minimal else None
+    return JSONResponse(answer, status_code=status, headers=headers)
 
 
 async def publish_many(
-    services: Services, org: str, items: Sequence[EventCreate]
+    services: Services, org: str, items: Sequence[EventCreate], *, minimal: bool = False
 ) -> tuple[int, dict[str, Any]]:
-    """Publish a batch in one store call: (202 or 200, the answer). Problems on bad events."""
+    """Publish a batch in one store call: (202 or 200, the answer). Problems on bad events.
+    ``minimal``: each event answered with its ``id`` and ``created`` only."""
     limit = services.settings.max_payload_bytes
     built = [build_event(item, limit, f"body.events.{n}") for n, item in enumerate(items)]
     unique: dict[str, NewEvent] = {}
@@ -168,7 +218,10 @@ async def publish_many(
     first_seen: set[str] = set()
     for event, item in zip(built, items, strict=True):
         result = by_id[event.id]
-        if event.id in first_seen:  # a repeat within the batch created nothing itself
+        if minimal:
+            view = {"id": event.id, "created": result.created and event.id not in first_seen}
+            first_seen.add(event.id)
+        elif event.id in first_seen:  # a repeat within the batch created nothing itself
             view = published_view(result)
             view["created"] = False
         else:  # the first of its id: if it created the event, its data is what was stored
