@@ -104,7 +104,9 @@ def _batch(results: dict[str, dict[str, Any]]) -> tuple[str, bool | None]:
     batch = _get(results, "publish", "api_only", "batch", "per_s")
     if batch is None:
         return "not measured", None
-    return f"{batch:,.0f} events/s", batch >= 50_000
+    minimal = _get(results, "publish", "api_only", "batch_minimal", "per_s")
+    extra = f" ({minimal:,.0f} with Prefer: return=minimal)" if minimal is not None else ""
+    return f"{batch:,.0f} events/s{extra}", batch >= 50_000
 
 
 def _latency(name: str, p50: float, p99: float) -> Callable[..., tuple[str, bool | None]]:
