@@ -16,8 +16,12 @@ For the service, events are published over REST (the batch route, 1,000 events a
 exists; single POSTs otherwise) and the figure is durable delivery throughput: events divided by
 the time from the first publish call until the sink has answered the last delivery (the
 request bodies are built before the clock starts, as the ceiling's and the baseline's are). Every
-publish is a 202, so every event was committed before it was delivered. Parts that cannot run
-here (the service not installed yet, no PostgreSQL) are marked SKIPPED with the reason::
+publish is a 202, so every event was committed before it was delivered. The publisher asks for
+the minimal answer (``Prefer: return=minimal``: ids only), as a bulk publisher would: the full
+answer repeats every event, and parsing 50 MB of answers it does not use would take this
+machine's CPU from the service (the ceiling and the baseline have no such answers to read).
+Parts that cannot run here (the service not installed yet, no PostgreSQL) are marked SKIPPED
+with the reason::
 
     .venv/bin/python bench/run_all.py [--quick] [--events N] [--baseline-events N]
                                       [--delivery-processes N] [--no-postgres]
@@ -167,14 +171,16 @@ def measure_service(
     *,
     after_warmup: Callable[[], None] | None = None,
     timeout: float = DELIVERY_TIMEOUT,
+    minimal: bool = True,
 ) -> dict[str, Any]:
     """Durable delivery throughput: N events from first publish to the sink's N-th 200.
 
     ``after_warmup`` runs once the warm-up is delivered, just before the clock starts: the
     profiles start their CPU readings there, so that they measure exactly this window.
+    ``minimal``: publish with ``Prefer: return=minimal`` (the full answers otherwise).
     """
     service.setup(sink.url)
-    publisher = Publisher(service)
+    publisher = Publisher(service, minimal=minimal)
     run = run_tag()
 
     before = sink.posts()
