@@ -105,7 +105,21 @@ async def setup_organization(
     return org_id, key.json()["secret"]
 
 
-async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Path) -> None:
+@dataclass
+class Running:
+    """``serve`` on a fresh SQLite file with one organization, its key and an endpoint at
+    ``receiver``, which checks signatures with that key."""
+
+    service: Service
+    receiver: Receiver
+    client: httpx.AsyncClient
+    token: str  # the admin token serve printed
+    org: str
+    secret: str
+
+
+@asynccontextmanager
+async def serving_an_organization(tmp_path: Path) -> AsyncIterator[Running]:
     async with (
         serve(tmp_path, service_env(tmp_path)) as service,
         Receiver() as receiver,
@@ -114,57 +128,56 @@ async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Pa
         token = await admin_token_from(service)
         org, secret = await setup_organization(client, service.base_url, token, receiver)
         receiver.secret = secret
-        published = await client.post(
-            f"{service.base_url}/v1/organizations/{org}/events",
+        yield Running(service, receiver, client, token, org, secret)
+
+
+async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Path) -> None:
+    async with serving_an_organization(tmp_path) as running:
+        published = await running.client.post(
+            f"{running.service.base_url}/v1/organizations/{running.org}/events",
             json={"id": "evt_e2e", "type": "invoice.paid", "data": {"amount": 4200}},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {running.token}"},
         )
         assert published.status_code == 202, published.text
-        (request,) = await receiver.wait_for_requests(1)
+        (request,) = await running.receiver.wait_for_requests(1)
         assert request.verified, request.verify_error
         assert request.event is not None
         assert request.event.id == "evt_e2e"
         assert request.event.data == {"amount": 4200}
         assert request.body == b'{"id":"evt_e2e","type":"invoice.paid","data":{"amount":4200}}'
-        assert await service.stop() == 0
-    log = service.stderr.read_text()
+        assert await running.service.stop() == 0
+    log = running.service.stderr.read_text()
     assert "Traceback" not in log
-    assert secret not in log
-    assert token not in log
+    assert running.secret not in log
+    assert running.token not in log
     assert (tmp_path / "service.db.key").stat().st_mode & 0o077 == 0
 
 
 async def test_a_minimal_batch_answer_over_a_real_server_is_delivered_in_full(
     tmp_path: Path,
 ) -> None:
-    async with (
-        serve(tmp_path, service_env(tmp_path)) as service,
-        Receiver() as receiver,
-        httpx.AsyncClient() as client,
-    ):
-        token = await admin_token_from(service)
-        org, secret = await setup_organization(client, service.base_url, token, receiver)
-        receiver.secret = secret
+    async with serving_an_organization(tmp_path) as running:
+        path = f"{running.service.base_url}/v1/organizations/{running.org}/events/batch"
         events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {"n": n}} for n in range(3)]
         for attempt in ("route", "front"):  # the first publish of the organization: the route
-            published = await client.post(
-                f"{service.base_url}/v1/organizations/{org}/events/batch",
+            published = await running.client.post(
+                path,
                 json={"events": [{**e, "id": f"{e['id']}_{attempt}"} for e in events]},
-                headers={"Authorization": f"Bearer {token}", "Prefer": "return=minimal"},
+                headers={"Authorization": f"Bearer {running.token}", "Prefer": "return=minimal"},
             )
             assert published.status_code == 202, published.text
             assert published.headers["preference-applied"] == "return=minimal"
             assert published.json() == {
                 "data": [{"id": f"evt_{n}_{attempt}", "created": True} for n in range(3)]
             }
-        arrived = await receiver.wait_for_requests(6)
+        arrived = await running.receiver.wait_for_requests(6)
         assert all(request.verified for request in arrived)
         assert sorted(request.body for request in arrived) == sorted(
             b'{"id":"evt_%d_%s","type":"invoice.paid","data":{"n":%d}}' % (n, a, n)
             for n in range(3)
             for a in (b"route", b"front")
         )
-        assert await service.stop() == 0
+        assert await running.service.stop() == 0
 
 
 async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
