@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from ascend_webhooks.store import Store, StoreError, open_store
-from ascend_webhooks.store._postgres_setup import SchemaError
+from ascend_webhooks.store._postgres_setup import SchemaError, _migrations
 from ascend_webhooks.store.base import EventConflictError, StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
@@ -121,7 +121,8 @@ async def test_concurrent_open_migrates_once() -> None:
             versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
         finally:
             await conn.close()
-        assert versions == [1, 2, 3, 4, 5]
+        assert versions == [version for version, _, _ in _migrations()]  # each once
+        assert versions[:6] == [1, 2, 3, 4, 5, 6]
     finally:
         await pg.drop_database(url)
 
@@ -336,6 +337,14 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     assert statements == ["claim", "claim", "query"]
 
 
+def most_rows(plan: Any) -> int:
+    """The most rows any node of an EXPLAIN ANALYZE plan read, over all its loops: those it
+    produced and those its filter removed."""
+    read = sum(int(plan.get(key, 0)) for key in ("Actual Rows", "Rows Removed by Filter"))
+    rows = read * int(plan.get("Actual Loops", 1))
+    return max([rows, *(most_rows(child) for child in plan.get("Plans", []))])
+
+
 async def test_on_a_backlog_never_analyzed_a_claim_reads_no_more_rows_than_it_takes(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:
@@ -353,10 +362,6 @@ async def test_on_a_backlog_never_analyzed_a_claim_reads_no_more_rows_than_it_ta
             body = f'{{"id":"evt_{i}","type":"t","data":{{"pad":"{pad}"}}}}'.encode()
             batch.append(NewEvent(f"evt_{i}", "t", body, hashlib.sha256(body).digest()))
         await store.publish(org_id, batch)
-
-    def most_rows(plan: Any) -> int:
-        rows = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
-        return max([rows, *(most_rows(child) for child in plan.get("Plans", []))])
 
     claim_args = ("w", 4, 30.0, "", "", 64, [], 20, [], [], None)  # small: next due probed too
     async with store._connection() as conn:
@@ -381,10 +386,6 @@ async def test_on_a_backlog_never_analyzed_the_workers_writes_read_only_their_ro
     store = await stores()
     org_id, _ = await org_with_endpoint(store)
     pad = "x" * 200
-
-    def most_rows(plan: Any) -> int:
-        rows = int(plan.get("Actual Rows", 0)) * int(plan.get("Actual Loops", 1))
-        return max([rows, *(most_rows(child) for child in plan.get("Plans", []))])
 
     async def writes(ids: list[ClaimedDelivery]) -> None:
         third = len(ids) // 3
@@ -432,6 +433,61 @@ async def test_on_a_backlog_never_analyzed_the_workers_writes_read_only_their_ro
     for plan in plans:
         assert most_rows(plan["Plan"]) < 100, plan["Query Text"][:80]
     assert (await store.get_delivery(org_id, claimed[59].id)).status == "succeeded"
+
+
+async def test_the_unfiltered_delivery_list_reads_a_page_per_status_not_the_backlog(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    """No index is (organization_id, seq) any more (migration 0006): the newest page comes from
+    the three status ranges of (organization_id, status, seq), a page from each, in seq order."""
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    for start in range(0, 6000, 2000):
+        await store.publish(org_id, [event(f"evt_{i}") for i in range(start, start + 2000)])
+        claimed = await store.claim("w", 90, 30)  # a third each: succeeded, failed, pending
+        await store.record(
+            "w",
+            [outcome(c, DeliveryStatus.SUCCEEDED) for c in claimed[:30]]
+            + [outcome(c, DeliveryStatus.FAILED) for c in claimed[30:60]],
+        )
+    other, _ = await org_with_endpoint(store, "newer")  # newer rows the list must not read
+    await store.publish(other, [event(f"evt_{i}") for i in range(3000)])
+    async with store._connection() as conn:
+        await conn.execute("ANALYZE deliveries")
+        newest = [
+            row[0]
+            for row in await conn.fetch(
+                "SELECT id FROM deliveries WHERE organization_id = $1 ORDER BY seq DESC", org_id
+            )
+        ]
+        plans: list[Any] = []
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET auto_explain.log_analyze = on; SET auto_explain.log_format = json;"
+            " SET client_min_messages = log"
+        )
+
+        def collect(_conn: object, message: Any) -> None:
+            if "Plan" in message.message:
+                plans.append(json.loads(message.message[message.message.index("{") :]))
+
+        conn.add_log_listener(collect)
+        try:
+            with patch.object(store, "_connection", lambda: contextlib.nullcontext(conn)):
+                pages, cursor = [], None
+                for _ in range(3):
+                    page = await store.list_deliveries(org_id, limit=40, after=cursor)
+                    pages.extend(d.id for d in page.items)
+                    cursor = page.next_cursor
+            await conn.execute("SELECT 1")  # the last notices have arrived
+        finally:
+            conn.remove_log_listener(collect)
+            await conn.execute("RESET ALL")
+    assert pages == newest[:120]  # newest first, every status, across pages
+    listed = [p for p in plans if "FROM deliveries" in p["Query Text"]]
+    assert len(listed) == 3
+    for plan in listed:
+        assert most_rows(plan["Plan"]) <= 3 * 41, json.dumps(plan["Plan"])[:400]
 
 
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(

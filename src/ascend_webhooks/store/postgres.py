@@ -739,14 +739,36 @@ class PostgresStore(Store):
         endpoint_id: str | None = None,
     ) -> Page[Delivery]:
         limit = max(limit, 0)  # a page of nothing, as on every backend
-        where, args = _newest_first_filter(
-            "d.",
-            organization_id,
-            limit,
-            after,
-            status=None if status is None else DeliveryStatus(status).value,
-            endpoint_id=endpoint_id,
-        )
+        if status is None and endpoint_id is None:
+            # No index is (organization_id, seq) (migration 0006): the newest page is the
+            # newest rows of the three status ranges of deliveries_organization_status_seq, a
+            # page from each, then found by primary key. Each range as row comparisons, which
+            # only that index serves, in its order: with plain equalities the planner walked
+            # the primary key backwards through every newer row of other organizations.
+            before = recs.seq_cursor(after)
+            args: list[Any] = [organization_id, limit + 1]
+            if before is None:
+                below = "<= ($1, '{0}', 9223372036854775807)"
+            else:
+                args.append(before)
+                below = "< ($1, '{0}', $3)"
+            newest = " UNION ALL ".join(
+                "(SELECT x.seq FROM deliveries x WHERE"  # noqa: S608 (statuses are ours)
+                f" (x.organization_id, x.status, x.seq) >= ($1, '{value.value}', 0) AND"
+                f" (x.organization_id, x.status, x.seq) {below.format(value.value)}"
+                " ORDER BY x.organization_id DESC, x.status DESC, x.seq DESC LIMIT $2)"
+                for value in DeliveryStatus
+            )
+            where = [f"d.seq = ANY (ARRAY({newest}))"]
+        else:
+            where, args = _newest_first_filter(
+                "d.",
+                organization_id,
+                limit,
+                after,
+                status=None if status is None else DeliveryStatus(status).value,
+                endpoint_id=endpoint_id,
+            )
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.DELIVERY_COLUMNS} FROM deliveries d"  # noqa: S608
