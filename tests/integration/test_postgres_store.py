@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from ascend_webhooks.store import Store, StoreError, open_store
-from ascend_webhooks.store._postgres_setup import SchemaError, _migrations
+from ascend_webhooks.store._postgres_setup import SchemaError, _migrations, apply_migrations
 from ascend_webhooks.store.base import EventConflictError, StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
@@ -124,6 +124,36 @@ async def test_concurrent_open_migrates_once() -> None:
         assert versions == [version for version, _, _ in _migrations()]  # each once
         assert versions[:6] == [1, 2, 3, 4, 5, 6]
     finally:
+        await pg.drop_database(url)
+
+
+async def test_dropping_indexes_gives_up_behind_a_long_query_and_applies_later() -> None:
+    """Migration 0006 drops indexes of deliveries, which waits for every transaction on it and
+    holds up every new one meanwhile: behind a long query it fails after its lock_timeout
+    instead of stalling the service, changes nothing, and applies once run again."""
+    url = await pg.create_database(migrated=False)
+    name = url.rsplit("/", 1)[1]
+    migrate, report = await asyncpg.connect(database=name), await asyncpg.connect(database=name)
+    try:
+        older = [m for m in _migrations() if m[0] <= 5]
+        with patch("ascend_webhooks.store._postgres_setup._migrations", lambda: older):
+            assert await apply_migrations(migrate) == [1, 2, 3, 4, 5]
+        indexes = "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_status'"
+        report_tx = report.transaction()
+        await report_tx.start()
+        await report.fetchval("SELECT count(*) FROM deliveries")  # a report, still running
+        started = time.monotonic()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await apply_migrations(migrate)
+        assert 9 < time.monotonic() - started < 30
+        assert await migrate.fetchval("SELECT max(version) FROM schema_migrations") == 5
+        assert await migrate.fetchval(indexes) == 1
+        await report_tx.rollback()
+        assert 6 in await apply_migrations(migrate)
+        assert await migrate.fetchval(indexes) == 0
+    finally:
+        await migrate.close()
+        await report.close()
         await pg.drop_database(url)
 
 

@@ -2,6 +2,11 @@
 -- claim and recorded outcome of a delivery (neither update can be HOT: each changes an indexed
 -- column), so each index costs every delivery three index writes and their WAL.
 --
+-- A drop takes an exclusive lock on deliveries for a moment, after the transactions in progress
+-- on it: the service's are short, but behind a long query (a report) every claim, publish and
+-- outcome would queue. Past 10 s the migration fails instead, and can simply run again.
+SET LOCAL lock_timeout = '10s';
+
 -- deliveries_organization_seq (organization_id, seq) served only the unfiltered delivery list,
 -- which now reads the newest page of each of the three status ranges of
 -- deliveries_organization_status_seq (organization_id, status, seq) and merges them. That
