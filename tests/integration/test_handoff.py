@@ -119,6 +119,7 @@ async def test_a_closed_hand_off_and_a_chain_behind_its_head_are_left_for_the_cl
     head, behind = await store.publish(org, [_event("cus_1"), _event("cus_1")])
     # The head of the ordering key is handed over; the next waits behind it, blocked.
     assert [d.id for d in taken.deliveries] == [head.event.deliveries[0].id]
+    assert taken.deliveries[0].ordering_key == "cus_1"  # (its outcome is recorded at once)
     assert await store.claim("wrk_other", 10, 60.0) == []
     handoff.close()
     await store.publish(org, [_event()])

@@ -430,6 +430,17 @@ async def test_events_list_newest_first_with_type_filter_and_cursor(store: Store
         await store.list_events(org, limit=3, after="not a cursor")
 
 
+async def test_a_claimed_delivery_carries_its_events_ordering_key(store: Store) -> None:
+    # The worker records the outcome of a keyed delivery at once: the next of the key waits.
+    org, _ = await setup_org(store)
+    await store.publish(org, [new_event("evt_k", ordering_key="cus_1"), new_event("evt_plain")])
+    claimed = await store.claim("w", 10, 30)
+    assert {(c.event_id, c.ordering_key) for c in claimed} == {
+        ("evt_k", "cus_1"),
+        ("evt_plain", None),
+    }
+
+
 async def test_deliveries_list_filters_and_pages(store: Store) -> None:
     org, (a, b) = await setup_org(store, endpoints=2)
     for n in range(6):

@@ -174,6 +174,40 @@ async def test_a_signed_delivery_verifies_on_the_receiver(
     assert attempt_seconds_count() == observed_before + 1
 
 
+async def test_an_ordering_keys_outcome_is_recorded_at_once_others_wait_for_the_batch(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    # The next delivery of a key waits for the outcome of the one before: with a long flush
+    # interval, a chain of four would take three intervals if keyed outcomes waited too.
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    keyed = []
+    for n in range(4):
+        body = json.dumps({"id": f"evt_k{n}", "type": "invoice.paid", "data": {}}).encode()
+        keyed.append(
+            NewEvent(f"evt_k{n}", "invoice.paid", body, hashlib.sha256(body).digest(), "k")
+        )
+    await store.publish(org, keyed)
+    worker = Worker(store, make_settings(), decrypt, flush_interval=2.0, poll_interval=0.05)
+
+    async def received(count: int) -> bool:
+        return len(receiver.requests) >= count
+
+    started = time.monotonic()
+    async with running(worker):
+        await wait_until(lambda: received(4), within=10)
+        chain = time.monotonic() - started
+        (plain,) = await publish(store, org)  # no key: its outcome waits for the interval
+        await wait_until(lambda: received(5), within=10)
+        sent = time.monotonic()
+        await wait_terminal(store, org, [plain.id], within=10)
+        recorded_after = time.monotonic() - sent
+    assert [r.event.id for r in receiver.requests[:4] if r.event] == [e.id for e in keyed]
+    assert chain < 1.5, chain
+    assert recorded_after > 1.0, recorded_after
+
+
 def test_an_endpoint_is_full_at_its_limit_in_whole_attempts() -> None:
     worker = Worker(
         None,  # type: ignore[arg-type]

@@ -57,8 +57,11 @@ The loop, and why it looks like this:
   recorded with error ``no_signing_key`` and retried on schedule: nothing is sent unsigned.
 * **Decide and record in batches.** The :class:`RetryPolicy` turns each response into
   succeeded / retry-at / failed; outcomes are buffered and written with one ``store.record``
-  call per ``flush_size`` outcomes or ``flush_interval`` seconds, whichever comes first, so the
-  database sees a few transactions per second instead of one per attempt.
+  call per ``flush_size`` outcomes or ``flush_interval`` seconds (20 ms), whichever comes
+  first, so the database sees a few transactions per second instead of one per attempt (each
+  call has a cost of its own: on PostgreSQL, 20 ms instead of 5 took the deployment's CPU per
+  delivery down by about 5 %). An outcome of a delivery with an ordering key is written at
+  once: the next delivery of its key waits for it.
 * **Leases.** Attempts running longer than a third of the lease get their leases extended
   (heartbeat), so a slow but live attempt is not handed to another worker.
 * **Dead neighbours.** A worker id names its machine and process (``identity.py``). On start,
@@ -221,7 +224,7 @@ class Worker:
         key_cache_seconds: float = 2.0,
         poll_interval: float = 1.0,
         flush_size: int = 64,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.02,
         drain_grace: float = 5.0,
         prefetch: int | None = None,
     ) -> None:
@@ -897,8 +900,8 @@ class Worker:
         outcomes = self._outcomes
         outcomes.append(outcome)
         self._outcome_ready.set()
-        if len(outcomes) >= self.flush_size:
-            self._flush_now.set()
+        if len(outcomes) >= self.flush_size or delivery.ordering_key is not None:
+            self._flush_now.set()  # (the next delivery of a key waits for this outcome)
         self._free_slot(delivery, abandoned=False)
 
     def _free_slot(self, delivery: ClaimedDelivery, *, abandoned: bool) -> None:

@@ -181,12 +181,12 @@ claimed AS (
     RETURNING d.id, d.organization_id, e.id AS event_id, e.type AS event_type, d.endpoint_id,
               en.url, e.body, d.attempt_count + 1 AS attempt_number,
               d.attempt_count + 1 - d.round_start AS round_attempt, d.lease_expires_at,
-              p.rn, p.n
+              p.rn, p.n, d.ordering_key
 )
 SELECT id, organization_id, event_id, event_type, endpoint_id, url, body, attempt_number,
        round_attempt, lease_expires_at, rn, n, NULL::bigint AS walked,
        NULL::bigint AS candidates, NULL::bigint AS fullest, NULL::timestamptz AS next_due,
-       NULL::timestamptz AS server_now
+       NULL::timestamptz AS server_now, ordering_key
   FROM claimed
 UNION ALL
 SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, NULL, last.n,
@@ -205,7 +205,7 @@ SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, 
                 ORDER BY d.organization_id, d.endpoint_id, d.next_attempt_at LIMIT 1
             ) AS first
        ), (SELECT max(lease_expires_at) FROM claimed)) END,
-       now()
+       now(), NULL
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
 

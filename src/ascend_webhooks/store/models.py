@@ -160,6 +160,9 @@ class ClaimedDelivery:
     attempt_number: int  # the number this attempt will get (attempt_count + 1)
     round_attempt: int  # 1 for the first attempt of a round (publish or manual retry)
     lease_expires_at: datetime
+    # The event's ordering key: the next delivery of the key waits for this one's outcome, so
+    # the worker records such an outcome at once instead of batching it with others.
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

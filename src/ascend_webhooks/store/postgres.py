@@ -945,6 +945,7 @@ class PostgresStore(Store):
                 attempt_number=row["attempt_number"],
                 round_attempt=row["round_attempt"],
                 lease_expires_at=row["lease_expires_at"],
+                ordering_key=row["ordering_key"],
             )
             for row in sorted(claimed, key=lambda row: (row["rn"], row["n"]))
         ]

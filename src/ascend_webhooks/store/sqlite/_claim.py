@@ -99,15 +99,15 @@ class Leases:
 
 
 # ClaimedDelivery built through its slot descriptors: the frozen dataclass's __init__ sets
-# each of its ten fields with object.__setattr__, twice the cost (checked by the tests).
+# each of its eleven fields with object.__setattr__, twice the cost (checked by the tests).
 _SETTERS = [getattr(ClaimedDelivery, f.name).__set__ for f in fields(ClaimedDelivery)]
 if [f.name for f in fields(ClaimedDelivery)] != [
     "id", "organization_id", "event_id", "event_type", "endpoint_id", "url", "body",
-    "attempt_number", "round_attempt", "lease_expires_at",
+    "attempt_number", "round_attempt", "lease_expires_at", "ordering_key",
 ]:  # fmt: skip
     raise ImportError("ClaimedDelivery changed: update _claim's builder")
 (_c_id, _c_org, _c_event, _c_type, _c_endpoint, _c_url, _c_body, _c_number, _c_round,
- _c_lease) = _SETTERS  # fmt: skip
+ _c_lease, _c_key) = _SETTERS  # fmt: skip
 
 
 def claimed_delivery(
@@ -121,6 +121,7 @@ def claimed_delivery(
     number: int,
     in_round: int,
     lease_expires_at: datetime,
+    ordering_key: str | None,
 ) -> ClaimedDelivery:
     """``ClaimedDelivery(...)`` without the frozen dataclass's ``__init__``."""
     one: ClaimedDelivery = object.__new__(ClaimedDelivery)
@@ -134,6 +135,7 @@ def claimed_delivery(
     _c_number(one, number)
     _c_round(one, in_round)
     _c_lease(one, lease_expires_at)
+    _c_key(one, ordering_key)
     return one
 
 
@@ -317,7 +319,7 @@ class _Lease:
                 claimed.append(
                     claimed_delivery(
                         id_, org_id, event, kind, endpoint, url, body, number, in_round,
-                        lease_expires_at,
+                        lease_expires_at, key,
                     )
                 )  # fmt: skip
                 known[id_] = (seq, endpoint, key)

@@ -205,7 +205,7 @@ class _PublishBatch:
                 self._handed.append(
                     claimed_delivery(
                         delivery_id, organization_id, new.id, new.type, endpoint.id,
-                        endpoint.url, new.body, 1, 1, self._lease_expires_at,
+                        endpoint.url, new.body, 1, 1, self._lease_expires_at, new.ordering_key,
                     )
                 )  # fmt: skip
                 self._known[delivery_id] = (seq, endpoint.id, new.ordering_key)
