@@ -520,6 +520,34 @@ async def test_the_unfiltered_delivery_list_reads_a_page_per_status_not_the_back
         assert most_rows(plan["Plan"]) <= 3 * 41, json.dumps(plan["Plan"])[:400]
 
 
+async def test_an_outcome_with_nul_characters_is_recorded_not_the_batch_failed(
+    stores: Callable[[], Awaitable[PostgresStore]],
+) -> None:
+    """PostgreSQL's text cannot hold NUL: an outcome carrying one (from any transport) once
+    failed the record of its whole batch, on every retry."""
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    await store.publish(org_id, [event("evt_1"), event("evt_2")])
+    one, two = await store.claim("w", 10, 30)
+    odd = Attempt(1, datetime.now(UTC), 1.0, None, "err\0or", "ex\0cerpt")
+    await store.record(
+        "w",
+        [
+            AttemptOutcome(one.id, odd, DeliveryStatus.FAILED, None),
+            outcome(two, DeliveryStatus.SUCCEEDED),
+        ],
+    )
+    failed = await store.get_delivery(org_id, one.id)
+    assert failed.status == DeliveryStatus.FAILED
+    assert (failed.attempts[0].error, failed.attempts[0].response_excerpt) == (
+        "err\ufffdor",
+        "ex\ufffdcerpt",
+    )
+    assert (await store.get_delivery(org_id, two.id)).status == DeliveryStatus.SUCCEEDED
+    with pytest.raises(StoreError):  # a lookup by a value that cannot be stored: 4xx, not 500
+        await store.get_organization("org\0x")
+
+
 async def test_an_expired_lease_is_claimable_and_the_old_worker_is_ignored(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:

@@ -208,6 +208,22 @@ async def test_an_ordering_keys_outcome_is_recorded_at_once_others_wait_for_the_
     assert recorded_after > 1.0, recorded_after
 
 
+async def test_an_answer_with_nul_bytes_is_recorded_with_its_excerpt_readable(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    # PostgreSQL's text refuses NUL: such an excerpt once failed the whole batch of outcomes,
+    # on every retry, so that nothing the worker attempted was recorded any more.
+    receiver = await receivers(secret=SECRET)
+    receiver.respond(Reply(200, b"ok\x00\xffbinary"))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    first, second = await publish(store, org, count=2)
+    async with running(Worker(store, make_settings(), decrypt)):
+        done = await wait_terminal(store, org, [first.id, second.id])
+    assert [d.status for d in done] == [DeliveryStatus.SUCCEEDED] * 2
+    assert [d.attempts[0].response_excerpt for d in done] == ["ok\ufffd\ufffdbinary"] * 2
+
+
 def test_an_endpoint_is_full_at_its_limit_in_whole_attempts() -> None:
     worker = Worker(
         None,  # type: ignore[arg-type]

@@ -227,7 +227,7 @@ class PyreqwestTransport:
                     # The whole body is no longer than the excerpt (HTTP framing ends it
                     # there), and reqwest has read it ahead already: one call.
                     whole = await response.bytes()
-                    excerpt = str(whole, "utf-8", "replace") if whole else None
+                    excerpt = _text(whole) if whole else None
                 else:  # longer, or of unknown length: read the excerpt's worth, no more
                     wanted = self.excerpt_bytes
                     reader = response.body_reader
@@ -236,7 +236,7 @@ class PyreqwestTransport:
                         data: Bytes | bytearray = chunk
                         if len(chunk) < wanted:
                             data = await self._read_more(reader, chunk, wanted)
-                        excerpt = str(data, "utf-8", "replace")
+                        excerpt = _text(data)
         except _AttemptRefused as exc:
             error = exc.code
             logger.info("attempt refused: %s", exc)
@@ -434,6 +434,13 @@ def _target(url: str, allow_http: bool, allow_private: bool) -> tuple[str, str, 
 @functools.lru_cache(maxsize=1024)
 def _timedelta(seconds: float) -> timedelta:
     return timedelta(seconds=seconds)
+
+
+def _text(data: Bytes | bytearray) -> str:
+    """A response excerpt as text: invalid UTF-8 and NUL characters (which PostgreSQL's text
+    refuses, failing the whole record of outcomes) become U+FFFD."""
+    text = str(data, "utf-8", "replace")
+    return text.replace("\0", "\ufffd") if "\0" in text else text
 
 
 def classify_error(exc: PyreqwestError) -> str:

@@ -279,8 +279,10 @@ def _parsed(body: bytes, *, batch: bool) -> list[dict[str, Any]] | None:
             if event_id is not None and (type(event_id) is not str or _valid_id(event_id) is None):
                 return None
             key = item.get("ordering_key")
-            if key is not None and (type(key) is not str or not 1 <= len(key) <= MAX_ORDERING_KEY):
-                return None
+            if key is not None and (
+                type(key) is not str or not 1 <= len(key) <= MAX_ORDERING_KEY or "\0" in key
+            ):
+                return None  # (the route's model refuses a NUL in the key: 422)
     if body.translate(_DIGITS).find(_LONG_DIGIT_RUN) >= 0 and _has_big_number(items):
         return None
     return items

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..store.base import (
     EventConflictError,
     InvalidCursorError,
+    InvalidTextError,
     NotFoundError,
     StoreError,
     StoreUnavailableError,
@@ -165,6 +166,8 @@ async def _store_handler(_: Request, exc: Exception) -> Response:
         return problem_response(409, str(exc), slug="event-conflict")
     if isinstance(exc, InvalidCursorError):
         return problem_response(400, str(exc) or "invalid cursor", slug="invalid-cursor")
+    if isinstance(exc, InvalidTextError):
+        return problem_response(422, str(exc), slug="validation-error")
     if isinstance(exc, StoreUnavailableError):
         log.warning("database unavailable: %s", exc)
         return problem_response(

@@ -80,10 +80,19 @@ EVENT_TYPE_PATTERN = r"[\x21-\x7e]{1,200}"
 MAX_ORDERING_KEY = 255
 EventId = Annotated[str, StringConstraints(pattern=f"^{EVENT_ID_PATTERN}$")]
 EventType = Annotated[str, StringConstraints(pattern=f"^{EVENT_TYPE_PATTERN}$")]
-OrderingKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ORDERING_KEY)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
-Description = Annotated[str, StringConstraints(max_length=1000)]
+# No NUL characters in stored text: PostgreSQL's text cannot hold them (SQLite's can), so both
+# stores refuse them alike, here, with a 422.
+NO_NUL = r"^[^\x00]*$"
+OrderingKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ORDERING_KEY, pattern=NO_NUL)
+]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
+]
+Url = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048, pattern=NO_NUL)
+]
+Description = Annotated[str, StringConstraints(max_length=1000, pattern=NO_NUL)]
 
 
 class _Input(BaseModel):

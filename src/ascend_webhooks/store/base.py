@@ -40,6 +40,7 @@ from .models import (
 __all__ = [
     "EventConflictError",
     "InvalidCursorError",
+    "InvalidTextError",
     "LastAdminTokenError",
     "NotFoundError",
     "Store",
@@ -66,6 +67,10 @@ class StoreUnavailableError(StoreError):
 
 class InvalidCursorError(StoreError):
     """A pagination cursor that no list of this store handed out."""
+
+
+class InvalidTextError(StoreError):
+    """Text the database cannot store or compare (PostgreSQL: a NUL character)."""
 
 
 class LastAdminTokenError(StoreError):

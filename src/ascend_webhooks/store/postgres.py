@@ -81,6 +81,7 @@ from ._postgres_listen import Notifier, WorkSignal
 from ._postgres_setup import apply_migrations, parse_url
 from .base import (
     EventConflictError,
+    InvalidTextError,
     LastAdminTokenError,
     NotFoundError,
     Store,
@@ -253,6 +254,8 @@ class PostgresStore(Store):
                 except asyncpg.InternalClientError:
                     conn.terminate()  # unusable: never hand it out again
                     raise
+        except asyncpg.CharacterNotInRepertoireError as exc:  # a NUL in a path or query value
+            raise InvalidTextError("text may not contain NUL characters") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(
                 f"PostgreSQL is unavailable ({type(exc).__name__}: {exc}); retry the call"
@@ -963,8 +966,8 @@ class PostgresStore(Store):
             [o.attempt.started_at for o in batch],
             [float(o.attempt.duration_ms) for o in batch],
             [o.attempt.status_code for o in batch],
-            [o.attempt.error for o in batch],
-            [o.attempt.response_excerpt for o in batch],
+            [_no_nul(o.attempt.error) for o in batch],
+            [_no_nul(o.attempt.response_excerpt) for o in batch],
             [DeliveryStatus(o.status).value for o in batch],
             [o.next_attempt_at for o in batch],
         )
@@ -1039,6 +1042,12 @@ class PostgresStore(Store):
         for status, count in rows:
             counts[DeliveryStatus(status)] = int(count)
         return counts
+
+
+def _no_nul(text: str | None) -> str | None:
+    """``text`` with NUL characters as U+FFFD: PostgreSQL's text cannot hold them, and one such
+    outcome would fail the record of the whole batch, again on every retry."""
+    return text.replace("\0", "\ufffd") if text is not None and "\0" in text else text
 
 
 def _newest_first_filter(
