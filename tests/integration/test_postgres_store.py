@@ -367,6 +367,30 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     assert statements == ["claim", "claim", "query"]
 
 
+@contextlib.asynccontextmanager
+async def explained(conn: asyncpg.Connection) -> AsyncIterator[list[Any]]:
+    """The EXPLAIN ANALYZE plans (JSON) of every statement run on ``conn`` meanwhile, those
+    inside functions too (auto_explain), in a list filled as they run."""
+    plans: list[Any] = []
+    await conn.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on;"
+        " SET auto_explain.log_format = json; SET client_min_messages = log"
+    )
+
+    def collect(_conn: object, message: Any) -> None:
+        if "Plan" in message.message:
+            plans.append(json.loads(message.message[message.message.index("{") :]))
+
+    conn.add_log_listener(collect)
+    try:
+        yield plans
+        await conn.execute("SELECT 1")  # the last notices have arrived
+    finally:
+        conn.remove_log_listener(collect)
+        await conn.execute("RESET ALL")
+
+
 def most_rows(plan: Any) -> int:
     """The most rows any node of an EXPLAIN ANALYZE plan read, over all its loops: those it
     produced and those its filter removed."""
@@ -424,7 +448,6 @@ async def test_on_a_backlog_never_analyzed_the_workers_writes_read_only_their_ro
         await store._notifier.flush()  # its NOTIFY goes on this connection too
         await store.record("w", [outcome(c, DeliveryStatus.SUCCEEDED) for c in ids[2 * third :]])
 
-    plans: list[Any] = []
     async with store._connection() as conn:
         with patch.object(store, "_relaxed", lambda: contextlib.nullcontext(conn)):
             await conn.execute("SET plan_cache_mode = force_generic_plan")
@@ -438,24 +461,9 @@ async def test_on_a_backlog_never_analyzed_the_workers_writes_read_only_their_ro
                 await store.publish(org_id, batch)
             claimed = await store.claim("w", 60, 30)
             assert len(claimed) == 60
-            # Every statement's plan, those inside ascend_webhooks_record too, sent here.
-            await conn.execute(
-                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-                " SET auto_explain.log_analyze = on; SET auto_explain.log_nested_statements = on;"
-                " SET auto_explain.log_format = json; SET client_min_messages = log"
-            )
-
-            def collect(_conn: object, message: Any) -> None:
-                if "Plan" in message.message:
-                    plans.append(json.loads(message.message[message.message.index("{") :]))
-
-            conn.add_log_listener(collect)
-            try:
+            # Every statement's plan, those inside ascend_webhooks_record too.
+            async with explained(conn) as plans:
                 await writes(claimed)
-                await conn.execute("SELECT 1")  # the last notices have arrived
-            finally:
-                conn.remove_log_listener(collect)
-                await conn.execute("RESET ALL")
     plans = [p for p in plans if "deliveries" in p["Query Text"] or "_record(" in p["Query Text"]]
     statements = [p["Query Text"] for p in plans]
     assert any("ascend_webhooks_record" in q for q in statements)
@@ -490,29 +498,13 @@ async def test_the_unfiltered_delivery_list_reads_a_page_per_status_not_the_back
                 "SELECT id FROM deliveries WHERE organization_id = $1 ORDER BY seq DESC", org_id
             )
         ]
-        plans: list[Any] = []
-        await conn.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_analyze = on; SET auto_explain.log_format = json;"
-            " SET client_min_messages = log"
-        )
-
-        def collect(_conn: object, message: Any) -> None:
-            if "Plan" in message.message:
-                plans.append(json.loads(message.message[message.message.index("{") :]))
-
-        conn.add_log_listener(collect)
-        try:
+        async with explained(conn) as plans:
             with patch.object(store, "_connection", lambda: contextlib.nullcontext(conn)):
                 pages, cursor = [], None
                 for _ in range(3):
                     page = await store.list_deliveries(org_id, limit=40, after=cursor)
                     pages.extend(d.id for d in page.items)
                     cursor = page.next_cursor
-            await conn.execute("SELECT 1")  # the last notices have arrived
-        finally:
-            conn.remove_log_listener(collect)
-            await conn.execute("RESET ALL")
     assert pages == newest[:120]  # newest first, every status, across pages
     listed = [p for p in plans if "FROM deliveries" in p["Query Text"]]
     assert len(listed) == 3
