@@ -3,15 +3,18 @@
 The random part is 128 bits, a 48-bit millisecond time followed by 80 random bits (the ULID
 layout), written in Crockford's base32 alphabet, whose characters sort in the same order as
 their values: ids sort by creation time, so cursor pagination can page on the id alone.
-A single id is encoded through ``base64.b32encode`` and a translation table; ids made in bulk
-(one per delivery of a published batch, on the publish hot path) are encoded all at once with
-big-integer shifts and masks, which costs a fraction of ``b32encode`` (pure Python on 3.11).
+A single id is encoded through ``base64.b32encode`` and a translation table, and ids made one
+by one in a process strictly increase (see ``new_id``); ids made in bulk (one per delivery of a
+published batch, on the publish hot path) are encoded all at once with big-integer shifts and
+masks, which costs a fraction of ``b32encode`` (pure Python on 3.11), and only sort by their
+millisecond (deliveries are listed by their sequence number, not their id).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 
 __all__ = ["new_id", "new_ids"]
@@ -22,10 +25,28 @@ _CROCKFORD = bytes.maketrans(
 
 
 def new_id(prefix: str) -> str:
-    """A new unique id such as ``dlv_06ABZC1TQ8N5X4HK3W7RMDJY2G``."""
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    """A new unique id such as ``dlv_06ABZC1TQ8N5X4HK3W7RMDJY2G``.
+
+    Monotonic within the process (ULID's monotonic mode): an id made in the same millisecond
+    as the one before, or after the clock stepped back, is that one's random part plus one, so
+    that lists ordered by id ("oldest first") keep the order of creation.
+    """
+    now = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")
+    with _monotonic:
+        last_ms, last_random = _last
+        if now <= last_ms:
+            now, random = last_ms, last_random + 1
+            if random >> 80:  # 2**80 ids in one millisecond: borrow the next one
+                now, random = now + 1, 0
+        _last[:] = (now, random)
+    raw = now.to_bytes(6, "big") + random.to_bytes(10, "big")
     # 128 bits make 25.6 base32 characters: the 26th carries the last 3 bits, then padding.
     return prefix + "_" + base64.b32encode(raw).translate(_CROCKFORD)[:26].decode("ascii")
+
+
+_monotonic = threading.Lock()
+_last = [0, 0]  # the millisecond and the random part of the last id made by new_id
 
 
 def new_ids(prefix: str, count: int) -> list[str]:

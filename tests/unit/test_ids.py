@@ -89,3 +89,17 @@ def test_bulk_encoding_gives_exactly_the_ids_base32_gives(monkeypatch: pytest.Mo
             ]
             assert ids.new_ids("dlv", count) == expected
             monkeypatch.undo()
+
+
+def test_ids_made_one_by_one_strictly_increase_within_a_millisecond() -> None:
+    # Organizations and endpoints are listed oldest first by id: two made in the same
+    # millisecond once came back in either order.
+    ids = [new_id("org") for _ in range(5_000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = new_id("org")
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000_000_000)  # 1970: far behind
+    assert first < new_id("org") < new_id("org")
