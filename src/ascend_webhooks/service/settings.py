@@ -60,10 +60,9 @@ class Settings:
         if (value := get("ALLOW_PRIVATE_NETWORKS")) is not None:
             kwargs["allow_private_networks"] = _flag("ALLOW_PRIVATE_NETWORKS", value)
         if (value := get("MAX_PAYLOAD_BYTES")) is not None:
-            size = _positive("MAX_PAYLOAD_BYTES", value)
-            if size != int(size):
-                raise SettingsError(f"{_PREFIX}MAX_PAYLOAD_BYTES must be a whole number")
-            kwargs["max_payload_bytes"] = int(size)
+            kwargs["max_payload_bytes"] = _whole(
+                "MAX_PAYLOAD_BYTES", _positive("MAX_PAYLOAD_BYTES", value)
+            )
         if (value := get("MASTER_KEY")) is not None:
             kwargs["master_key"] = value
         if (value := get("CA_FILE")) is not None:
@@ -73,17 +72,12 @@ class Settings:
             ("ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
         ):
             if (value := get(name)) is not None:
-                count = _positive(name, value)
-                if count != int(count):
-                    raise SettingsError(f"{_PREFIX}{name} must be a whole number")
-                kwargs[key] = int(count)
+                kwargs[key] = _whole(name, _positive(name, value))
         if (value := get("LEASE_SECONDS")) is not None:
             kwargs["lease_seconds"] = _positive("LEASE_SECONDS", value)
         if (value := get("DELIVERY_PROCESSES")) is not None:
             count = _number("DELIVERY_PROCESSES", value, minimum=0.0)
-            if count != int(count):
-                raise SettingsError(f"{_PREFIX}DELIVERY_PROCESSES must be a whole number")
-            kwargs["delivery_processes"] = int(count)
+            kwargs["delivery_processes"] = _whole("DELIVERY_PROCESSES", count)
         if (value := get("STARTUP_TIMEOUT")) is not None:
             kwargs["startup_timeout"] = _number("STARTUP_TIMEOUT", value, minimum=0.0)
         return cls(**kwargs)  # type: ignore[arg-type]
@@ -115,6 +109,12 @@ def _positive(name: str, text: str) -> float:
     if value == 0:
         raise SettingsError(f"{_PREFIX}{name} must be greater than 0")
     return value
+
+
+def _whole(name: str, value: float) -> int:
+    if value != int(value):
+        raise SettingsError(f"{_PREFIX}{name} must be a whole number")
+    return int(value)
 
 
 def _flag(name: str, text: str) -> bool:
