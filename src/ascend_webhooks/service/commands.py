@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..store import Store
 from .crypto import MasterKeyError, SecretBox, load_secret_box
+from .processes import METRICS_PORT_ENV, DeliveryProcesses, watch_parent
 from .settings import Settings, SettingsError
 from .startup import StartupError, open_store_waiting
 
@@ -32,7 +33,6 @@ __all__ = ["register_service"]
 log = logging.getLogger("ascend_webhooks.service")
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_METRICS_PORT_ENV = "ASCEND_WEBHOOKS_METRICS_PORT"
 
 
 class _StartupError(Exception):
@@ -72,7 +72,7 @@ def register_service(sub: Any) -> None:
         type=int,
         default=None,
         help="serve /metrics and /healthz on this port "
-        f"(default: ${_METRICS_PORT_ENV}; none if unset)",
+        f"(default: ${METRICS_PORT_ENV}; none if unset)",
     )
     worker.add_argument(
         "--metrics-host",
@@ -183,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         if first is not None and first + settings.delivery_processes - 1 > 65535:
             return _fail(
-                f"{_METRICS_PORT_ENV} {first}: {settings.delivery_processes} delivery processes "
+                f"{METRICS_PORT_ENV} {first}: {settings.delivery_processes} delivery processes "
                 "need that many ports up to 65535"
             )
     _configure_logging()
@@ -202,8 +202,6 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
         return 0
     processes = None
     if settings.delivery_processes:
-        from .processes import DeliveryProcesses
-
         # Started by the lifespan once the schema is migrated and the admin token made.
         processes = DeliveryProcesses(
             settings.delivery_processes,
@@ -299,10 +297,10 @@ def _metrics_port(option: int | None) -> int | None:
     if option is not None:
         port, source = option, "--metrics-port"
     else:
-        text = os.environ.get(_METRICS_PORT_ENV, "").strip()
+        text = os.environ.get(METRICS_PORT_ENV, "").strip()
         if not text:
             return None
-        source = _METRICS_PORT_ENV
+        source = METRICS_PORT_ENV
         try:
             port = int(text)
         except ValueError:
@@ -344,8 +342,6 @@ async def _run_worker(
             metrics.ready.set()
         watcher = None
         if parent_pid is not None:
-            from .processes import watch_parent
-
             watcher = asyncio.create_task(watch_parent(parent_pid, request_stop))
         try:
             await worker.run()

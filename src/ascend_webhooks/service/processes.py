@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["DeliveryProcesses", "watch_parent"]
+__all__ = ["METRICS_PORT_ENV", "DeliveryProcesses", "watch_parent"]
 
 log = logging.getLogger("ascend_webhooks.service")
 
@@ -35,7 +35,8 @@ _FIRST_RESTART_DELAY = 1.0
 _MAX_RESTART_DELAY = 30.0
 _HEALTHY_AFTER = 60.0  # a child that ran this long before exiting starts again after 1 s
 _PARENT_CHECK_SECONDS = 1.0
-_METRICS_PORT = "ASCEND_WEBHOOKS_METRICS_PORT"
+#: Where a worker serves its metrics; delivery process N takes this port + N - 1.
+METRICS_PORT_ENV = "ASCEND_WEBHOOKS_METRICS_PORT"
 
 
 class DeliveryProcesses:
@@ -125,9 +126,9 @@ class DeliveryProcesses:
         args = [*self._command, "worker", "--database-url", self._database_url]
         args += ["--stop-with-parent", str(os.getpid())]
         env = dict(os.environ)
-        base = env.get(_METRICS_PORT, "").strip()
+        base = env.get(METRICS_PORT_ENV, "").strip()
         if base:  # (the child refuses a bad value in one line, as `worker` always does)
-            env[_METRICS_PORT] = str(int(base) + slot - 1) if base.isdigit() else base
+            env[METRICS_PORT_ENV] = str(int(base) + slot - 1) if base.isdigit() else base
         # A session of its own: Ctrl-C in a terminal reaches serve alone, which stops its
         # children in order, instead of each child stopping (and being restarted) on its own.
         return await asyncio.create_subprocess_exec(
