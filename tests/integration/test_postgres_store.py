@@ -853,6 +853,100 @@ async def test_a_deleted_endpoint_racing_a_publish_leaves_nothing_pending(
     assert await a.next_due_at() is None
 
 
+async def _rows_of(conn: asyncpg.Connection, org_id: str) -> dict[str, int]:
+    return {
+        "events": await conn.fetchval(
+            "SELECT count(*) FROM events WHERE organization_id = $1", org_id
+        ),
+        "deliveries": await conn.fetchval(
+            "SELECT count(*) FROM deliveries WHERE organization_id = $1", org_id
+        ),
+        "attempts": await conn.fetchval(
+            "SELECT count(*) FROM attempts AS a JOIN deliveries AS d ON d.seq = a.delivery_seq"
+            " WHERE d.organization_id = $1",
+            org_id,
+        ),
+        "orphan attempts": await conn.fetchval(
+            "SELECT count(*) FROM attempts AS a"
+            " WHERE NOT EXISTS (SELECT FROM deliveries AS d WHERE d.seq = a.delivery_seq)"
+        ),
+        "endpoints": await conn.fetchval(
+            "SELECT count(*) FROM endpoints WHERE organization_id = $1", org_id
+        ),
+    }
+
+
+async def test_rows_deleted_by_hand_take_what_referenced_them(
+    stores: Callable[[], Awaitable[PostgresStore]], pg_url: str
+) -> None:
+    """Events, deliveries and attempts carry no per-row foreign key checks (migration 0007):
+    what ON DELETE CASCADE did is kept by triggers, for an operator deleting rows by hand."""
+    store = await stores()
+    org_id, _ = await org_with_endpoint(store)
+    second = (await store.create_endpoint(org_id, "https://example.test/two", None, None)).id
+    other_org, _ = await org_with_endpoint(store, "other")
+    await store.publish(org_id, [event(f"evt_{n}") for n in range(3)])
+    await store.publish(other_org, [event("evt_other")])
+    claimed = await store.claim("w", 100, 30)
+    await store.record("w", [outcome(c, DeliveryStatus.FAILED) for c in claimed])
+    conn = await asyncpg.connect(database=pg_url.rsplit("/", 1)[1])
+    try:
+        checked = await conn.fetch(
+            "SELECT conname FROM pg_constraint WHERE contype = 'f'"
+            " AND conrelid IN ('events'::regclass, 'deliveries'::regclass, 'attempts'::regclass)"
+        )
+        assert checked == []
+        before = {"events": 3, "deliveries": 6, "attempts": 6, "orphan attempts": 0}
+        assert await _rows_of(conn, org_id) == {**before, "endpoints": 2}
+
+        await conn.execute("DELETE FROM endpoints WHERE id = $1", second)
+        after_endpoint = {"events": 3, "deliveries": 3, "attempts": 3, "orphan attempts": 0}
+        assert await _rows_of(conn, org_id) == {**after_endpoint, "endpoints": 1}
+
+        await conn.execute("DELETE FROM events WHERE organization_id = $1 AND id = 'evt_0'", org_id)
+        after_event = {"events": 2, "deliveries": 2, "attempts": 2, "orphan attempts": 0}
+        assert await _rows_of(conn, org_id) == {**after_event, "endpoints": 1}
+
+        await conn.execute("DELETE FROM organizations WHERE id = $1", org_id)
+        gone = {"events": 0, "deliveries": 0, "attempts": 0, "orphan attempts": 0}
+        assert await _rows_of(conn, org_id) == {**gone, "endpoints": 0}
+        kept = {"events": 1, "deliveries": 1, "attempts": 1, "orphan attempts": 0}
+        assert await _rows_of(conn, other_org) == {**kept, "endpoints": 1}
+    finally:
+        await conn.close()
+
+
+async def test_a_publish_holds_its_organization_until_it_commits(
+    stores: Callable[[], Awaitable[PostgresStore]], pg_url: str
+) -> None:
+    """The one FOR KEY SHARE lock that replaces the per-row checks: an organization cannot be
+    deleted under a publish that is still running, which would leave its events behind. (No
+    endpoint here: the publish also locks those, which would hold the deletion up as well.)"""
+    store = await stores()
+    org_id = (await store.create_organization("acme")).id
+    name = pg_url.rsplit("/", 1)[1]
+    publisher, operator = await asyncpg.connect(database=name), await asyncpg.connect(database=name)
+    try:
+        new = event("evt_held")
+        transaction = publisher.transaction()
+        await transaction.start()
+        await publisher.fetch(
+            "SELECT * FROM ascend_webhooks_publish($1, $2, $3, $4, $5, $6, $7, 1)",
+            org_id, [new.id], [new.type], [new.body], [new.content_hash], [None], ["dlv_held"],
+        )  # fmt: skip
+        await operator.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await operator.execute("DELETE FROM organizations WHERE id = $1", org_id)
+        await transaction.commit()
+        await operator.execute("DELETE FROM organizations WHERE id = $1", org_id)
+        assert await _rows_of(operator, org_id) == {
+            "events": 0, "deliveries": 0, "attempts": 0, "orphan attempts": 0, "endpoints": 0,
+        }  # fmt: skip
+    finally:
+        await publisher.close()
+        await operator.close()
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 
