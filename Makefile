@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint types pytest browser-tools bench bench-tools clean
+.PHONY: venv run test lint types pytest test-tools bench bench-tools clean
 
 venv: $(STAMP)
 
@@ -24,13 +24,15 @@ lint: venv
 types: venv
 	$(BIN)/mypy
 
-pytest: venv browser-tools
+pytest: venv test-tools
 	$(BIN)/pytest
 
-# The dashboard's browser tests drive Debian's chromium (Playwright's own browser download is
-# not used).
-browser-tools:
-	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+# The real parts the tests drive that PyPI does not ship: Debian's chromium for the dashboard's
+# browser tests (Playwright's own browser download is not used) and pgbouncer in front of
+# PostgreSQL.
+test-tools:
+	@test -x /usr/bin/chromium && test -x /usr/sbin/pgbouncer || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium pgbouncer; }
 
 test: lint types pytest
 

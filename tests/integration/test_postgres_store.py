@@ -182,6 +182,24 @@ def test_url_options_are_ours_and_validated() -> None:
     assert options.dsn == "postgresql://u@h:5433/db?sslmode=disable"
     with pytest.raises(ValueError, match="pool_size"):
         parse_url("postgresql:///db?pool_size=0")
+    pooled = parse_url(
+        "postgresql://u:p@pgbouncer:6432/db?pooler=transaction&listen_port=5432&sslmode=require"
+    )
+    assert pooled.pooler == "transaction"
+    assert pooled.dsn == "postgresql://u:p@pgbouncer:6432/db?sslmode=require"
+    assert pooled.listen_dsn == "postgresql://u:p@pgbouncer:5432/db?sslmode=require"
+    moved = parse_url("postgresql://u@[::1]:6432/db?pooler=session&listen_host=db.internal")
+    assert moved.listen_dsn == "postgresql://u@db.internal:6432/db"
+    assert parse_url("postgresql://u@h/db").listen_dsn is None
+    for wrong, message in (
+        ("pooler=statement", "pooler"),
+        ("listen_port=0", "listen_port"),
+        ("listen_host=a/b", "listen_host"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_url(f"postgresql://u@h/db?{wrong}")
+    with pytest.raises(ValueError, match="needs a host"):
+        parse_url("postgresql:///db?listen_port=5432")
 
 
 async def test_calls_on_an_unopened_store_say_so(pg_url: str) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib.resources
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from ._postgres_sql import MIGRATION_LOCK
 
-__all__ = ["Options", "SchemaError", "apply_migrations", "parse_url"]
+__all__ = ["POOL_MODES", "Options", "SchemaError", "apply_migrations", "parse_url"]
 
 
 class SchemaError(RuntimeError):
@@ -29,32 +29,72 @@ class SchemaError(RuntimeError):
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
+#: What ``pooler=`` may say: the URL reaches PostgreSQL through a connection pooler (PgBouncer,
+#: pgcat, Supavisor) in that pool mode.
+POOL_MODES = ("session", "transaction")
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     dsn: str
     pool_size: int = 10
     pool_min_size: int = 1
+    #: None: the URL reaches PostgreSQL itself; else the pool mode of the pooler in between.
+    pooler: str | None = None
+    #: Where the LISTEN connection goes (``listen_host``/``listen_port``); None: ``dsn``.
+    listen_dsn: str | None = None
 
 
 def parse_url(url: str) -> Options:
-    """Split our own options (``pool_size``, ``pool_min_size``) off a ``postgresql://`` URL."""
+    """Split our own options off a ``postgresql://`` URL: ``pool_size``, ``pool_min_size``,
+    ``pooler`` (``session`` or ``transaction``) and ``listen_host``/``listen_port`` (the
+    wake-up listener's server, when the URL names a pooler)."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://…")
     ours: dict[str, int] = {}
+    pooler: str | None = None
+    listen: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("pool_size", "pool_min_size"):
             if not value.isdigit() or int(value) < (1 if name == "pool_size" else 0):
                 raise ValueError(f"database URL option {name}={value!r} must be a whole number")
             ours[name] = int(value)
+        elif name == "pooler":
+            if value not in POOL_MODES:
+                raise ValueError(
+                    f"database URL option pooler={value!r} must be one of {', '.join(POOL_MODES)}"
+                )
+            pooler = value
+        elif name == "listen_host":
+            if not value or "/" in value or "@" in value:
+                raise ValueError(f"database URL option listen_host={value!r} is not a host name")
+            listen["host"] = value
+        elif name == "listen_port":
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ValueError(f"database URL option listen_port={value!r} is not a port")
+            listen["port"] = value
         else:
             rest.append((name, value))
-    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    options = Options(dsn=dsn, **ours)
+    if listen and "host" not in listen and not parts.hostname:
+        raise ValueError("database URL option listen_port needs a host: add listen_host")
+    base = parts._replace(scheme="postgresql", query=urlencode(rest))
+    listen_dsn = urlunsplit(base._replace(netloc=_netloc(parts, **listen))) if listen else None
+    options = Options(dsn=urlunsplit(base), **ours, pooler=pooler, listen_dsn=listen_dsn)
     if options.pool_min_size > options.pool_size:
         raise ValueError("database URL option pool_min_size must not exceed pool_size")
     return options
+
+
+def _netloc(parts: SplitResult, host: str | None = None, port: str | None = None) -> str:
+    """``parts``' user and password at another host and/or port."""
+    user, at, _ = parts.netloc.rpartition("@")
+    host = host if host is not None else parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    port = port if port is not None else (str(parts.port) if parts.port else "")
+    return f"{user}{at}{host}{':' if port else ''}{port}"
 
 
 def _migrations() -> list[tuple[int, str, str]]:

@@ -58,6 +58,13 @@ URL: ``postgresql://user@host:port/dbname?pool_size=10&pool_min_size=1`` (libpq 
 variables fill in what the URL leaves out, as for psql). ``pool_size`` bounds each of the two
 pools; the worker's opens connections only when used (a handful in a worker process, one for
 NOTIFYs in an API process).
+
+Behind a connection pooler (PgBouncer, pgcat, Supavisor), say which mode it pools in:
+``?pooler=session`` or ``?pooler=transaction``. Either way no startup parameter is sent (poolers
+refuse unknown ones). In transaction mode asyncpg keeps no prepared statement, the worker's
+commits wait for their flush, and the wake-up listener, which needs a session of its own,
+connects to ``listen_host``/``listen_port`` (PostgreSQL itself, same user and database), or
+without them is not started: idle workers then look for work every ``poll_interval``.
 """
 
 from __future__ import annotations
@@ -155,6 +162,11 @@ class _DueView:
     idle_until: float | None  # time.monotonic(); None: something was due already
 
 
+async def _commits_relaxed(conn: asyncpg.Connection) -> None:
+    """A relaxed pool connection's setting, where it cannot be a startup parameter."""
+    await conn.execute("SET synchronous_commit = off")
+
+
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """The pool's reset on release. The store leaves no session state behind (settings are
     ``SET LOCAL`` or connection options, advisory locks transaction-scoped, no cursors or
@@ -174,7 +186,7 @@ class PostgresStore(Store):
         self._relaxed_pool: asyncpg.Pool | None = None
         # Organization → the most deliveries one of its events made last time (see publish).
         self._fanout: dict[str, int] = {}
-        self._signal = WorkSignal(self._connect, poll_interval=poll_interval)
+        self._signal = WorkSignal(self._connect_listener, poll_interval=poll_interval)
         self._notifier = Notifier(self._send_notify)
         self._claim_pairs = claim_pairs
         # Where the next claim's walk over (organization, endpoint) pairs starts.
@@ -183,34 +195,46 @@ class PostgresStore(Store):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _driver_options(self) -> dict[str, Any]:
+        # Behind a pooler in transaction mode a session is lent per transaction, so a statement
+        # asyncpg prepared on one would be missing on the next: none is kept (each is prepared
+        # unnamed, in the round trip that runs it).
+        return {"statement_cache_size": 0} if self._options.pooler == "transaction" else {}
+
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self._options.dsn, timeout=10)
+        return await asyncpg.connect(self._options.dsn, timeout=10, **self._driver_options())
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self._options.listen_dsn or self._options.dsn, timeout=10)
 
     async def open(self) -> None:
+        pooler = self._options.pooler
         try:
             conn = await self._connect()
             try:
                 await apply_migrations(conn)
             finally:
                 await conn.close()
+            common: dict[str, Any] = {
+                "max_size": self._options.pool_size,
+                "max_inactive_connection_lifetime": 300,
+                "timeout": 10,
+                "reset": _keep_session,
+                **self._driver_options(),
+            }
             self._pool = await asyncpg.create_pool(
-                self._options.dsn,
-                min_size=self._options.pool_min_size,
-                max_size=self._options.pool_size,
-                max_inactive_connection_lifetime=300,
-                timeout=10,
-                reset=_keep_session,
+                self._options.dsn, min_size=self._options.pool_min_size, **common
             )
-            # Opened on first use: an API process only sends NOTIFYs on it.
-            self._relaxed_pool = await asyncpg.create_pool(
-                self._options.dsn,
-                min_size=0,
-                max_size=self._options.pool_size,
-                max_inactive_connection_lifetime=300,
-                timeout=10,
-                reset=_keep_session,
-                server_settings={"synchronous_commit": "off"},
-            )
+            # Opened on first use: an API process only sends NOTIFYs on it. Poolers refuse
+            # startup parameters they do not know: in session mode the setting is SET on each
+            # new connection (the pooler's reset query clears it for the next client); in
+            # transaction mode no session setting would stay with us, and these commits wait
+            # for their flush like any other.
+            if pooler is None:
+                common["server_settings"] = {"synchronous_commit": "off"}
+            elif pooler == "session":
+                common["init"] = _commits_relaxed
+            self._relaxed_pool = await asyncpg.create_pool(self._options.dsn, min_size=0, **common)
         except ssl.SSLCertVerificationError as exc:
             # An OSError like a refused connection, but waiting cannot make it trusted.
             raise StoreError(
@@ -218,7 +242,9 @@ class PostgresStore(Store):
             ) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
-        self._signal.start()
+        if pooler != "transaction" or self._options.listen_dsn is not None:
+            # (a LISTEN through a transaction pooler would hear nothing: waiters poll instead)
+            self._signal.start()
 
     async def _send_notify(self) -> None:
         async with self._relaxed() as conn:
