@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
@@ -28,7 +28,7 @@ from .crypto import SecretBox, load_secret_box
 from .dashboard import Dashboard
 from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
-from .problems import CatchAllMiddleware, install_problem_handlers
+from .problems import CatchAllMiddleware, install_problem_handlers, problem_response
 from .processes import DeliveryProcesses
 from .responses import JSONResponse
 from .routes import system_router, v1_router
@@ -152,10 +152,30 @@ class _Application(FastAPI):
         await super().__call__(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = _nul_refused(scope)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
         if self._front is None:
             await super().__call__(scope, receive, send)
         else:
             await self._front(scope, receive, send)
+
+
+def _nul_refused(scope: Scope) -> Response | None:
+    """The answer to a NUL character in the path or the query, the same on both stores: no id
+    holds one (404), and no query parameter takes one (422). Left to the routes, SQLite found
+    nothing and PostgreSQL, whose text cannot hold a NUL, refused the value."""
+    if "\0" in scope["path"]:
+        return problem_response(
+            404, "no resource has a NUL character in its path", slug="not-found"
+        )
+    if b"%00" in scope["query_string"] or b"\0" in scope["query_string"]:
+        return problem_response(
+            422, "query parameters may not contain NUL characters", slug="validation-error"
+        )
+    return None
 
 
 def create_app(
