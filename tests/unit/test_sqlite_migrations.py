@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ascend_webhooks.store.sqlite import SchemaError, SQLiteStore
-from ascend_webhooks.store.sqlite._engine import PAGE_SIZE, parse_url
+from ascend_webhooks.store.sqlite._engine import PAGE_SIZE, SQLiteOptions, connect, parse_url
 from ascend_webhooks.store.sqlite._migrate import (
     Migration,
     apply_migrations,
@@ -173,3 +173,10 @@ async def test_a_new_database_gets_large_pages_and_an_existing_one_keeps_its_own
     finally:
         await store.close()
     assert _page_size(old) == 4096
+    # Either way a commit checkpoints the WAL once it holds 4 MiB (SQLite counts pages).
+    for path, pages in ((new, 256), (old, 1024)):
+        conn = connect(SQLiteOptions(path=str(path)))
+        try:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
+        finally:
+            conn.close()

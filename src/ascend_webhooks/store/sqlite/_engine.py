@@ -127,6 +127,7 @@ def parse_url(url: str) -> SQLiteOptions:
 
 #: The page size of databases this store creates (bytes).
 PAGE_SIZE = 16384
+_CHECKPOINT_BYTES = 4 * 1024 * 1024  # the WAL's size at which a commit checkpoints it
 
 
 def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connection:
@@ -146,6 +147,11 @@ def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connec
     conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     _set_wal(conn, options.busy_timeout_ms)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
+    # Checkpoints at the same WAL size (4 MiB) whatever the page size: SQLite counts pages
+    # (1,000 by default), and with 16 KiB pages its checkpoints, which the committing writer
+    # runs, copied four times as much at once (publish-to-first-attempt stalls of 45-85 ms).
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, _CHECKPOINT_BYTES // page_size)}")
     conn.execute("PRAGMA foreign_keys = ON")
     # After a checkpoint, shrink a WAL that a burst made large instead of keeping it on disk.
     conn.execute("PRAGMA journal_size_limit = 67108864")
