@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ascend_webhooks.store.sqlite import SchemaError, SQLiteStore
-from ascend_webhooks.store.sqlite._engine import PAGE_SIZE, SQLiteOptions, connect, parse_url
+from ascend_webhooks.store.sqlite._engine import parse_url
 from ascend_webhooks.store.sqlite._migrate import (
     Migration,
     apply_migrations,
@@ -139,44 +139,3 @@ async def test_store_connections_use_wal_and_the_chosen_sync_level(
     finally:
         await store.close()
     await store.close()  # closing twice is harmless
-
-
-def _page_size(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        size: int = conn.execute("PRAGMA page_size").fetchone()[0]
-        return size
-    finally:
-        conn.close()
-
-
-async def test_a_new_database_gets_large_pages_and_an_existing_one_keeps_its_own(
-    tmp_path: Path,
-) -> None:
-    new = tmp_path / "new.db"
-    store = SQLiteStore(f"sqlite:///{new}")
-    await store.open()
-    await store.close()
-    assert _page_size(new) == PAGE_SIZE == 16384
-
-    old = tmp_path / "old.db"  # made by a release that left the page size at SQLite's 4 KiB
-    conn = sqlite3.connect(old)
-    conn.execute("PRAGMA page_size = 4096")
-    conn.execute("PRAGMA journal_mode = WAL")
-    apply_migrations(conn, load_migrations())
-    conn.close()
-    store = SQLiteStore(f"sqlite:///{old}")
-    await store.open()
-    try:
-        org = await store.create_organization("still here")
-        assert (await store.get_organization(org.id)).name == "still here"
-    finally:
-        await store.close()
-    assert _page_size(old) == 4096
-    # Either way a commit checkpoints the WAL once it holds 4 MiB (SQLite counts pages).
-    for path, pages in ((new, 256), (old, 1024)):
-        conn = connect(SQLiteOptions(path=str(path)))
-        try:
-            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == pages
-        finally:
-            conn.close()

@@ -37,7 +37,6 @@ Migrations are in ``_migrate``. PRAGMAs:
   is claimed and attempted again (at-least-once allows a repeat; the receiver's idempotency by
   event id absorbs it), never that an event is lost. A process crash loses nothing either way: the
   WAL is in the OS's page cache.
-* ``page_size`` 16 KiB for a new database (see ``connect``); an existing one keeps its size.
 * ``busy_timeout`` (``?busy_timeout=MS``, default 30 s) makes a second process wait for the
   file lock instead of failing; ``foreign_keys`` keeps references honest.
 
@@ -125,11 +124,6 @@ def parse_url(url: str) -> SQLiteOptions:
     return SQLiteOptions(path=path, synchronous=synchronous, busy_timeout_ms=busy)
 
 
-#: The page size of databases this store creates (bytes).
-PAGE_SIZE = 16384
-_CHECKPOINT_BYTES = 4 * 1024 * 1024  # the WAL's size at which a commit checkpoints it
-
-
 def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in manual-transaction mode with the store's PRAGMAs applied."""
     conn = sqlite3.connect(
@@ -140,18 +134,8 @@ def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connec
         timeout=options.busy_timeout_ms / 1000,
     )
     conn.execute(f"PRAGMA busy_timeout = {options.busy_timeout_ms}")
-    # A new database gets 16 KiB pages (an existing one keeps its own: the PRAGMA does nothing
-    # there). A commit writes each changed page to the WAL with two system calls, and a publish
-    # fills pages in order (rows and most indexes grow at their end): a quarter of the pages
-    # for the same bytes made the writer's commit about half as costly (docs/benchmarks.md).
-    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     _set_wal(conn, options.busy_timeout_ms)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
-    # Checkpoints at the same WAL size (4 MiB) whatever the page size: SQLite counts pages
-    # (1,000 by default), and with 16 KiB pages its checkpoints, which the committing writer
-    # runs, copied four times as much at once (publish-to-first-attempt stalls of 45-85 ms).
-    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, _CHECKPOINT_BYTES // page_size)}")
     conn.execute("PRAGMA foreign_keys = ON")
     # After a checkpoint, shrink a WAL that a burst made large instead of keeping it on disk.
     conn.execute("PRAGMA journal_size_limit = 67108864")
