@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from ascend_webhooks.store.base import StoreError, StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
     AttemptOutcome,
@@ -81,6 +82,19 @@ async def _exercise(api: PostgresStore, worker: PostgresStore) -> None:
     assert len((await api.list_events(org.id, limit=100)).items) == 40
 
 
+async def _woken_after_a_publish(api: PostgresStore, worker: PostgresStore, event_id: str) -> float:
+    """Seconds from a publish (to a new organization) until the idle worker's wait returns."""
+    org = await api.create_organization(event_id)
+    await api.create_endpoint(org.id, "https://example.test/hook", None, None)
+    await worker.wait_for_work(0)
+    waiting = asyncio.create_task(worker.wait_for_work(10))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await api.publish(org.id, [_event(event_id)])
+    await waiting
+    return time.perf_counter() - started
+
+
 async def _setting(pool: asyncpg.Pool | None, name: str) -> str:
     assert pool is not None
     async with pool.acquire() as conn:
@@ -102,31 +116,28 @@ async def test_through_a_transaction_pooler_everything_works_and_idle_workers_po
             assert not worker._signal.connected  # no LISTEN through the pooler
             assert await _setting(worker._relaxed_pool, "synchronous_commit") == "on"
             # An idle worker finds new work by looking again, within its poll interval.
-            org = await api.create_organization("later")
-            await api.create_endpoint(org.id, "https://example.test/later", None, None)
-            await worker.wait_for_work(0)
-            waiting = asyncio.create_task(worker.wait_for_work(10))
-            await asyncio.sleep(0.05)
-            started = time.perf_counter()
-            await api.publish(org.id, [_event("evt_later")])
-            await waiting
-            assert time.perf_counter() - started < 1.5
+            assert await _woken_after_a_publish(api, worker, "evt_later") < 1.5
             assert [c.event_id for c in await worker.claim("w", 10, 30)] == ["evt_later"]
         finally:
             await api.close()
             await worker.close()
 
 
-async def test_without_the_option_a_transaction_pooler_breaks_the_store(database: str) -> None:
-    """What ``pooler=transaction`` is for: the same calls through the same pooler fail."""
+async def test_without_the_option_a_pooler_is_named_as_the_cause_not_retried(
+    database: str,
+) -> None:
+    """What ``pooler=`` is for: without it the worker's calls fail through the same pooler,
+    with an error that names the fix (not "unavailable, retry", which would never end)."""
     with running_pgbouncer("transaction") as port:
         api = PostgresStore(_through(port, database, "sslmode=disable"))
         await api.open()
         try:
             org = await api.create_organization("plain")
             await api.create_endpoint(org.id, "https://example.test/hook", None, None)
-            with pytest.raises(Exception, match="startup parameter"):
+            with pytest.raises(StoreError, match="pooler=transaction") as refused:
                 await api.claim("w", 10, 30)  # its relaxed pool asks for synchronous_commit
+            assert not isinstance(refused.value, StoreUnavailableError)
+            assert "startup parameter" in str(refused.value)
         finally:
             await api.close()
 
@@ -139,15 +150,8 @@ async def test_with_a_listen_port_idle_workers_are_woken_at_once(database: str) 
         await worker.open()
         try:
             assert await worker._signal.wait_connected(5)
-            org = await api.create_organization("woken")
-            await api.create_endpoint(org.id, "https://example.test/hook", None, None)
-            await worker.wait_for_work(0)
-            waiting = asyncio.create_task(worker.wait_for_work(10))
-            await asyncio.sleep(0.05)
-            started = time.perf_counter()
-            await api.publish(org.id, [_event("evt_woken")])
-            await waiting
-            assert time.perf_counter() - started < 0.5  # the NOTIFY, not a poll (30 s)
+            # the NOTIFY, not a poll (every 30 s)
+            assert await _woken_after_a_publish(api, worker, "evt_woken") < 0.5
         finally:
             await api.close()
             await worker.close()

@@ -113,6 +113,13 @@ from .models import (
 __all__ = ["PostgresStore", "apply_migrations", "parse_url"]
 
 # What a lost or refused connection raises, from the socket up to the server's shutdown notice.
+# What a connection pooler's refusals (a startup parameter it does not know, a prepared
+# statement left on another session) mean for the URL.
+_POOLER_HINT = (
+    'PostgreSQL answered "{}": the database URL seems to go through a connection pooler;'
+    " add pooler=transaction (or pooler=session) to it (docs/production.md, Behind PgBouncer)"
+)
+
 _UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -280,9 +287,15 @@ class PostgresStore(Store):
                 except asyncpg.InternalClientError:
                     conn.terminate()  # unusable: never hand it out again
                     raise
-        except asyncpg.CharacterNotInRepertoireError as exc:  # a NUL in a path or query value
+        except asyncpg.CharacterNotInRepertoireError as exc:  # a NUL in a text value
             raise InvalidTextError("text may not contain NUL characters") from exc
+        except asyncpg.exceptions.InvalidSQLStatementNameError as exc:
+            if self._options.pooler is None and "__asyncpg_stmt_" in str(exc):
+                raise StoreError(_POOLER_HINT.format(exc)) from exc  # not retried: misconfigured
+            raise
         except _UNAVAILABLE as exc:
+            if self._options.pooler is None and "unsupported startup parameter" in str(exc):
+                raise StoreError(_POOLER_HINT.format(exc)) from exc
             raise StoreUnavailableError(
                 f"PostgreSQL is unavailable ({type(exc).__name__}: {exc}); retry the call"
             ) from exc
