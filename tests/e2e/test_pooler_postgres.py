@@ -9,14 +9,13 @@ verify every signature.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.pgbouncer import running_pgbouncer
+from tests.support.pgbouncer import direct_listen, pooled_url, running_pgbouncer
 from tests.support.processes import (
     Publisher,
     arrivals_of,
@@ -34,16 +33,11 @@ pytestmark = pytest.mark.postgres
 async def test_api_and_workers_through_a_transaction_pooler_deliver_everything_once(
     tmp_path: Path,
 ) -> None:
-    direct = (
-        f"listen_host={os.environ.get('PGHOST', '127.0.0.1')}"
-        f"&listen_port={os.environ.get('PGPORT', '5432')}"
-    )
-    user = os.environ.get("PGUSER", "postgres")
     async with postgres_database() as url:
-        database = url.rsplit("/", 1)[1]
         with running_pgbouncer("transaction") as port:
-            pooled = f"postgresql://{user}@127.0.0.1:{port}/{database}?pooler=transaction"
-            env = service_env(f"{pooled}&pool_size=4&{direct}")
+            database = url.rsplit("/", 1)[1]
+            options = f"pooler=transaction&pool_size=4&{direct_listen()}"
+            env = service_env(pooled_url(port, database, options))
             async with (
                 processes(tmp_path) as group,
                 Receiver() as receiver,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from ascend_webhooks.store.models import (
 )
 from ascend_webhooks.store.postgres import PostgresStore
 from tests.support import postgres as pg
-from tests.support.pgbouncer import running_pgbouncer
+from tests.support.pgbouncer import direct_listen, pooled_url, running_pgbouncer
 
 pytestmark = pytest.mark.postgres
 
@@ -42,15 +41,7 @@ async def database() -> AsyncIterator[str]:
 
 
 def _through(port: int, database: str, options: str) -> str:
-    user = os.environ.get("PGUSER", "postgres")
-    return f"postgresql://{user}@127.0.0.1:{port}/{database}?pool_size=4&{options}"
-
-
-def _direct() -> str:
-    return (
-        f"listen_host={os.environ.get('PGHOST', '127.0.0.1')}"
-        f"&listen_port={os.environ.get('PGPORT', '5432')}"
-    )
+    return pooled_url(port, database, f"pool_size=4&{options}")
 
 
 def _event(event_id: str) -> NewEvent:
@@ -144,7 +135,7 @@ async def test_without_the_option_a_pooler_is_named_as_the_cause_not_retried(
 
 async def test_with_a_listen_port_idle_workers_are_woken_at_once(database: str) -> None:
     with running_pgbouncer("transaction") as port:
-        url = _through(port, database, f"pooler=transaction&{_direct()}")
+        url = _through(port, database, f"pooler=transaction&{direct_listen()}")
         api, worker = PostgresStore(url), PostgresStore(url, poll_interval=30)
         await api.open()
         await worker.open()

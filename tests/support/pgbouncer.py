@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import free_port
+
 _BINARY = "/usr/sbin/pgbouncer"
 
 
@@ -29,13 +31,6 @@ def _missing(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _run_as() -> list[str]:
@@ -59,7 +54,7 @@ def running_pgbouncer(mode: str, server_connections: int = 2) -> Iterator[int]:
     host = os.environ.get("PGHOST", "127.0.0.1")
     if host.startswith("/"):
         _missing("the tests reach PostgreSQL over a socket; PgBouncer here needs TCP")
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="aw-pgbouncer-") as folder:
         os.chmod(folder, 0o755)  # noqa: S103 (PgBouncer's user reads its config here)
         config = Path(folder) / "pgbouncer.ini"
@@ -99,3 +94,15 @@ def running_pgbouncer(mode: str, server_connections: int = 2) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+def pooled_url(port: int, database: str, options: str) -> str:
+    """A URL of ``database`` through the PgBouncer on ``port``, with ``options`` (a query)."""
+    user = os.environ.get("PGUSER", "postgres")
+    return f"postgresql://{user}@127.0.0.1:{port}/{database}?{options}"
+
+
+def direct_listen() -> str:
+    """The URL options that send the wake-up listener to the test PostgreSQL itself."""
+    host, port = os.environ.get("PGHOST", "127.0.0.1"), os.environ.get("PGPORT", "5432")
+    return f"listen_host={host}&listen_port={port}"
