@@ -112,7 +112,6 @@ from .models import (
 
 __all__ = ["PostgresStore", "apply_migrations", "parse_url"]
 
-# What a lost or refused connection raises, from the socket up to the server's shutdown notice.
 # What a connection pooler's refusals (a startup parameter it does not know, a prepared
 # statement left on another session) mean for the URL.
 _POOLER_HINT = (
@@ -120,6 +119,7 @@ _POOLER_HINT = (
     " add pooler=transaction (or pooler=session) to it (docs/production.md, Behind PgBouncer)"
 )
 
+# What a lost or refused connection raises, from the socket up to the server's shutdown notice.
 _UNAVAILABLE = (
     OSError,
     TimeoutError,
