@@ -166,8 +166,9 @@ def _allowed(services: Services, scope: Scope, org: str, limit: int) -> bool:
 
 def _minimal(scope: Scope) -> bool:
     """Whether the request's ``Prefer`` headers ask for ``return=minimal``."""
-    values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"prefer"]
-    return bool(values) and prefers_minimal(values)
+    return prefers_minimal(
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"prefer"
+    )
 
 
 def _accepted(result: PublishResult, created: bool) -> bytes:

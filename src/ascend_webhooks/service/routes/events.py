@@ -168,7 +168,7 @@ async def publish_event(
     if result.created:
         EVENTS_PUBLISHED.inc()
     status = 202 if result.created else 200
-    if prefer and prefers_minimal(prefer):
+    if prefers_minimal(prefer or ()):
         minimal = {"id": result.event.id, "created": result.created}
         return JSONResponse(minimal, status_code=status, headers=dict([MINIMAL_APPLIED]))
     return JSONResponse(published_view(result), status_code=status)
@@ -190,7 +190,7 @@ async def publish_event(
 async def publish_batch(
     org: OrgScope, body: EventBatch, services: Svc, prefer: Prefer = None
 ) -> JSONResponse:
-    minimal = bool(prefer) and prefers_minimal(prefer or ())
+    minimal = prefers_minimal(prefer or ())
     status, answer = await publish_many(services, org, body.events, minimal=minimal)
     headers = dict([MINIMAL_APPLIED]) if minimal else None
     return JSONResponse(answer, status_code=status, headers=headers)
