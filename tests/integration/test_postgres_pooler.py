@@ -8,7 +8,6 @@ setting left by one call would be missing, or wrong, on the next.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,7 +21,6 @@ from ascend_webhooks.store.models import (
     AttemptOutcome,
     ClaimedDelivery,
     DeliveryStatus,
-    NewEvent,
 )
 from ascend_webhooks.store.postgres import PostgresStore
 from tests.support import postgres as pg
@@ -44,17 +42,12 @@ def _through(port: int, database: str, options: str) -> str:
     return pooled_url(port, database, f"pool_size=4&{options}")
 
 
-def _event(event_id: str) -> NewEvent:
-    body = f'{{"id":"{event_id}","type":"invoice.paid","data":{{}}}}'.encode()
-    return NewEvent(event_id, "invoice.paid", body, hashlib.sha256(body).digest(), None)
-
-
 async def _exercise(api: PostgresStore, worker: PostgresStore) -> None:
     """Publishes, claims and records from two stores, many calls in flight at once."""
     org = await api.create_organization("pooled")
     await api.create_endpoint(org.id, "https://example.test/hook", None, None)
-    await asyncio.gather(*(api.publish(org.id, [_event(f"evt_{n}")]) for n in range(40)))
-    [again] = await api.publish(org.id, [_event("evt_0")])  # the same id: the stored event
+    await asyncio.gather(*(api.publish(org.id, [pg.new_event(f"evt_{n}")]) for n in range(40)))
+    [again] = await api.publish(org.id, [pg.new_event("evt_0")])  # the same id: the stored event
     assert not again.created
     claimed: list[ClaimedDelivery] = []
     while len(claimed) < 40:
@@ -81,7 +74,7 @@ async def _woken_after_a_publish(api: PostgresStore, worker: PostgresStore, even
     waiting = asyncio.create_task(worker.wait_for_work(10))
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    await api.publish(org.id, [_event(event_id)])
+    await api.publish(org.id, [pg.new_event(event_id)])
     await waiting
     return time.perf_counter() - started
 

@@ -72,9 +72,7 @@ async def stores(pg_url: str) -> AsyncIterator[Callable[[], Awaitable[PostgresSt
             await store.close()
 
 
-def event(event_id: str, event_type: str = "invoice.paid", key: str | None = None) -> NewEvent:
-    body = f'{{"id":"{event_id}","type":"{event_type}","data":{{}}}}'.encode()
-    return NewEvent(event_id, event_type, body, hashlib.sha256(body).digest(), key)
+event = pg.new_event
 
 
 def outcome(claimed: ClaimedDelivery, status: DeliveryStatus, later: float = 0) -> AttemptOutcome:

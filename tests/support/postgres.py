@@ -24,6 +24,8 @@ import uuid
 import asyncpg
 import pytest
 
+from ascend_webhooks.store.models import NewEvent
+
 _ADMIN_DB = os.environ.get("PGDATABASE", "postgres")
 
 
@@ -146,3 +148,9 @@ async def ensure_running(version: str, name: str) -> None:
         await conn.close()
         return
     raise RuntimeError("PostgreSQL did not come back")
+
+
+def new_event(event_id: str, event_type: str = "invoice.paid", key: str | None = None) -> NewEvent:
+    """An event with empty data, as the PostgreSQL store tests publish them."""
+    body = f'{{"id":"{event_id}","type":"{event_type}","data":{{}}}}'.encode()
+    return NewEvent(event_id, event_type, body, hashlib.sha256(body).digest(), key)
