@@ -133,6 +133,7 @@ async def test_with_a_listen_port_idle_workers_are_woken_at_once(database: str) 
         await api.open()
         await worker.open()
         try:
+            await worker.wait_for_work(0)  # (its first wait starts the listener)
             assert await worker._signal.wait_connected(5)
             # the NOTIFY, not a poll (every 30 s)
             assert await _woken_after_a_publish(api, worker, "evt_woken") < 0.5

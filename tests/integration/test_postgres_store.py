@@ -56,7 +56,8 @@ async def pg_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def stores(pg_url: str) -> AsyncIterator[Callable[[], Awaitable[PostgresStore]]]:
-    """Open as many stores (each with its own pool and listener) as a test wants."""
+    """Open as many stores (each with its own pools, and a listener once it waits or claims)
+    as a test wants."""
     opened: list[PostgresStore] = []
 
     async def make() -> PostgresStore:
@@ -87,6 +88,12 @@ async def org_with_endpoint(store: PostgresStore, name: str = "acme") -> tuple[s
     org = await store.create_organization(name)
     endpoint = await store.create_endpoint(org.id, "https://example.test/hook", None, None)
     return org.id, endpoint.id
+
+
+async def listening(store: PostgresStore) -> bool:
+    """Start the store's wake-up listener (its first wait does) and wait until it listens."""
+    await store.wait_for_work(0)
+    return await store._signal.wait_connected(5)
 
 
 async def eventually(call: Callable[[], Awaitable[T]], within: float = 20.0) -> T:
@@ -309,7 +316,7 @@ async def test_right_after_a_claim_nothing_due_is_known_without_asking_until_wor
     from ascend_webhooks.store import _postgres_sql as sql
 
     worker, api = await stores(), await stores()
-    assert await worker._signal.wait_connected(5)
+    assert await listening(worker)
     org_id, _ = await org_with_endpoint(api)
     statements: list[str] = []
     real_claim, real_connection = worker._claim_once, worker._connection
@@ -595,12 +602,42 @@ async def test_excluded_endpoints_are_skipped_not_starved(
 # -- wake-ups -------------------------------------------------------------------------------------
 
 
+async def _listener_sessions(url: str) -> int:
+    conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_only_a_store_that_waits_or_claims_listens(
+    pg_url: str, stores: Callable[[], Awaitable[PostgresStore]]
+) -> None:
+    # An API process publishes (and NOTIFYs) but never waits: a LISTEN session of its own
+    # would be one more connection per process, woken by every NOTIFY of every publisher.
+    api, worker = await stores(), await stores()
+    org_id, _ = await org_with_endpoint(api)
+    await api.publish(org_id, [event("evt_listeners")])
+    await asyncio.sleep(0.2)
+    assert await _listener_sessions(pg_url) == 0
+    await worker.claim("w", 10, 30)  # a worker's first claim starts its listener
+    assert await worker._signal.wait_connected(5)
+    assert await _listener_sessions(pg_url) == 1
+    assert await listening(api)  # as does a first wait
+    assert await _listener_sessions(pg_url) == 2
+
+
 async def test_a_publish_in_another_pool_wakes_a_waiter_within_milliseconds(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:
     worker, api = await stores(), await stores()
     org_id, _ = await org_with_endpoint(api)
-    assert await worker._signal.wait_connected(5)
+    assert await listening(worker)
     await worker.wait_for_work(0)  # drop the wake-up the fresh connection gives
     delays = []
     for i in range(5):
@@ -619,7 +656,7 @@ async def test_without_work_the_wait_lasts_max_wait(
     stores: Callable[[], Awaitable[PostgresStore]],
 ) -> None:
     store = await stores()
-    assert await store._signal.wait_connected(5)
+    assert await listening(store)
     await store.wait_for_work(0)
     started = time.perf_counter()
     await store.wait_for_work(0.3)
@@ -630,7 +667,7 @@ async def test_without_a_listener_waiters_poll(pg_url: str) -> None:
     store = PostgresStore(pg_url, poll_interval=0.2)
     await store.open()
     try:
-        assert await store._signal.wait_connected(5)
+        assert await listening(store)
         await store._signal.stop()  # as while the database is away
         await store.wait_for_work(0)
         started = time.perf_counter()
@@ -976,7 +1013,7 @@ async def test_a_server_restart_is_survived_without_losing_anything(
     worker, api = await stores(), await stores()
     org_id, _ = await org_with_endpoint(api)
     await api.publish(org_id, [event("before")])
-    assert await worker._signal.wait_connected(5)
+    assert await listening(worker)
     try:
         await pg.restart_server(*found)
         # Calls in flight or right after fail clearly (or succeed); none hangs or corrupts.
@@ -1023,7 +1060,7 @@ async def test_a_killed_listener_reconnects_and_polling_covers_the_gap(
 ) -> None:
     worker, api = await stores(), await stores()
     org_id, _ = await org_with_endpoint(api)
-    assert await worker._signal.wait_connected(5)
+    assert await listening(worker)
     assert await _terminate_sessions(pg_url, listeners=True) >= 1
     for _ in range(100):
         if worker._signal.sessions >= 2 and worker._signal.connected:

@@ -41,7 +41,8 @@ Why it is built this way:
   and PostgreSQL flushes the WAL once for every commit waiting at that moment, so throughput
   grows with concurrency without batching calls into shared transactions here (which would
   make one caller's conflict roll back another's events, or need savepoints per call).
-* **Wake-ups** go through LISTEN/NOTIFY on a dedicated connection (``_postgres_listen.py``).
+* **Wake-ups** go through LISTEN/NOTIFY on a dedicated connection (``_postgres_listen.py``),
+  opened by the store's first claim or wait: a process that only serves the API holds none.
   The NOTIFY is sent right after the commit, not inside the transaction: PostgreSQL serializes
   the commits of notifying transactions on one lock, which halved publish throughput; after
   the commit, concurrent wake-ups coalesce into one and cost no publish any time.
@@ -194,6 +195,7 @@ class PostgresStore(Store):
         # Organization → the most deliveries one of its events made last time (see publish).
         self._fanout: dict[str, int] = {}
         self._signal = WorkSignal(self._connect_listener, poll_interval=poll_interval)
+        self._opened = self._listening = False  # the listener starts with the first claim/wait
         self._notifier = Notifier(self._send_notify)
         self._claim_pairs = claim_pairs
         # Where the next claim's walk over (organization, endpoint) pairs starts.
@@ -249,7 +251,16 @@ class PostgresStore(Store):
             ) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
-        if pooler != "transaction" or self._options.listen_dsn is not None:
+        self._opened = True
+
+    def _listen(self) -> None:
+        """Start the wake-up listener, once: on the first claim or wait, so that a process
+        that only serves the API holds no LISTEN session and is not woken by every NOTIFY
+        (each one goes to every listening session, and from there to its process)."""
+        if self._listening or not self._opened:
+            return
+        self._listening = True
+        if self._options.pooler != "transaction" or self._options.listen_dsn is not None:
             # (a LISTEN through a transaction pooler would hear nothing: waiters poll instead)
             self._signal.start()
 
@@ -260,6 +271,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         await self._notifier.flush()
         await self._signal.stop()
+        self._opened = self._listening = False
         for pool in (self._pool, self._relaxed_pool):
             if pool is not None:
                 await pool.close()
@@ -884,6 +896,7 @@ class PostgresStore(Store):
         ``e`` and ``per_endpoint`` of any other (None: no bound but ``limit``). A worker that
         passes the room it has for each endpoint gets no delivery it would have to give back
         (``release``) unattempted."""
+        self._listen()
         view = self._valid_due_view()
         if view is not None and view.idle_until is not None and time.monotonic() < view.idle_until:
             return []  # nothing was due a moment ago, and nothing was announced since
@@ -1064,6 +1077,7 @@ class PostgresStore(Store):
         return view
 
     async def next_due_at(self) -> datetime | None:
+        self._listen()
         view = self._valid_due_view()
         if view is not None:
             return view.next_due  # what the claim just before saw, nothing announced since
@@ -1072,6 +1086,7 @@ class PostgresStore(Store):
         return due
 
     async def wait_for_work(self, max_wait: float) -> None:
+        self._listen()
         await self._signal.wait(max_wait)
 
     async def delivery_counts(self) -> dict[DeliveryStatus, int]:
