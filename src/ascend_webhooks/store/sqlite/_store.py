@@ -1,9 +1,9 @@
 """``SQLiteStore``: the :class:`~ascend_webhooks.store.base.Store` on an embedded SQLite file.
 
 Writes go to the engine's writer thread (group commit, see ``_engine``); reads to its reader
-threads. ``wait_for_work`` wakes at once for work made in this process and polls
-``PRAGMA data_version`` (which changes when another connection commits) every 0.25 s, so a
-worker in another process on the same file sees new work within a quarter of a second.
+threads. ``wait_for_work`` wakes at once for work made in this process or rung in from another
+process on the same machine (``_doorbell``), and polls ``PRAGMA data_version`` (which changes
+when another connection commits) every 0.25 s, for whatever a ring did not cover.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..models import (
 )
 from . import _publish, _reads, _writes
 from ._claim import Claimer
+from ._doorbell import Doorbell
 from ._engine import Engine, EngineClosedError, GroupJob, parse_url
 from ._rows import from_ms
 
@@ -50,6 +51,7 @@ class SQLiteStore(Store):
 
     def __init__(self, url: str) -> None:
         self._engine = Engine(parse_url(url))
+        self._doorbell = Doorbell(self._engine.options.path)
         self._claimer = Claimer()
         self._handoff: HandOff | None = None
         # One object for every publish of this store: the engine groups jobs by it.
@@ -95,6 +97,12 @@ class SQLiteStore(Store):
             raise StoreUnavailableError(str(exc)) from exc
 
     def _wake(self) -> None:
+        """After a commit that made work due: wake this process's waiters, ring the others."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._doorbell.ring()
+
+    def _rung(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -113,6 +121,7 @@ class SQLiteStore(Store):
         self._opened = False
         if self._wakeup is not None:
             self._wakeup.set()  # waiting workers return instead of polling a closed file
+        self._doorbell.close()
         await asyncio.to_thread(self._engine.stop)
 
     async def ping(self) -> bool:
@@ -372,6 +381,7 @@ class SQLiteStore(Store):
         wakeup = self._wakeup
         if wakeup is None:
             raise StoreUnavailableError("the SQLite store is not open")
+        self._doorbell.open(self._rung)  # (once; from then on other processes can ring it)
         deadline = time.monotonic() + max(0.0, max_wait)
         seen = await self._engine.data_version()
         while not wakeup.is_set():

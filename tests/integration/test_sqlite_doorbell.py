@@ -1,0 +1,100 @@
+"""Wake-ups between processes on one SQLite file: a commit that makes work due rings the
+doorbells of the other stores waiting on the same file, which then wake at once instead of at
+their next ``data_version`` poll."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from ascend_webhooks.store.models import NewEvent
+from ascend_webhooks.store.sqlite import SQLiteStore, _store
+from ascend_webhooks.store.sqlite._doorbell import doorbell_directory
+
+
+def event(event_id: str) -> NewEvent:
+    body = json.dumps({"id": event_id}).encode()
+    return NewEvent(event_id, "invoice.paid", body, hashlib.sha256(body).digest(), None)
+
+
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    # A poll this slow means that a waiter woken within milliseconds was rung.
+    monkeypatch.setattr(_store, "_POLL_SECONDS", 30.0)
+    return str(tmp_path / "bell.db")
+
+
+async def test_a_publish_rings_a_store_waiting_on_the_same_file(database: str) -> None:
+    waiter, publisher = SQLiteStore(f"sqlite:///{database}"), SQLiteStore(f"sqlite:///{database}")
+    await waiter.open()
+    await publisher.open()
+    try:
+        org = await publisher.create_organization("acme")
+        await publisher.create_endpoint(org.id, "https://example.test/hook", None, None)
+        await waiter.wait_for_work(0)  # its first wait hangs its doorbell
+        delays = []
+        for n in range(5):
+            waiting = asyncio.create_task(waiter.wait_for_work(10))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            started = time.perf_counter()
+            await publisher.publish(org.id, [event(f"evt_{n}")])
+            await waiting
+            delays.append(time.perf_counter() - started)
+        assert statistics.median(delays) < 0.05, delays
+        assert max(delays) < 2, delays
+        # Nothing else rings: without work, the wait lasts until its end.
+        started = time.perf_counter()
+        await waiter.wait_for_work(0.3)
+        assert time.perf_counter() - started >= 0.25
+    finally:
+        await waiter.close()
+        await publisher.close()
+    assert list(doorbell_directory(database).iterdir()) == []  # each took its doorbell away
+
+
+async def test_a_doorbell_nobody_answers_any_more_is_taken_away(database: str) -> None:
+    # A process killed outright leaves its socket file: ringing it is refused, and it goes.
+    directory = doorbell_directory(database)
+    directory.mkdir(parents=True, exist_ok=True)
+    stale = directory / "999999999.1"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(stale))
+    dead.close()
+    assert stale.exists()
+    store = SQLiteStore(f"sqlite:///{database}")
+    await store.open()
+    try:
+        org = await store.create_organization("acme")
+        await store.create_endpoint(org.id, "https://example.test/hook", None, None)
+        await store.publish(org.id, [event("evt_1")])
+        assert not stale.exists()
+    finally:
+        await store.close()
+
+
+async def test_stores_of_other_files_are_not_rung(tmp_path: Path, database: str) -> None:
+    other = SQLiteStore(f"sqlite:///{tmp_path / 'other.db'}")
+    store = SQLiteStore(f"sqlite:///{database}")
+    await other.open()
+    await store.open()
+    try:
+        await other.wait_for_work(0)
+        org = await store.create_organization("acme")
+        await store.create_endpoint(org.id, "https://example.test/hook", None, None)
+        waiting = asyncio.create_task(other.wait_for_work(0.5))
+        await asyncio.sleep(0.05)
+        await store.publish(org.id, [event("evt_1")])
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await waiting
+    finally:
+        await other.close()
+        await store.close()
