@@ -9,6 +9,7 @@ the standard library's ``sqlite3`` only. The modules:
   lock and recorded with a checksum in ``schema_migrations``.
 * ``_claim``: fair, backlog-independent claiming (a loose index scan, round robin).
 * ``_publish``: events and their deliveries, many callers' publishes per statement.
+* ``_doorbell``: wake-ups for idle workers of other processes on the same file.
 * ``_writes`` / ``_reads``: every other operation as a plain function on a connection.
 * ``_rows``: rows to records. Times are stored as INTEGER Unix milliseconds (cheap to compare
   and index) and come back as aware UTC datetimes.
