@@ -13,7 +13,8 @@ floor: what the publisher and receiver add by themselves. Then it runs the embed
 (one ``serve`` on SQLite) and PostgreSQL with separate API and worker processes (skipped, with
 the reason, where it cannot run)::
 
-    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R] [--delivery-processes N]
+    .venv/bin/python bench/latency.py [--quick] [--seconds S] [--rate R]
+                                     [--delivery-processes N [--no-delivery]]
                                      [--no-postgres | --only-postgres]
 """
 
@@ -313,11 +314,19 @@ def _commits(database: str | None) -> int | None:
 
 
 def _mode(
-    name: str, url: str, conn: Connection, seconds: float, rate: float, processes: int = 0
+    name: str,
+    url: str,
+    conn: Connection,
+    seconds: float,
+    rate: float,
+    processes: int = 0,
+    no_delivery: bool = False,
 ) -> dict[str, Any]:
     try:
         if name == "sqlite":
             extra = ["--delivery-processes", str(processes)] if processes else []
+            if no_delivery:
+                extra.append("--no-delivery")
             with running_service(serve_args=extra) as service:
                 return measure_latency(service, url, conn, seconds, rate)
         with postgres_database() as database, running_service(database, workers=2) as service:
@@ -364,13 +373,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="run the SQLite part's serve with --delivery-processes N (default 0)",
     )
+    cli.add_argument(
+        "--no-delivery",
+        action="store_true",
+        help="and with --no-delivery: only the delivery processes deliver (needs N >= 1)",
+    )
     args = cli.parse_args(argv)
+    if args.no_delivery and args.delivery_processes < 1:
+        cli.error("--no-delivery needs --delivery-processes N >= 1: nothing would deliver")
     warn_if_busy("latency")
     seconds = args.seconds or (2.0 if args.quick else SECONDS)
     results: dict[str, Any] = {
         "rate": args.rate,
         "seconds": seconds,
         "delivery_processes": args.delivery_processes,
+        "no_delivery": args.no_delivery,
     }
     names = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]
     if args.only_postgres:
@@ -379,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["floor"] = measure_floor(url, conn, min(seconds, 5.0), args.rate)
         print(_line("floor", results["floor"]))
         for name in names:
-            results[name] = _mode(name, url, conn, seconds, args.rate, args.delivery_processes)
+            results[name] = _mode(
+                name, url, conn, seconds, args.rate, args.delivery_processes, args.no_delivery
+            )
             print(_line(name, results[name]))
     if args.no_postgres:
         results["postgres"] = {"skipped": "--no-postgres"}
