@@ -98,3 +98,23 @@ async def test_stores_of_other_files_are_not_rung(tmp_path: Path, database: str)
     finally:
         await other.close()
         await store.close()
+
+
+async def test_a_doorbell_folder_that_is_a_link_is_not_used(
+    tmp_path: Path, database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Someone else may have made the folder first, pointing it elsewhere: then only polling.
+    directory = doorbell_directory(database)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    directory.symlink_to(elsewhere, target_is_directory=True)
+    store = SQLiteStore(f"sqlite:///{database}")
+    await store.open()
+    try:
+        await store.wait_for_work(0)
+        assert list(elsewhere.iterdir()) == []
+        assert "is not a folder of ours" in caplog.text
+    finally:
+        await store.close()
+        directory.unlink()

@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -162,8 +163,9 @@ class Doorbell:
             self._directory.mkdir(mode=0o700, exist_ok=True)
             if hasattr(os, "getuid"):
                 for folder in (self._directory, self._directory.parent):
-                    if folder.stat().st_uid != os.getuid():
-                        log.warning("%s belongs to another user: idle workers poll", folder)
+                    found = folder.lstat()  # (a symbolic link is refused: it may lead anywhere)
+                    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+                        log.warning("%s is not a folder of ours: idle workers poll", folder)
                         return False
         except OSError as exc:
             log.warning("no wake-ups from other processes (%s): idle workers poll", exc)
