@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ascend_webhooks.store.models import NewEvent
-from ascend_webhooks.store.sqlite import SQLiteStore, _store
+from ascend_webhooks.store.sqlite import SQLiteStore, _doorbell, _store
 from ascend_webhooks.store.sqlite._doorbell import doorbell_directory
 
 
@@ -118,3 +118,26 @@ async def test_a_doorbell_folder_that_is_a_link_is_not_used(
     finally:
         await store.close()
         directory.unlink()
+
+
+async def test_a_ring_that_cannot_be_sent_fails_no_publish(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waiter, publisher = SQLiteStore(f"sqlite:///{database}"), SQLiteStore(f"sqlite:///{database}")
+    await waiter.open()
+    await publisher.open()
+    try:
+        await waiter.wait_for_work(0)  # a doorbell to ring
+        org = await publisher.create_organization("acme")
+        await publisher.create_endpoint(org.id, "https://example.test/hook", None, None)
+
+        def no_socket(*args: object) -> socket.socket:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(_doorbell.socket, "socket", no_socket)
+        (result,) = await publisher.publish(org.id, [event("evt_1")])
+        assert result.created  # committed, and said so: the ring is only a hint
+    finally:
+        monkeypatch.undo()
+        await waiter.close()
+        await publisher.close()

@@ -77,7 +77,12 @@ class Doorbell:
         if len(str(path)) > _MAX_SOCKET_PATH or not self._make_directory():
             self._usable = False
             return False
-        bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("no wake-ups from other processes (%s): idle workers poll", exc)
+            self._usable = False
+            return False
         try:
             bell.setblocking(False)
             with contextlib.suppress(FileNotFoundError):
@@ -127,7 +132,11 @@ class Doorbell:
         if not others:
             return
         if self._sender is None:
-            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            except OSError as exc:  # out of file descriptors, say: the others will poll
+                log.debug("no ring: %s", exc)
+                return
             self._sender.setblocking(False)
         for path in others:
             try:

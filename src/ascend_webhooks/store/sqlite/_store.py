@@ -100,7 +100,8 @@ class SQLiteStore(Store):
         """After a commit that made work due: wake this process's waiters, ring the others."""
         if self._wakeup is not None:
             self._wakeup.set()
-            self._doorbell.ring()
+            if self._opened:
+                self._doorbell.ring()
 
     def _rung(self) -> None:
         if self._wakeup is not None:
