@@ -603,16 +603,7 @@ async def test_excluded_endpoints_are_skipped_not_starved(
 
 
 async def _listener_sessions(url: str) -> int:
-    conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-            )
-        )
-    finally:
-        await conn.close()
+    return await _sessions(url, "count(*)", listeners=True)
 
 
 async def test_only_a_store_that_waits_or_claims_listens(
@@ -1041,11 +1032,16 @@ async def test_a_server_restart_is_survived_without_losing_anything(
 
 async def _terminate_sessions(url: str, *, listeners: bool) -> int:
     """Cut off this database's listener (or other) sessions, as a restart would, but ours."""
+    return await _sessions(url, "count(pg_terminate_backend(pid))", listeners=listeners)
+
+
+async def _sessions(url: str, select: str, *, listeners: bool) -> int:
+    """``select`` over this database's listener (or other) sessions, ours left out."""
     conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
     try:
         return int(
             await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                f"SELECT {select} FROM pg_stat_activity"  # noqa: S608 (the tests' own text)
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 " AND (query LIKE 'LISTEN%') = $1",
                 listeners,
