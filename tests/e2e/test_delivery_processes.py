@@ -10,12 +10,14 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_serve import CLI, serve, service_env, setup_organization
+from tests.e2e.test_serve import CLI, Service, serve, service_env, setup_organization
 from tests.support.api import MASTER_KEY
 from tests.support.processes import eventually, postgres_database
 from tests.support.receivers import Receiver
@@ -85,7 +87,10 @@ async def deliver_through_children(tmp_path: Path, env: dict[str, str]) -> None:
     assert log.count("worker wrk_") >= 4  # each child's worker started and stopped
 
 
-async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> None:
+@asynccontextmanager
+async def one_child(tmp_path: Path) -> AsyncIterator[tuple[Service, Receiver, httpx.AsyncClient]]:
+    """``serve --no-delivery --delivery-processes 1``, once its child has started: every
+    arrival at the receiver is the child's work."""
     env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
     async with (
         serve(tmp_path, env, "--no-delivery", "--delivery-processes", "1") as service,
@@ -93,6 +98,20 @@ async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> 
         httpx.AsyncClient() as client,
     ):
         await eventually(lambda: 1 in children(service.stderr), within=10)
+        yield service, receiver, client
+
+
+async def publish_one(client: httpx.AsyncClient, service: Service, org: str, event_id: str) -> None:
+    published = await client.post(
+        f"{service.base_url}/v1/organizations/{org}/events",
+        json={"id": event_id, "type": "invoice.paid", "data": {}},
+        headers=AUTH,
+    )
+    assert published.status_code == 202, published.text
+
+
+async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> None:
+    async with one_child(tmp_path) as (service, receiver, client):
         first = children(service.stderr)[1]
         os.kill(first, signal.SIGKILL)
         await eventually(lambda: children(service.stderr)[1] != first, within=10)
@@ -100,12 +119,7 @@ async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> 
         # The new child delivers: serve's own process does not (--no-delivery).
         org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
         receiver.secret = secret
-        published = await client.post(
-            f"{service.base_url}/v1/organizations/{org}/events",
-            json={"id": "evt_after", "type": "invoice.paid", "data": {}},
-            headers=AUTH,
-        )
-        assert published.status_code == 202, published.text
+        await publish_one(client, service, org, "evt_after")
         (request,) = await receiver.wait_for_requests(1, within=20)
         assert request.verified
         assert await service.stop() == 0
@@ -114,25 +128,14 @@ async def test_a_delivery_process_that_dies_is_started_again(tmp_path: Path) -> 
 async def test_an_idle_delivery_process_is_woken_by_a_publish_at_once(tmp_path: Path) -> None:
     # SQLite has no NOTIFY: serve rings the child's doorbell after the commit. Polling alone
     # (every 0.25 s) gave a median of about 125 ms here.
-    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
-    async with (
-        serve(tmp_path, env, "--no-delivery", "--delivery-processes", "1") as service,
-        Receiver() as receiver,
-        httpx.AsyncClient() as client,
-    ):
-        await eventually(lambda: 1 in children(service.stderr), within=10)
+    async with one_child(tmp_path) as (service, receiver, client):
         org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
         receiver.secret = secret
         delays = []
         for n in range(7):
             await asyncio.sleep(0.3 + 0.05 * n)  # the child is idle, waiting for work
             sent = time.monotonic()
-            published = await client.post(
-                f"{service.base_url}/v1/organizations/{org}/events",
-                json={"id": f"evt_{n}", "type": "invoice.paid", "data": {}},
-                headers=AUTH,
-            )
-            assert published.status_code == 202, published.text
+            await publish_one(client, service, org, f"evt_{n}")
             arrived = await receiver.wait_for_requests(n + 1, within=20)
             delays.append(arrived[-1].received_at - sent)
         assert statistics.median(delays) < 0.06, delays
