@@ -57,7 +57,8 @@ async def test_a_publish_rings_a_store_waiting_on_the_same_file(database: str) -
     finally:
         await waiter.close()
         await publisher.close()
-    assert list(doorbell_directory(database).iterdir()) == []  # each took its doorbell away
+    assert not doorbell_directory(database).exists()  # each took its doorbell away, the last
+    # one the folder too
 
 
 async def test_a_doorbell_nobody_answers_any_more_is_taken_away(database: str) -> None:
@@ -141,3 +142,28 @@ async def test_a_ring_that_cannot_be_sent_fails_no_publish(
         monkeypatch.undo()
         await waiter.close()
         await publisher.close()
+
+
+async def test_a_folder_taken_away_while_opening_is_made_again(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last store of another process removes the folder as it closes; one opening at that
+    # moment finds it checked but gone when it binds.
+    bell = _doorbell.Doorbell(database)
+    made = bell._make_directory
+    first = [True]
+
+    def checked_then_gone() -> bool:
+        if first[0]:
+            first[0] = False
+            assert made()
+            doorbell_directory(database).rmdir()
+            return True
+        return made()
+
+    monkeypatch.setattr(bell, "_make_directory", checked_then_gone)
+    assert bell.open(lambda: None)
+    try:
+        assert len(list(doorbell_directory(database).iterdir())) == 1
+    finally:
+        bell.close()

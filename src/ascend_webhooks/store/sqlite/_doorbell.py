@@ -87,7 +87,14 @@ class Doorbell:
             bell.setblocking(False)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a socket left by a process with our pid, long gone
-            bell.bind(str(path))
+            try:
+                bell.bind(str(path))
+            except FileNotFoundError:  # the last store of another process took the folder away
+                if not self._make_directory():
+                    bell.close()
+                    self._usable = False
+                    return False
+                bell.bind(str(path))
             asyncio.get_running_loop().add_reader(bell.fileno(), self._drain, on_ring)
         except OSError as exc:
             bell.close()
@@ -113,6 +120,7 @@ class Doorbell:
         if self._path is not None:
             with contextlib.suppress(OSError):
                 self._path.unlink()
+                self._directory.rmdir()  # if it was the last one (a store opening binds again)
             self._path = None
 
     def ring(self) -> None:
