@@ -195,7 +195,7 @@ class PostgresStore(Store):
         # Organization → the most deliveries one of its events made last time (see publish).
         self._fanout: dict[str, int] = {}
         self._signal = WorkSignal(self._connect_listener, poll_interval=poll_interval)
-        self._opened = self._listening = False  # the listener starts with the first claim/wait
+        self._listening = False  # the listener starts with the first claim or wait
         self._notifier = Notifier(self._send_notify)
         self._claim_pairs = claim_pairs
         # Where the next claim's walk over (organization, endpoint) pairs starts.
@@ -251,13 +251,12 @@ class PostgresStore(Store):
             ) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
-        self._opened = True
 
     def _listen(self) -> None:
         """Start the wake-up listener, once: on the first claim or wait, so that a process
         that only serves the API holds no LISTEN session and is not woken by every NOTIFY
         (each one goes to every listening session, and from there to its process)."""
-        if self._listening or not self._opened:
+        if self._listening or self._pool is None:  # (None: not open)
             return
         self._listening = True
         if self._options.pooler != "transaction" or self._options.listen_dsn is not None:
@@ -271,7 +270,7 @@ class PostgresStore(Store):
     async def close(self) -> None:
         await self._notifier.flush()
         await self._signal.stop()
-        self._opened = self._listening = False
+        self._listening = False
         for pool in (self._pool, self._relaxed_pool):
             if pool is not None:
                 await pool.close()
