@@ -98,10 +98,9 @@ class SQLiteStore(Store):
 
     def _wake(self) -> None:
         """After a commit that made work due: wake this process's waiters, ring the others."""
-        if self._wakeup is not None:
-            self._wakeup.set()
-            if self._opened:
-                self._doorbell.ring()
+        self._rung()
+        if self._opened:
+            self._doorbell.ring()
 
     def _rung(self) -> None:
         if self._wakeup is not None:
