@@ -25,17 +25,15 @@ from ascend_webhooks.store.models import (
 from ascend_webhooks.store.postgres import PostgresStore
 from tests.support import postgres as pg
 from tests.support.pgbouncer import direct_listen, pooled_url, running_pgbouncer
+from tests.support.processes import postgres_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
-    url = await pg.create_database()
-    try:
+    async with postgres_database() as url:
         yield url.rsplit("/", 1)[1]
-    finally:
-        await pg.drop_database(url)
 
 
 def _through(port: int, database: str, options: str) -> str:
