@@ -167,3 +167,30 @@ async def test_a_folder_taken_away_while_opening_is_made_again(
         assert len(list(doorbell_directory(database).iterdir())) == 1
     finally:
         bell.close()
+
+
+async def test_a_store_that_just_began_to_wait_is_rung_by_the_next_commit(database: str) -> None:
+    # The publisher rings before any doorbell hangs (no folder yet), then with the first one
+    # only, its list read well after that doorbell was hung (so trusted for a while); each
+    # newcomer is rung by the very next commit all the same, not once that list has aged.
+    publisher = SQLiteStore(f"sqlite:///{database}")
+    first, second = SQLiteStore(f"sqlite:///{database}"), SQLiteStore(f"sqlite:///{database}")
+    await publisher.open()
+    await first.open()
+    await second.open()
+    try:
+        org = await publisher.create_organization("acme")
+        await publisher.create_endpoint(org.id, "https://example.test/hook", None, None)
+        await publisher.publish(org.id, [event("evt_0")])
+        for n, waiter in enumerate((first, second), start=1):
+            await waiter.wait_for_work(0)  # hangs its doorbell
+            waiting = asyncio.create_task(waiter.wait_for_work(10))
+            await asyncio.sleep(0.1)  # longer than _doorbell._SETTLED_NS
+            started = time.perf_counter()
+            await publisher.publish(org.id, [event(f"evt_{n}")])
+            await asyncio.wait_for(waiting, 0.5)
+            assert time.perf_counter() - started < 0.5
+    finally:
+        await publisher.close()
+        await first.close()
+        await second.close()

@@ -13,7 +13,8 @@ thing, so it is written here:
   whatever the database's; private to the user, as the file usually is).
 * A store whose commit made work due rings every other doorbell there: one byte, sent without
   blocking, at most once a millisecond. A full doorbell is already ringing; one whose process
-  is gone refuses the datagram, and its socket file is removed.
+  is gone refuses the datagram, and its socket file is removed. The list of doorbells is read
+  again whenever the folder changed, so a store that just began to wait is rung at once.
 
 Rings are hints, as NOTIFYs are: waiters still check ``data_version`` every 0.25 s, which
 covers a ring lost or never sent (another user's process, a platform without Unix sockets).
@@ -39,7 +40,10 @@ __all__ = ["Doorbell"]
 log = logging.getLogger(__name__)
 
 _RING_INTERVAL = 0.001  # at most one ring a millisecond per store: rings only say "look"
-_REFRESH_SECONDS = 1.0  # how long the list of other doorbells is trusted
+_REFRESH_SECONDS = 1.0  # the longest the list of other doorbells is trusted
+# A folder changed this recently may change again within the same tick of its modification
+# time (file systems keep coarse times, a few ms): its list is read again at every ring.
+_SETTLED_NS = 50_000_000
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, by platform
 _names = itertools.count(1)
 
@@ -62,6 +66,7 @@ class Doorbell:
         self._path: Path | None = None
         self._others: list[Path] = []
         self._others_until = 0.0
+        self._others_mtime = 0  # the folder's modification time when they were listed
         self._last_ring = 0.0
         self._pending: asyncio.TimerHandle | None = None
         self._usable = hasattr(socket, "AF_UNIX")
@@ -160,17 +165,26 @@ class Doorbell:
                 log.debug("ring of %s failed: %s", path, exc)
 
     def _other_doorbells(self) -> list[Path]:
+        # Listed again when the folder changed (a doorbell hung or taken away), so that a
+        # store that began to wait a moment ago is rung by the next commit, not a second later.
         now = time.monotonic()
-        if now >= self._others_until:
+        try:
+            changed = os.stat(self._directory).st_mtime_ns
+        except OSError:  # no directory: nobody has waited yet
+            self._others, self._others_until = [], 0.0
+            return self._others
+        if now >= self._others_until or changed != self._others_mtime:
             try:
                 self._others = [
                     Path(entry.path)
                     for entry in os.scandir(self._directory)
                     if entry.path != str(self._path)
                 ]
-            except OSError:  # no directory: nobody has waited yet
+            except OSError:
                 self._others = []
-            self._others_until = now + _REFRESH_SECONDS
+            self._others_mtime = changed
+            settled = abs(time.time_ns() - changed) >= _SETTLED_NS
+            self._others_until = now + _REFRESH_SECONDS if settled else 0.0
         return self._others
 
     def _make_directory(self) -> bool:
