@@ -92,7 +92,11 @@ async def test_openapi_is_valid_and_describes_every_route(api: Api) -> None:
         responses = operation["responses"]
         if path.startswith("/v1"):
             assert operation["security"] == [{"HTTPBearer": []}]
-            assert "401" in responses
+            assert {"401", "503"} <= responses.keys()
+        if "requestBody" in operation:  # a body that is not JSON, or too large
+            assert {"400", "413", "422"} <= responses.keys(), (method, path)
+        if any(parameter["name"] == "after" for parameter in operation.get("parameters", ())):
+            assert "400" in responses, (method, path)  # a cursor that is not one
         for code, response in responses.items():
             if code.startswith(("4", "5")):
                 problem = response["content"]["application/problem+json"]["schema"]
@@ -169,3 +173,24 @@ async def test_bad_content_length_is_400(api: Api) -> None:
         "/v1/organizations", content=b"{}", headers={"Content-Length": "nope"}
     )
     assert_problem(response, 400)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/organizations", "GET, HEAD, POST"),
+        ("PUT", f"{ORG}/events", "GET, HEAD, POST"),
+        ("PUT", f"{ORG}/events/batch", "POST"),  # not an event's id
+        ("PUT", f"{ORG}/events/evt_1", "GET, HEAD"),
+        ("POST", f"{ORG}/endpoints/ep_1", "DELETE, GET, HEAD, PATCH"),
+        ("OPTIONS", f"{ORG}/tokens/tok_1", "DELETE"),
+        ("PUT", "/healthz", "GET, HEAD"),
+    ],
+)
+async def test_a_405_names_every_method_of_its_path(
+    api: Api, method: str, path: str, allowed: str
+) -> None:
+    # Each method of a path is a route of its own: the answer lists them all (RFC 9110).
+    response = await api.call(method, path.replace("{org}", "org_1"))
+    assert_problem(response, 405)
+    assert response.headers["Allow"] == allowed

@@ -9,8 +9,10 @@ a 5xx is a bug and must never leak a traceback or an HTML page.
 
 from __future__ import annotations
 
+import functools
 import http
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -125,17 +127,44 @@ _HTTP_SLUGS = {
 }
 
 
-async def _http_handler(_: Request, exc: Exception) -> Response:
+async def _http_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such route"
+    headers = exc.headers
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
     return problem_response(
         exc.status_code,
         detail,
         slug=_HTTP_SLUGS.get(exc.status_code),
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the request's path answers, by the OpenAPI document. Each method of a
+    path is a route of its own, and Starlette's 405 names those of the first route that
+    matched the path only; RFC 9110 wants them all in ``Allow``."""
+    path = request.scope["path"]
+    found: dict[str, list[str]] = {}  # the operations of each matching path
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _path_pattern(template).fullmatch(path):
+            found[template] = [method.upper() for method in operations]
+    # The most literal paths only: `/events/batch` is its own resource, not an event's id.
+    fewest = min((template.count("{") for template in found), default=0)
+    methods = {m for t, ms in found.items() if t.count("{") == fewest for m in ms}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods)) or None
+
+
+@functools.cache
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """``/v1/organizations/{org}`` as a pattern of the paths it stands for."""
+    literal = re.split(r"\{[^/{}]+\}", template)
+    return re.compile("[^/]+".join(re.escape(part) for part in literal))
 
 
 def _clean_error(error: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,12 +32,14 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state",
     413: "Request or event body too large",
     422: "Invalid input",
+    503: "The database is unavailable: retry (after `Retry-After` seconds)",
 }
 
 
-def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these problem statuses (plus 401 and 422)."""
-    wanted = sorted({401, 422, *statuses})
+def problems(*statuses: int, usual: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these problem statuses (and 401 and 422, unless not
+    ``usual``)."""
+    wanted = sorted({401, 422, *statuses} if usual else set(statuses))
     return {
         status: {
             "description": _DESCRIPTIONS[status],
