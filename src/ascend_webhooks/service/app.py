@@ -32,7 +32,7 @@ from .problems import CatchAllMiddleware, install_problem_handlers, problem_resp
 from .processes import DeliveryProcesses
 from .responses import JSONResponse
 from .routes import system_router, v1_router
-from .routes.common import problems
+from .routes.common import problem_answers
 from .schemas import ProblemOut
 from .settings import Settings
 from .state import Services
@@ -142,7 +142,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def _document_common_problems(path: str, operation: dict[str, Any]) -> None:
     """The answers every route of a kind may give, whichever route it is: a body that is not
     JSON (400) or too large (413), a cursor that is not one (400), the database down (503)."""
-    statuses = set()
+    statuses: set[int] = set()
     if "requestBody" in operation:
         statuses |= {400, 413}
     if any(parameter.get("name") == "after" for parameter in operation.get("parameters", ())):
@@ -150,7 +150,7 @@ def _document_common_problems(path: str, operation: dict[str, Any]) -> None:
     if path.startswith("/v1/"):
         statuses.add(503)
     responses = operation.setdefault("responses", {})
-    for status, answer in problems(*statuses, usual=False).items():
+    for status, answer in problem_answers(statuses).items():
         responses.setdefault(str(status), answer)
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
 
 from ..state import Services, get_services
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "PROBLEM_SCHEMA", "After", "Limit", "Svc", "problems"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "PROBLEM_SCHEMA",
+    "After",
+    "Limit",
+    "Svc",
+    "problem_answers",
+    "problems",
+]
 
 # The app adds ProblemOut to the OpenAPI components (see app.py): FastAPI's ``model=`` would
 # document problems as ``application/json``, and they are ``application/problem+json``.
@@ -36,14 +46,17 @@ _DESCRIPTIONS = {
 }
 
 
-def problems(*statuses: int, usual: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these problem statuses (and 401 and 422, unless not
-    ``usual``)."""
-    wanted = sorted({401, 422, *statuses} if usual else set(statuses))
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these problem statuses (plus 401 and 422)."""
+    return problem_answers({401, 422, *statuses})
+
+
+def problem_answers(statuses: Iterable[int]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for exactly these problem statuses."""
     return {
         status: {
             "description": _DESCRIPTIONS[status],
             "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
         }
-        for status in wanted
+        for status in sorted(statuses)
     }
