@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import socket
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +79,7 @@ async def test_a_doorbell_nobody_answers_any_more_is_taken_away(database: str) -
         await store.create_endpoint(org.id, "https://example.test/hook", None, None)
         await store.publish(org.id, [event("evt_1")])
         assert not stale.exists()
+        assert not directory.exists()  # it was the last one there
     finally:
         await store.close()
 
@@ -194,3 +197,42 @@ async def test_a_store_that_just_began_to_wait_is_rung_by_the_next_commit(databa
         await publisher.close()
         await first.close()
         await second.close()
+
+
+def _hang(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    bell.bind(str(path))
+    return bell
+
+
+async def test_a_doorbell_that_opens_removes_those_killed_processes_left_elsewhere(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Folders of databases nobody uses any more keep the sockets of processes killed outright:
+    # the next doorbell to open, of any database, removes them (and the folders left empty),
+    # but never a live one, which it does not wake either.
+    root = Path(tempfile.mkdtemp(prefix="aw", dir="/tmp"))  # (a socket's path is short)
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    users = doorbell_directory(database).parent
+    killed = users / ("a" * 24) / "4242.1"
+    _hang(killed).close()  # bound, then its process gone
+    live = _hang(users / ("b" * 24) / "4243.1")
+    live.setblocking(False)
+    empty = users / ("c" * 24)
+    empty.mkdir()
+    try:
+        bell = _doorbell.Doorbell(database)
+        assert bell.open(lambda: None)
+        try:
+            assert not killed.parent.exists()
+            assert not empty.exists()
+            assert (users / ("b" * 24) / "4243.1").exists()
+            with pytest.raises(BlockingIOError):
+                live.recv(1)  # not rung by the look
+            assert len(list(doorbell_directory(database).iterdir())) == 1  # its own
+        finally:
+            bell.close()
+    finally:
+        live.close()
+        shutil.rmtree(root)

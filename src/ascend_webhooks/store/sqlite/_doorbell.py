@@ -15,6 +15,9 @@ thing, so it is written here:
   blocking, at most once a millisecond. A full doorbell is already ringing; one whose process
   is gone refuses the datagram, and its socket file is removed. The list of doorbells is read
   again whenever the folder changed, so a store that just began to wait is rung at once.
+* A doorbell that opens also looks, within bounds, for the sockets of killed processes in the
+  folders of other databases (nobody rings those if their database is not used again) and
+  removes them, and the folders left empty.
 
 Rings are hints, as NOTIFYs are: waiters still check ``data_version`` every 0.25 s, which
 covers a ring lost or never sent (another user's process, a platform without Unix sockets).
@@ -45,6 +48,7 @@ _REFRESH_SECONDS = 1.0  # the longest the list of other doorbells is trusted
 # time (file systems keep coarse times, a few ms): its list is read again at every ring.
 _SETTLED_NS = 50_000_000
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes, by platform
+_SWEEP_PROBES = 256  # the most doorbells of other databases looked at when one opens
 _names = itertools.count(1)
 
 
@@ -107,6 +111,7 @@ class Doorbell:
             self._usable = False
             return False
         self._socket, self._path = bell, path
+        _sweep(self._directory.parent, keep=self._directory)
         return True
 
     def close(self) -> None:
@@ -160,6 +165,7 @@ class Doorbell:
                 # Nobody listens there any more: a process that ended without closing.
                 with contextlib.suppress(OSError):
                     path.unlink()
+                    self._directory.rmdir()  # if that was the last one
                 self._others_until = 0.0
             except OSError as exc:
                 log.debug("ring of %s failed: %s", path, exc)
@@ -211,3 +217,54 @@ class Doorbell:
             while True:
                 bell.recv(64)
         on_ring()
+
+
+def _sweep(root: Path, keep: Path) -> None:
+    """Take away the doorbells that processes killed outright left in the folders of other
+    databases (none rings them again if their database is not used any more), and the folders
+    left empty; ``keep`` is the opening store's own. At most ``_SWEEP_PROBES`` folders and
+    doorbells are looked at, each doorbell with a ``connect`` that sends nothing (a live one is
+    not woken)."""
+    budget = _SWEEP_PROBES
+    try:
+        with os.scandir(root) as folders:
+            for folder in folders:
+                if budget <= 0:
+                    return
+                budget -= 1
+                if folder.path != str(keep) and folder.is_dir(follow_symlinks=False):
+                    budget = _sweep_folder(folder.path, budget)
+    except OSError:
+        return
+
+
+def _sweep_folder(folder: str, budget: int) -> int:
+    with contextlib.suppress(OSError), os.scandir(folder) as doorbells:
+        for doorbell in doorbells:
+            if budget <= 0:
+                return budget
+            budget -= 1
+            if not _answers(doorbell.path):
+                with contextlib.suppress(OSError):
+                    os.unlink(doorbell.path)
+    with contextlib.suppress(OSError):
+        # Only if empty now; a store about to bind in it makes it again (see ``open``).
+        os.rmdir(folder)
+    return budget
+
+
+def _answers(path: str) -> bool:
+    """Whether a socket is bound at ``path`` (a doorbell whose process still runs)."""
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError:
+        return True  # cannot tell: leave it
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
