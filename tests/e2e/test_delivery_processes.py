@@ -154,14 +154,24 @@ async def test_delivery_processes_stop_when_serve_is_killed(tmp_path: Path) -> N
     assert "is gone: stopping" in service.stderr.read_text()
 
 
-async def test_a_negative_count_is_refused_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("--delivery-processes", "-1"), "--delivery-processes must be 0 or more"),
+        (("--port", "70000"), "--port 70000 is not a TCP port"),
+    ],
+)
+async def test_bad_arguments_are_refused_in_one_line_leaving_nothing(
+    tmp_path: Path, args: tuple[str, ...], reason: str
+) -> None:
     process = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--delivery-processes", "-1", env=service_env(tmp_path),
+        *CLI, "serve", *args, env=service_env(tmp_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 2
-    assert err.decode().strip() == "ascend-webhooks: error: --delivery-processes must be 0 or more"
+    assert err.decode().strip() == f"ascend-webhooks: error: {reason}"
+    assert os.listdir(tmp_path) == []  # no database, no master key made for it
 
 
 def two_free_ports() -> int:

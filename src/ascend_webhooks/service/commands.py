@@ -165,15 +165,16 @@ def _runner() -> asyncio.Runner:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The arguments first: a refused command leaves nothing behind (no master key file).
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port {args.port} is not a TCP port")
+    if args.delivery_processes is not None and args.delivery_processes < 0:
+        return _fail("--delivery-processes must be 0 or more")
     try:
         settings, box = _prepare(args)
     except _StartupError as exc:
         return _fail(str(exc))
-    if not 0 <= args.port <= 65535:
-        return _fail(f"--port {args.port} is not a TCP port")
     if args.delivery_processes is not None:
-        if args.delivery_processes < 0:
-            return _fail("--delivery-processes must be 0 or more")
         settings = dataclasses.replace(settings, delivery_processes=args.delivery_processes)
     if settings.delivery_processes:
         # The delivery processes serve their metrics from this port up (see processes.py).
@@ -261,14 +262,12 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    try:
-        settings, box = _prepare(args)
-    except _StartupError as exc:
-        return _fail(str(exc))
+    # The arguments first: a refused command leaves nothing behind (no master key file).
     if args.concurrency is not None and args.concurrency < 1:
         return _fail("--concurrency must be at least 1")
     try:
         port = _metrics_port(args.metrics_port)
+        settings, box = _prepare(args)
     except _StartupError as exc:
         return _fail(str(exc))
     _configure_logging()
