@@ -120,6 +120,7 @@ async def test_bad_endpoint_bodies_are_422_and_store_nothing(
         "https://127.0.0.1/hook",  # loopback
         "https://10.1.2.3/hook",  # private
         "https://169.254.169.254/latest/meta-data",  # link-local (cloud metadata)
+        "https://192.0.0.192/opc/v2/instance/",  # another cloud's metadata (IANA: not global)
         "https://[::1]/hook",
         "https://localhost/hook",
     ],

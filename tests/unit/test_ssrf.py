@@ -141,6 +141,7 @@ def test_names_are_not_addresses(host: str) -> None:
         "https:///path",
         "https://",
         "https://ex..ample.com/",
+        "https://example.com../",  # the client would look this up as written, past the pin
         "https://-bad-.example.com/",
         "https://bücher.example/",  # IDN: must be given in its xn-- form
         "ftp://example.com/",
@@ -191,6 +192,13 @@ def test_http_to_loopback_needs_both_flags() -> None:
         "ff05::2",
         "233.252.0.1",
         "203.0.113.7",
+        # Global to some Python releases' tables, not to IANA's registry:
+        "192.0.0.192",  # a cloud's metadata address
+        "192.0.0.8",
+        "::ffff:192.0.0.192",
+        "3fff::1",  # documentation (2024)
+        "5f00::1",  # SRv6 SIDs
+        "2001:20::1",
     ],
 )
 def test_forbidden_addresses(address: str) -> None:

@@ -52,6 +52,20 @@ RESOLVE_TIMEOUT = 2.0
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: operator-local
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# IANA's special-purpose ranges that are not globally reachable, written out: Python's own
+# tables (``is_global``) differ by release (3.11.7 holds most of 192.0.0.0/24 global, where
+# 192.0.0.192 is a cloud's metadata address; 3fff::/20 came in 2024). 192.0.0.0/24 and
+# 2001::/23 are refused whole, their few anycast exceptions included: no webhook lives there.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
+        "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
 # A DNS label: letters, digits, hyphens (underscores occur in real names, e.g. SRV-style).
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
@@ -81,6 +95,8 @@ def is_forbidden_address(ip: IPAddress) -> bool:
             return is_forbidden_address(embedded)
         if ip in _NAT64_LOCAL_USE or ip.is_site_local:
             return True
+    if any(ip in network for network in _NOT_GLOBAL):
+        return True
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
 
 
@@ -188,7 +204,7 @@ def validate_url(url: str, *, allow_http: bool, allow_private: bool) -> urllib.p
 
 def _check_name(host: str, *, allow_private: bool) -> None:
     name = host.rstrip(".")
-    if not name or ".." in name:
+    if not name or ".." in name or host.endswith(".."):  # one trailing dot at most
         raise ForbiddenURLError(f"invalid host name {host!r}")
     if not name.isascii():
         # IDNA 2003 (Python) and UTS 46 (the HTTP client) encode some names differently; the
