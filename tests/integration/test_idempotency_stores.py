@@ -260,6 +260,39 @@ def test_sqlite_processes_sharing_a_file_never_claim_one_id_twice(tmp_path: Path
         assert store.claim("evt_42") is Claim.DONE
 
 
+_OPENER = """
+import os, sys, time
+from ascend_webhooks.receiver import SQLiteIdempotencyStore
+folder, rounds = sys.argv[1], int(sys.argv[2])
+for n in range(rounds):
+    while not os.path.exists(os.path.join(folder, f"go-{n}")):
+        time.sleep(0.001)
+    SQLiteIdempotencyStore(os.path.join(folder, f"new-{n}.db")).close()
+"""
+
+
+def test_sqlite_workers_opening_a_new_file_at_once_all_start(tmp_path: Path) -> None:
+    # gunicorn's workers each open the store as they boot: the first ones race to switch the
+    # new file to WAL, which SQLite can refuse at once ("database is locked") whatever the
+    # busy timeout; a worker failing there fails to boot. Twelve workers, ten new files.
+    rounds = 10
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPENER, str(tmp_path), str(rounds)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(12)
+    ]
+    time.sleep(1.0)  # every worker started and waiting
+    for n in range(rounds):
+        (tmp_path / f"go-{n}").touch()
+        time.sleep(0.2)
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+
+
 def test_sqlite_uses_wal_and_purges_expired_rows(tmp_path: Path) -> None:
     import sqlite3
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .._sqlite_wal import set_wal
 from ._claims import DEFAULT_DONE_TTL, DEFAULT_PROCESSING_TTL, Claim, check_ttls, new_owner
 
 __all__ = ["SQLiteIdempotencyStore"]
@@ -56,7 +57,7 @@ class SQLiteIdempotencyStore:
             os.fspath(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            set_wal(self._db, busy_timeout)  # (retried: gunicorn's workers open it at once)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {table} ("

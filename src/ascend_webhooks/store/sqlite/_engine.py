@@ -61,7 +61,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from ..._sqlite_wal import set_wal
 from ._migrate import apply_migrations, load_migrations
 
 __all__ = [
@@ -137,7 +137,7 @@ def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connec
         timeout=options.busy_timeout_ms / 1000,
     )
     conn.execute(f"PRAGMA busy_timeout = {options.busy_timeout_ms}")
-    _set_wal(conn, options.busy_timeout_ms)
+    set_wal(conn, options.busy_timeout_ms / 1000)
     conn.execute(f"PRAGMA synchronous = {options.synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     # After a checkpoint, shrink a WAL that a burst made large instead of keeping it on disk.
@@ -149,23 +149,6 @@ def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connec
         # publishes +5-22 % in bench/profile_publish.py, every round)
         conn.execute("PRAGMA temp_store = MEMORY")
     return conn
-
-
-def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
-    # Switching to WAL needs a moment of exclusive access; a process opening the file at the
-    # same time can make it fail at once with SQLITE_BUSY, whatever busy_timeout says.
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    while True:
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-            continue
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot switch the database to WAL mode ({mode})")
-        return
 
 
 class _WriterLock:
