@@ -58,7 +58,7 @@ class Diagnosis:
 def diagnose(
     payload: bytes,
     headers: Mapping[str, str] | HeadersLike,
-    secrets: Sequence[str],
+    secrets: str | Sequence[str],
     *,
     tolerance: float | None = DEFAULT_TOLERANCE,
     now: float | None = None,
@@ -66,11 +66,12 @@ def diagnose(
     """Verify ``payload`` and ``headers`` like :func:`verify` and explain the outcome."""
     result = Diagnosis()
     current = int(time.time()) if now is None else now
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)  # one secret, as verify()
     try:
-        result.event = verify(payload, headers, list(secrets), tolerance=tolerance, now=current)
+        result.event = verify(payload, headers, keys, tolerance=tolerance, now=current)
     except (SignatureVerificationError, InvalidPayloadError) as exc:
         result.error = exc
-    _Explainer(payload, headers, list(secrets), tolerance, current, result).run()
+    _Explainer(payload, headers, keys, tolerance, current, result).run()
     if result.error is not None and not result.problems:
         result.problems.append(str(result.error))  # never leave a failure unexplained
     return result
@@ -192,10 +193,12 @@ class _Explainer:
         wanted = {value.lower() for value in v1_values}
 
         def matches(secret: str, stamp: str, body: bytes) -> bool:
-            return _hmac(secret, stamp, body) in wanted
+            expected = _hmac(secret, stamp, body)
+            return any(_same(expected, value) for value in wanted)
 
         for secret in self.secrets:
-            if any(_hmac(secret, ts, self.body) == v.lower() for v in v1_values if v != v.lower()):
+            expected = _hmac(secret, ts, self.body)
+            if any(_same(expected, v.lower()) for v in v1_values if v != v.lower()):
                 self.hint("the signature matches once lowercased: the sender must send lowercase")
             if secret != secret.strip() and matches(secret.strip(), ts, self.body):
                 self.hint("the signature matches the secret without its surrounding whitespace")
@@ -235,6 +238,11 @@ class _Explainer:
 
 def _hmac(secret: str, ts: str, body: bytes) -> str:
     return hmac.digest(secret.encode("utf-8"), ts.encode("ascii") + b":" + body, sha256).hex()
+
+
+def _same(expected: str, given: str) -> bool:
+    """A signature compared in constant time (``given`` comes from the request)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
 
 
 def _shorten(value: str) -> str:

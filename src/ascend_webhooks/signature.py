@@ -230,7 +230,7 @@ def _verify(
         raise SignatureVerificationError("no v1 signature matches the payload and secret")
 
     if tolerance is not None:
-        if len(ts) > _MAX_TIMESTAMP_DIGITS:
+        if len(ts.lstrip("0")) > _MAX_TIMESTAMP_DIGITS:  # (zeros ahead change no value)
             raise SignatureVerificationError(f"t={ts[:24]}... is not a plausible Unix time")
         # Timestamps are whole seconds, so the default clock is read in whole seconds too.
         age = (int(time.time()) if now is None else now) - int(ts)

@@ -25,6 +25,12 @@ def test_valid_request() -> None:
     assert result.problems == []
 
 
+def test_one_secret_may_be_given_as_a_string_as_to_verify() -> None:
+    # A str is a Sequence[str] too: taken letter by letter, the right secret was "wrong".
+    result = diagnose(BODY, sign(BODY, SECRET, TS), SECRET, now=TS)
+    assert result.ok, result.problems
+
+
 def test_every_problem_at_once() -> None:
     headers = {
         "X-Ascend-Signature": f"t={TS},v1={'A' * 64},v1=abc",

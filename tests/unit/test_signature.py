@@ -306,6 +306,14 @@ def test_tolerance_none_disables_freshness() -> None:
         verify(BODY, headers, SECRET)
 
 
+def test_zeros_ahead_of_a_fresh_timestamp_change_nothing() -> None:
+    # SPEC: t is decimal digits, and fresh when |now - t| <= tolerance: zeros ahead of it
+    # leave its value, however many (the signature covers t as sent).
+    padded = "0" * 30 + str(TS)
+    headers = headers_for(padded, hmac_hex(SECRET, padded, BODY))
+    assert verify(BODY, headers, SECRET, now=TS).id == "evt_1"
+
+
 @pytest.mark.parametrize("tolerance", [0, -1, -0.5, 0.0, float("nan")])
 def test_zero_negative_or_nan_tolerance_is_a_value_error(tolerance: float) -> None:
     headers = sign(BODY, SECRET, TS)
