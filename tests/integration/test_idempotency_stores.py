@@ -204,6 +204,61 @@ def test_a_late_release_never_erases_a_newer_claim(shared_backend: Backend) -> N
     assert other.claim("evt_1") is Claim.IN_PROGRESS
 
 
+def test_a_late_release_never_erases_a_newer_claim_of_the_same_store(backend: Backend) -> None:
+    # The receiver shares one store among all its requests: the first delivery's lease ran
+    # out while its handler still ran, a retry took the event over through the same store
+    # object, then the first handler failed. Its release must leave the retry's claim, or a
+    # third delivery would run the handlers beside the retry's.
+    store = backend.store(processing_ttl=0.3, done_ttl=60)
+    assert store.claim("evt_1")  # the first delivery
+    backend.advance(0.5)
+    assert store.claim("evt_1") is Claim.ACQUIRED  # the retry, its lease still running
+    store.release("evt_1")  # the first delivery's handler fails
+    assert store.claim("evt_1") is Claim.IN_PROGRESS  # a third delivery waits
+    store.release("evt_1")  # the retry fails too: now the event is free again
+    assert store.claim("evt_1") is Claim.ACQUIRED
+
+
+_FORKED = """
+import os, sys
+from ascend_webhooks.receiver import Claim, SQLiteIdempotencyStore
+store = SQLiteIdempotencyStore(sys.argv[1])  # made before the workers fork (--preload)
+store.claim("evt_0")  # the parent uses its connection too
+def worker(step):
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            code = step()
+        finally:
+            os._exit(code)
+    return os.waitpid(pid, 0)[1]
+def first():  # takes the event, and is still handling it
+    return 0 if store.claim("evt_1") is Claim.ACQUIRED else 1
+def second():  # a retry: in progress elsewhere; then it gives up and releases
+    if store.claim("evt_1") is not Claim.IN_PROGRESS:
+        return 2
+    store.release("evt_1")
+    return 0
+def third():  # the first worker's claim still stands
+    return 0 if store.claim("evt_1") is Claim.IN_PROGRESS else 3
+print([worker(step) for step in (first, second, third)])
+"""
+
+
+def test_workers_forked_from_one_store_keep_their_claims_apart(tmp_path: Path) -> None:
+    # gunicorn --preload builds the app, and so the store, before forking its workers: each
+    # worker opens a connection of its own, and a release in one never frees another's claim.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED, str(tmp_path / "forked.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "[0, 0, 0]", out.stderr
+
+
 def test_many_threads_one_winner_per_id(backend: Backend) -> None:
     stores = [backend.store() for _ in range(4)]
     barrier = threading.Barrier(4)
@@ -353,6 +408,8 @@ async def test_async_redis_claims_expire(
     assert await store.claim("evt_1")
     await asyncio.sleep(0.3)  # Redis expires the key on its own clock
     assert await store.claim("evt_1") is Claim.ACQUIRED
+    await store.release("evt_1")  # the first, late: the retry's claim stands
+    assert await store.claim("evt_1") is Claim.IN_PROGRESS
 
 
 def test_redis_keys_live_under_the_prefix_with_a_ttl(redis_prefix: str) -> None:

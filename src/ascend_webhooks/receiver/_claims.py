@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import threading
 import uuid
+from collections import OrderedDict, deque
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -11,9 +13,9 @@ __all__ = [
     "DEFAULT_PROCESSING_TTL",
     "AsyncIdempotencyStore",
     "Claim",
+    "ClaimTokens",
     "IdempotencyStore",
     "check_ttls",
-    "new_owner",
 ]
 
 #: Seconds an event may stay "processing" before another delivery may take it over.
@@ -46,7 +48,8 @@ class IdempotencyStore(Protocol):
         ...
 
     def release(self, event_id: str) -> None:
-        """Drop this store's "processing" claim on ``event_id`` so a retry can take it."""
+        """Drop this store's oldest "processing" claim on ``event_id`` (if it still holds it)
+        so a retry can take it."""
         ...
 
 
@@ -73,6 +76,50 @@ def check_ttls(processing_ttl: float, done_ttl: float) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
-def new_owner() -> str:
-    """A unique owner tag for one store object: ``release`` removes only its own claims."""
-    return uuid.uuid4().hex
+class ClaimTokens:
+    """The claims one store object holds: a token of its own for each, oldest first per id.
+
+    A claim's row (or key) holds its token, and ``release`` removes a row only while it holds
+    the token of this object's oldest open claim on that id. One token per store object was not
+    enough: the receiver shares one store among all its requests (and a store made before
+    gunicorn forks is shared by its workers), so the late failure of a handler whose lease had
+    run out released the claim a retry had taken over meanwhile, and a third delivery ran the
+    handlers beside it. Oldest first: the claims on one id of one object are leases taken over
+    one after the other, and each ends (``complete`` or ``release``) in that order but for a
+    handler outliving a younger one, whose release then frees nothing until its lease ends.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._open: OrderedDict[str, deque[str]] = OrderedDict()
+        self._limit = limit  # claims never ended (a caller that gave up) are forgotten past it
+        self._lock = threading.Lock()
+
+    def new(self, event_id: str) -> str:
+        """A token for a claim about to be made on ``event_id``."""
+        token = uuid.uuid4().hex  # (os.urandom: distinct in every process, forked or not)
+        with self._lock:
+            self._open.setdefault(event_id, deque()).append(token)
+            self._open.move_to_end(event_id)
+            while len(self._open) > self._limit:
+                self._open.popitem(last=False)
+        return token
+
+    def forget(self, event_id: str, token: str) -> None:
+        """The claim ``token`` was not made after all."""
+        with self._lock:
+            tokens = self._open.get(event_id)
+            if tokens is not None and token in tokens:
+                tokens.remove(token)
+                if not tokens:
+                    del self._open[event_id]
+
+    def end(self, event_id: str) -> str | None:
+        """The token of this object's oldest open claim on ``event_id``, no longer open."""
+        with self._lock:
+            tokens = self._open.get(event_id)
+            if not tokens:
+                return None
+            token = tokens.popleft()
+            if not tokens:
+                del self._open[event_id]
+            return token

@@ -1,9 +1,10 @@
 """Idempotency across machines: one Redis key per event id (``redis`` extra, redis-py).
 
-A claim is ``SET key "p:<owner>" NX PX <processing_ttl>``: Redis makes it atomic and expires
-an abandoned claim by itself. ``complete`` overwrites the key with ``"d"`` for ``done_ttl``;
-``release`` deletes it only if it still holds this store's own claim (a compare-and-delete Lua
-script, since a plain DEL could erase the claim a second process took after our lease ran out).
+A claim is ``SET key "p:<token>" NX PX <processing_ttl>``, a token for that claim alone:
+Redis makes it atomic and expires an abandoned claim by itself. ``complete`` overwrites the
+key with ``"d"`` for ``done_ttl``; ``release`` deletes it only if it still holds the token of
+the claim being released (a compare-and-delete Lua script, since a plain DEL could erase the
+claim another delivery took over after our lease ran out; see ``ClaimTokens``).
 redis-py is imported only when a store is built from a URL.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._claims import DEFAULT_DONE_TTL, DEFAULT_PROCESSING_TTL, Claim, check_ttls, new_owner
+from ._claims import DEFAULT_DONE_TTL, DEFAULT_PROCESSING_TTL, Claim, ClaimTokens, check_ttls
 
 if TYPE_CHECKING:
     import redis
@@ -38,7 +39,6 @@ class _RedisSettings:
         # Milliseconds (PX), so that sub-second leases work too.
         self.processing_ms = max(1, round(processing_ttl * 1000))
         self.done_ms = max(1, round(done_ttl * 1000))
-        self.processing_value = "p:" + new_owner()
 
     def key(self, event_id: str) -> str:
         return self.prefix + event_id
@@ -66,6 +66,7 @@ class RedisIdempotencyStore:
         self._client = client
         self._settings = _RedisSettings(prefix, processing_ttl, done_ttl)
         self._release = client.register_script(_RELEASE)
+        self._tokens = ClaimTokens()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisIdempotencyStore:
@@ -78,22 +79,31 @@ class RedisIdempotencyStore:
         """Atomically take ``event_id`` if nobody holds it and it was not handled."""
         s = self._settings
         key = s.key(event_id)
-        while True:
-            if self._client.set(key, s.processing_value, nx=True, px=s.processing_ms):
-                return Claim.ACQUIRED
-            taken = s.taken(self._client.get(key))
-            if taken is not None:
-                return taken
+        token = self._tokens.new(event_id)
+        try:
+            while True:
+                if self._client.set(key, "p:" + token, nx=True, px=s.processing_ms):
+                    return Claim.ACQUIRED
+                taken = s.taken(self._client.get(key))
+                if taken is not None:
+                    self._tokens.forget(event_id, token)
+                    return taken
+        except BaseException:
+            self._tokens.forget(event_id, token)
+            raise
 
     def complete(self, event_id: str) -> None:
         """Mark ``event_id`` handled: later claims return :attr:`Claim.DONE`."""
         s = self._settings
+        self._tokens.end(event_id)
         self._client.set(s.key(event_id), _DONE, px=s.done_ms)
 
     def release(self, event_id: str) -> None:
-        """Drop this store's "processing" claim on ``event_id`` so a retry can take it."""
-        s = self._settings
-        self._release(keys=[s.key(event_id)], args=[s.processing_value])
+        """Drop this store's oldest "processing" claim on ``event_id`` (if it still holds it)
+        so a retry can take it."""
+        token = self._tokens.end(event_id)
+        if token is not None:
+            self._release(keys=[self._settings.key(event_id)], args=["p:" + token])
 
     def close(self) -> None:
         """Close the Redis client."""
@@ -114,6 +124,7 @@ class AsyncRedisIdempotencyStore:
         self._client = client
         self._settings = _RedisSettings(prefix, processing_ttl, done_ttl)
         self._release = client.register_script(_RELEASE)
+        self._tokens = ClaimTokens()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncRedisIdempotencyStore:
@@ -126,22 +137,31 @@ class AsyncRedisIdempotencyStore:
         """Atomically take ``event_id`` if nobody holds it and it was not handled."""
         s = self._settings
         key = s.key(event_id)
-        while True:
-            if await self._client.set(key, s.processing_value, nx=True, px=s.processing_ms):
-                return Claim.ACQUIRED
-            taken = s.taken(await self._client.get(key))
-            if taken is not None:
-                return taken
+        token = self._tokens.new(event_id)
+        try:
+            while True:
+                if await self._client.set(key, "p:" + token, nx=True, px=s.processing_ms):
+                    return Claim.ACQUIRED
+                taken = s.taken(await self._client.get(key))
+                if taken is not None:
+                    self._tokens.forget(event_id, token)
+                    return taken
+        except BaseException:
+            self._tokens.forget(event_id, token)
+            raise
 
     async def complete(self, event_id: str) -> None:
         """Mark ``event_id`` handled: later claims return :attr:`Claim.DONE`."""
         s = self._settings
+        self._tokens.end(event_id)
         await self._client.set(s.key(event_id), _DONE, px=s.done_ms)
 
     async def release(self, event_id: str) -> None:
-        """Drop this store's "processing" claim on ``event_id`` so a retry can take it."""
-        s = self._settings
-        await self._release(keys=[s.key(event_id)], args=[s.processing_value])
+        """Drop this store's oldest "processing" claim on ``event_id`` (if it still holds it)
+        so a retry can take it."""
+        token = self._tokens.end(event_id)
+        if token is not None:
+            await self._release(keys=[self._settings.key(event_id)], args=["p:" + token])
 
     async def aclose(self) -> None:
         """Close the Redis client."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from .._sqlite_wal import set_wal
-from ._claims import DEFAULT_DONE_TTL, DEFAULT_PROCESSING_TTL, Claim, check_ttls, new_owner
+from ._claims import DEFAULT_DONE_TTL, DEFAULT_PROCESSING_TTL, Claim, ClaimTokens, check_ttls
 
 __all__ = ["SQLiteIdempotencyStore"]
 
@@ -48,51 +48,80 @@ class SQLiteIdempotencyStore:
         self._table = table
         # Wall-clock time: the expiry times are shared with other processes.
         self._clock = clock
-        self._owner = new_owner()
+        self._tokens = ClaimTokens()
         self._claims = 0
         # One connection, serialised by a lock: each operation is a few microseconds, and a
         # sqlite3 connection must not be used by two threads at once.
+        self._path, self._busy_timeout = os.fspath(path), busy_timeout
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            os.fspath(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        self._inherited: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            set_wal(self._db, busy_timeout)  # (retried: gunicorn's workers open it at once)
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} ("
+            set_wal(db, self._busy_timeout)  # (retried: gunicorn's workers open it at once)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} ("
                 " event_id TEXT PRIMARY KEY,"
                 " state TEXT NOT NULL CHECK (state IN ('processing', 'done')),"
                 " owner TEXT,"
                 " expires_at REAL NOT NULL)"
             )
-            self._db.execute(
-                f"CREATE INDEX IF NOT EXISTS {table}_expires_at ON {table} (expires_at)"
+            db.execute(
+                f"CREATE INDEX IF NOT EXISTS {self._table}_expires_at ON {self._table} (expires_at)"
             )
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        return db
+
+    def _conn(self) -> sqlite3.Connection:
+        """This process's connection (with the lock held). A store made before a fork
+        (``gunicorn --preload`` builds the app, and the store, in its master) holds the
+        parent's connection, which SQLite forbids a child to use (its locks are the
+        parent's): the child leaves it alone, not even closed, and opens its own."""
+        if self._pid != os.getpid():
+            self._inherited.append(self._db)
+            self._db = self._open()
+            self._pid = os.getpid()
+        return self._db
 
     def claim(self, event_id: str) -> Claim:
         """Atomically take ``event_id`` if nobody holds it and it was not handled."""
+        token = self._tokens.new(event_id)
+        try:
+            claim = self._claim(event_id, token)
+        except BaseException:
+            self._tokens.forget(event_id, token)
+            raise
+        if claim is not Claim.ACQUIRED:
+            self._tokens.forget(event_id, token)
+        return claim
+
+    def _claim(self, event_id: str, token: str) -> Claim:
         now = self._clock()
         t = self._table
-        with self._lock, _transaction(self._db):
-            cursor = self._db.execute(
+        with self._lock, _transaction(db := self._conn()):
+            cursor = db.execute(
                 f"INSERT INTO {t} (event_id, state, owner, expires_at)"  # noqa: S608
                 " VALUES (?, 'processing', ?, ?)"
                 " ON CONFLICT (event_id) DO UPDATE"
                 " SET state = 'processing', owner = excluded.owner,"
                 " expires_at = excluded.expires_at"
                 f" WHERE {t}.expires_at <= ?",
-                (event_id, self._owner, now + self._processing_ttl, now),
+                (event_id, token, now + self._processing_ttl, now),
             )
             if cursor.rowcount == 1:
                 self._claims += 1
                 if self._claims % _SWEEP_EVERY == 0:
-                    self._db.execute(f"DELETE FROM {t} WHERE expires_at <= ?", (now,))  # noqa: S608
+                    db.execute(f"DELETE FROM {t} WHERE expires_at <= ?", (now,))  # noqa: S608
                 return Claim.ACQUIRED
-            row = self._db.execute(
+            row = db.execute(
                 f"SELECT state FROM {t} WHERE event_id = ?",  # noqa: S608
                 (event_id,),
             ).fetchone()
@@ -100,8 +129,9 @@ class SQLiteIdempotencyStore:
 
     def complete(self, event_id: str) -> None:
         """Mark ``event_id`` handled: later claims return :attr:`Claim.DONE`."""
+        self._tokens.end(event_id)
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 f"INSERT INTO {self._table} (event_id, state, owner, expires_at)"  # noqa: S608
                 " VALUES (?, 'done', NULL, ?)"
                 " ON CONFLICT (event_id) DO UPDATE"
@@ -110,18 +140,22 @@ class SQLiteIdempotencyStore:
             )
 
     def release(self, event_id: str) -> None:
-        """Drop this store's "processing" claim on ``event_id`` so a retry can take it."""
+        """Drop this store's oldest "processing" claim on ``event_id`` (if it still holds it)
+        so a retry can take it."""
+        token = self._tokens.end(event_id)
+        if token is None:
+            return
         with self._lock:
-            self._db.execute(
+            self._conn().execute(
                 f"DELETE FROM {self._table}"  # noqa: S608
                 " WHERE event_id = ? AND state = 'processing' AND owner = ?",
-                (event_id, self._owner),
+                (event_id, token),
             )
 
     def purge(self) -> int:
         """Delete every expired row now; returns how many went."""
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._conn().execute(
                 f"DELETE FROM {self._table} WHERE expires_at <= ?",  # noqa: S608
                 (self._clock(),),
             )

@@ -18,8 +18,9 @@ Two time limits: ``processing_ttl`` is the lease (a process that dies mid-handle
 for at most that long, so it must exceed your slowest handler), ``done_ttl`` is how long a
 handled id is remembered (Ascend retries for about 16 hours; a week is the default).
 
-``release`` only removes a claim this store object made and that is still "processing", so a
-process whose lease ran out cannot erase the claim another process took over.
+``release`` only removes the claim it ends, and only while that claim is still "processing"
+(each claim holds a token of its own): a handler whose lease ran out cannot erase the claim
+another delivery took over meanwhile, in another process or in the same one.
 
 Backends: :class:`MemoryIdempotencyStore` (one process), :class:`SQLiteIdempotencyStore` (the
 processes of one machine), :class:`RedisIdempotencyStore` / :class:`AsyncRedisIdempotencyStore`
@@ -39,6 +40,7 @@ from ._claims import (
     DEFAULT_PROCESSING_TTL,
     AsyncIdempotencyStore,
     Claim,
+    ClaimTokens,
     IdempotencyStore,
     check_ttls,
 )
@@ -63,6 +65,7 @@ __all__ = [
 class _Entry:
     done: bool
     expires_at: float
+    token: str | None = None  # of the claim, while "processing"
 
 
 class MemoryIdempotencyStore:
@@ -89,6 +92,7 @@ class MemoryIdempotencyStore:
         self._max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
+        self._tokens = ClaimTokens(max_entries)
         # Insertion order is age order: a claim moves its id to the end.
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
@@ -99,7 +103,8 @@ class MemoryIdempotencyStore:
             entry = self._entries.get(event_id)
             if entry is not None and entry.expires_at > now:
                 return Claim.DONE if entry.done else Claim.IN_PROGRESS
-            self._entries[event_id] = _Entry(False, now + self._processing_ttl)
+            token = self._tokens.new(event_id)
+            self._entries[event_id] = _Entry(False, now + self._processing_ttl, token)
             self._entries.move_to_end(event_id)
             self._evict(now)
         return Claim.ACQUIRED
@@ -107,13 +112,16 @@ class MemoryIdempotencyStore:
     def complete(self, event_id: str) -> None:
         """Mark ``event_id`` handled: later claims return :attr:`Claim.DONE`."""
         with self._lock:
+            self._tokens.end(event_id)
             self._entries[event_id] = _Entry(True, self._clock() + self._done_ttl)
 
     def release(self, event_id: str) -> None:
-        """Drop the "processing" claim on ``event_id`` so a retry can take it."""
+        """Drop the oldest "processing" claim on ``event_id`` (if it still holds it) so a
+        retry can take it."""
         with self._lock:
+            token = self._tokens.end(event_id)
             entry = self._entries.get(event_id)
-            if entry is not None and not entry.done:
+            if entry is not None and not entry.done and token is not None and entry.token == token:
                 del self._entries[event_id]
 
     def __len__(self) -> int:
