@@ -153,6 +153,47 @@ async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Pa
     assert (tmp_path / "service.db.key").stat().st_mode & 0o077 == 0
 
 
+async def test_each_attempt_is_recorded_when_events_and_deliveries_are_numbered_apart(
+    tmp_path: Path,
+) -> None:
+    # An event with no delivery (another organization's, without endpoints) sets the numbers of
+    # events and deliveries apart. The delivery handed straight to serve's worker must still
+    # have its attempt recorded: it was dropped, and sent again once its lease ran out.
+    async with serving_an_organization(tmp_path) as running:
+        base, auth = running.service.base_url, {"Authorization": f"Bearer {running.token}"}
+        other = await running.client.post(
+            f"{base}/v1/organizations", json={"name": "B"}, headers=auth
+        )
+        unsent = {"id": "evt_b", "type": "invoice.paid", "data": {}}
+        published = await running.client.post(
+            f"{base}/v1/organizations/{other.json()['id']}/events", json=unsent, headers=auth
+        )
+        assert published.json()["deliveries"] == []
+        for n in range(3):
+            published = await running.client.post(
+                f"{base}/v1/organizations/{running.org}/events",
+                json={"id": f"evt_{n}", "type": "invoice.paid", "data": {}},
+                headers=auth,
+            )
+            assert published.status_code == 202, published.text
+            await running.receiver.wait_for_requests(n + 1)
+        ids = [d["id"] for d in (await running.client.get(
+            f"{base}/v1/organizations/{running.org}/deliveries", headers=auth
+        )).json()["data"]]  # fmt: skip
+        for _ in range(100):
+            states = [(await running.client.get(
+                f"{base}/v1/organizations/{running.org}/deliveries/{i}", headers=auth
+            )).json() for i in ids]  # fmt: skip
+            if all(state["status"] == "succeeded" for state in states):
+                break
+            await asyncio.sleep(0.05)
+        assert [(s["status"], s["attempt_count"], len(s["attempts"])) for s in states] == [
+            ("succeeded", 1, 1)
+        ] * 3
+        assert len(running.receiver.requests) == 3
+        assert await running.service.stop() == 0
+
+
 async def test_a_minimal_batch_answer_over_a_real_server_is_delivered_in_full(
     tmp_path: Path,
 ) -> None:

@@ -102,6 +102,38 @@ async def test_a_publish_leases_what_the_hand_off_has_room_for_and_leaves_the_re
 
 
 @sqlite_only
+async def test_a_handed_outcome_is_recorded_when_events_and_deliveries_are_numbered_apart(
+    store: Store,
+) -> None:
+    # Events and deliveries have sequence numbers of their own: an event wanted by no endpoint
+    # sets them apart. The handed delivery's outcome must still land (it was looked up by its
+    # event's number, matched no row and was dropped: the delivery went out again when its
+    # lease ran out, and its attempt was never on record).
+    org = await new_organization(store)
+    await store.create_endpoint(org, "https://example.com/a", ["invoice.paid"], None)
+    body = b'{"id":"evt_none","type":"invoice.created","data":{}}'
+    unwanted = NewEvent("evt_none", "invoice.created", body, hashlib.sha256(body).digest())
+    await store.publish(org, [unwanted])  # event 1, no delivery
+    taken = Taken()
+    handoff = HandOff("wrk_handed", 60.0, taken)
+    store.hand_off(handoff)
+    handoff.open(total=10, rooms={}, default=10)
+    (result,) = await store.publish(org, [_event()])
+    ((handed),) = taken.deliveries
+    assert handed.id == result.event.deliveries[0].id
+    attempt = Attempt(1, result.event.created_at, 3.0, 200, None, None)
+    await store.record(
+        "wrk_handed", [AttemptOutcome(handed.id, attempt, DeliveryStatus.SUCCEEDED, None)]
+    )
+    done = await store.get_delivery(org, handed.id)
+    assert (done.status, done.attempt_count, len(done.attempts)) == (
+        DeliveryStatus.SUCCEEDED,
+        1,
+        1,
+    )
+
+
+@sqlite_only
 async def test_a_closed_hand_off_and_a_chain_behind_its_head_are_left_for_the_claim(
     store: Store,
 ) -> None:

@@ -90,7 +90,8 @@ class _PublishBatch:
         self._lease_expires_at = self._created_at
         self._handed: list[ClaimedDelivery] = []  # of the call being added
         self._endpoints: dict[str, list[Endpoint]] = {}
-        self._next_seq: int | None = None
+        self._next_seq: int | None = None  # of events
+        self._next_delivery_seq: int | None = None
         self._staged: dict[tuple[str, str], tuple[bytes, Event]] = {}  # (org, id) → hash, event
         self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
         self._event_rows: list[tuple[object, ...]] = []
@@ -193,14 +194,15 @@ class _PublishBatch:
                     blocked = BEHIND_KEY
                 self._chains.add(chain)
             delivery_id = self._ids.pop()  # reserved in ``add``
+            delivery_seq = self._delivery_seq()
             handoff = self._handoff
             if handoff is not None and not blocked and handoff.take(endpoint.id):
                 # Leased to the in-process worker in this transaction: out of the due range
                 # until the lease ends, exactly as a claim leaves it.
                 until = self._lease(handoff)
                 self._delivery_rows.append(
-                    (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, 0,
-                     until, now, now, handoff.worker_id, until)
+                    (delivery_seq, delivery_id, organization_id, seq, endpoint.id,
+                     new.ordering_key, 0, until, now, now, handoff.worker_id, until)
                 )  # fmt: skip
                 self._handed.append(
                     claimed_delivery(
@@ -208,11 +210,11 @@ class _PublishBatch:
                         endpoint.url, new.body, 1, 1, self._lease_expires_at, new.ordering_key,
                     )
                 )  # fmt: skip
-                self._known[delivery_id] = (seq, endpoint.id, new.ordering_key)
+                self._known[delivery_id] = (delivery_seq, endpoint.id, new.ordering_key)
             else:
                 self._delivery_rows.append(
-                    (delivery_id, organization_id, seq, endpoint.id, new.ordering_key, blocked,
-                     now, now, now, None, None)
+                    (delivery_seq, delivery_id, organization_id, seq, endpoint.id,
+                     new.ordering_key, blocked, now, now, now, None, None)
                 )  # fmt: skip
             deliveries.append(
                 _new_delivery(delivery_id, organization_id, new.id, endpoint.id, created_at)
@@ -220,6 +222,17 @@ class _PublishBatch:
         event = _new_event(new, organization_id, created_at, tuple(deliveries))
         self._staged[(organization_id, new.id)] = (new.content_hash, event)
         return event
+
+    def _delivery_seq(self) -> int:
+        """The next delivery's seq, given here as events' are: a handed delivery's outcome is
+        recorded by its seq (``known``), so it must be known before the INSERT."""
+        if self._next_delivery_seq is None:
+            # We hold the write lock, so the next seq values are ours to hand out.
+            row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM deliveries").fetchone()
+            self._next_delivery_seq = int(row[0]) + 1
+        seq = self._next_delivery_seq
+        self._next_delivery_seq += 1
+        return seq
 
     def _lease(self, handoff: HandOff) -> int:
         """The end (ms) of the leases handed over in this transaction."""
@@ -237,7 +250,7 @@ class _PublishBatch:
         if self._event_rows:
             _insert_rows(self._conn, _INSERT_EVENTS, 8, self._event_rows)
         if self._delivery_rows:
-            _insert_rows(self._conn, _INSERT_DELIVERIES, 11, self._delivery_rows)
+            _insert_rows(self._conn, _INSERT_DELIVERIES, 12, self._delivery_rows)
         self._event_rows, self._delivery_rows = [], []
 
 
@@ -246,7 +259,7 @@ _INSERT_EVENTS = (
     " created_at) VALUES "
 )
 _INSERT_DELIVERIES = (
-    "INSERT INTO deliveries (id, organization_id, event_seq, endpoint_id, ordering_key,"
+    "INSERT INTO deliveries (seq, id, organization_id, event_seq, endpoint_id, ordering_key,"
     " blocked, next_attempt_at, created_at, updated_at, locked_by, lease_expires_at) VALUES "
 )
 # Rows per statement. Each statement is a point where the writer thread lets go of the GIL
@@ -256,9 +269,9 @@ _INSERT_DELIVERIES = (
 # --contended). So one statement carries as many rows as it can: up to _MOST_ROWS, a part of
 # _ROUND or more rows rounded down to a multiple of _ROUND, the rest halving (32, 16, ... 1):
 # a 1,000-event batch takes three statements per table. Every size is a statement of its own
-# in the connection's statement cache (about 1 KB per row of 11 values), so the sizes are
+# in the connection's statement cache (about 1 KB per row of 12 values), so the sizes are
 # few: at most 16 + 6 per table, about 15 MB for both tables once every size has been used.
-_MOST_ROWS = 1024  # x 11 values: far below SQLite's limit of 32,766 parameters
+_MOST_ROWS = 1024  # x 12 values: far below SQLite's limit of 32,766 parameters
 _ROUND = 64
 _REST = (32, 16, 8, 4, 2, 1)
 
