@@ -690,6 +690,30 @@ async def test_retry_delivery_starts_a_new_round(store: Store) -> None:
         await store.retry_delivery(org, "dlv_missing")
 
 
+async def test_a_retry_waits_while_a_later_delivery_of_its_key_is_attempted(
+    store: Store,
+) -> None:
+    # The retried delivery would be the head of its key at once, beside the later delivery of
+    # the key in flight: two at a time to one endpoint. The retry is refused until it ends.
+    org, _ = await setup_org(store)
+    first, later = [
+        (await publish_one(store, org, new_event(f"evt_{n}", ordering_key="cus_1")))[0]
+        for n in range(2)
+    ]
+    (claimed,) = await store.claim("w", 10, 30)
+    assert claimed.id == first
+    await store.record("w", [outcome(first, FAILED, code=500)])
+    (claimed,) = await store.claim("w", 10, 30)
+    assert claimed.id == later  # now in flight
+    with pytest.raises(StoreError, match="being attempted"):
+        await store.retry_delivery(org, first)
+    assert (await store.get_delivery(org, first)).status is FAILED  # nothing changed
+    await store.record("w", [outcome(later, SUCCEEDED)])
+    assert (await store.retry_delivery(org, first)).status is PENDING
+    (claimed,) = await store.claim("w", 10, 30)
+    assert claimed.id == first
+
+
 async def test_next_due_at_and_wait_for_work(store: Store) -> None:
     assert await store.next_due_at() is None
     org, _ = await setup_org(store)

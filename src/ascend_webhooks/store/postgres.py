@@ -854,6 +854,13 @@ class PostgresStore(Store):
             key = row["ordering_key"]
             if key is not None:
                 await conn.execute(sql.LOCK_ORDERING_KEYS, [organization_id], [key])
+                # The key's pending deliveries locked first, so that no claim leases one while
+                # this looks: a retried delivery would be the head beside one being attempted.
+                if await conn.fetchval(sql.KEY_IN_FLIGHT, row["endpoint_id"], key):
+                    raise StoreError(
+                        "a later delivery with the same ordering key is being attempted:"
+                        f" retry {delivery_id!r} once it ends"
+                    )
             blocked = (_BEHIND_KEY if key is not None else 0) | (
                 0 if row["enabled"] else _ENDPOINT_DISABLED
             )

@@ -261,6 +261,13 @@ def _unblock_head(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str)
 # -- retries and the worker's writes ------------------------------------------------------------
 
 
+# The head of an ordering key is the oldest pending delivery: a failed one retried would be
+# the head at once, beside the later delivery of its key being attempted now.
+_KEY_IN_FLIGHT = (
+    "a later delivery with the same ordering key is being attempted: retry {!r} once it ends"
+)
+
+
 def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: str) -> Delivery:
     row = conn.execute(
         "SELECT d.seq, d.status, d.endpoint_id, d.ordering_key, p.enabled, p.deleted_at"
@@ -276,6 +283,16 @@ def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: 
     if deleted_at is not None:
         raise StoreError(f"the endpoint of delivery {delivery_id!r} was deleted")
     now = now_ms()
+    if (
+        ordering_key is not None
+        and conn.execute(
+            "SELECT 1 FROM deliveries INDEXED BY deliveries_ordering"
+            " WHERE status = 'pending' AND endpoint_id = ? AND ordering_key = ?"
+            " AND locked_by IS NOT NULL AND lease_expires_at > ? LIMIT 1",
+            (endpoint_id, ordering_key, now),
+        ).fetchone()
+    ):
+        raise StoreError(_KEY_IN_FLIGHT.format(delivery_id))
     conn.execute(
         "UPDATE deliveries SET status = 'pending', round_start = attempt_count,"
         " next_attempt_at = ?, locked_by = NULL, lease_expires_at = NULL, updated_at = ?,"
