@@ -765,9 +765,12 @@ async def test_an_ordering_key_goes_one_at_a_time_keyless_in_parallel(
     await store.record("w", [outcome(again, DeliveryStatus.FAILED)])
     [second] = await store.claim("w", 100, 30)
     assert second.event_id == "k2"
-    # A manual retry of the older one makes it the head again, ahead of k3.
-    await store.retry_delivery(org_id, again.id)
+    # A manual retry of the older one waits for k2's attempt (else two of the key would be in
+    # flight), then makes it the head again, ahead of k3.
+    with pytest.raises(StoreError, match="being attempted"):
+        await store.retry_delivery(org_id, again.id)
     await store.record("w", [outcome(second, DeliveryStatus.SUCCEEDED)])
+    await store.retry_delivery(org_id, again.id)
     [retried] = await store.claim("w", 100, 30)
     assert (retried.event_id, retried.round_attempt, retried.attempt_number) == ("k1", 1, 3)
     await store.record("w", [outcome(retried, DeliveryStatus.SUCCEEDED)])
