@@ -178,13 +178,14 @@ async def test_bad_content_length_is_400(api: Api) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("DELETE", "/v1/organizations", "GET, HEAD, POST"),
-        ("PUT", f"{ORG}/events", "GET, HEAD, POST"),
+        ("DELETE", "/v1/organizations", "GET, POST"),
+        ("PUT", f"{ORG}/events", "GET, POST"),
         ("PUT", f"{ORG}/events/batch", "POST"),  # not an event's id
-        ("PUT", f"{ORG}/events/evt_1", "GET, HEAD"),
-        ("POST", f"{ORG}/endpoints/ep_1", "DELETE, GET, HEAD, PATCH"),
+        ("PUT", f"{ORG}/events/evt_1", "GET"),
+        ("POST", f"{ORG}/endpoints/ep_1", "DELETE, GET, PATCH"),
         ("OPTIONS", f"{ORG}/tokens/tok_1", "DELETE"),
-        ("PUT", "/healthz", "GET, HEAD"),
+        ("PUT", "/healthz", "GET"),
+        ("HEAD", ORG, "GET"),
     ],
 )
 async def test_a_405_names_every_method_of_its_path(
@@ -192,5 +193,8 @@ async def test_a_405_names_every_method_of_its_path(
 ) -> None:
     # Each method of a path is a route of its own: the answer lists them all (RFC 9110).
     response = await api.call(method, path.replace("{org}", "org_1"))
-    assert_problem(response, 405)
+    if method == "HEAD":  # (no body to a HEAD)
+        assert response.status_code == 405
+    else:
+        assert_problem(response, 405)
     assert response.headers["Allow"] == allowed
