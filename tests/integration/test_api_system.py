@@ -198,3 +198,29 @@ async def test_a_405_names_every_method_of_its_path(
     else:
         assert_problem(response, 405)
     assert response.headers["Allow"] == allowed
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/organizations?after=zzz",
+        "/v1/organizations?after=ep_06H2MT8YMHNJ8ZHZG7ZBJFR3PG",  # another list's
+        f"{ORG}/endpoints?after=zzz",
+        f"{ORG}/events?after=zzz",
+        f"{ORG}/deliveries?after=zzz",
+    ],
+)
+async def test_a_cursor_no_list_handed_out_is_400(api: Api, path: str) -> None:
+    org = await api.organization()
+    problem = assert_problem(await api.call("GET", path.replace("{org}", org)), 400)
+    assert problem["type"].endswith("#problem-invalid-cursor")
+
+
+async def test_the_cursors_lists_hand_out_page_on(api: Api) -> None:
+    for n in range(3):
+        await api.organization(f"org {n}")
+    first = (await api.call("GET", "/v1/organizations?limit=2", expect=200)).json()
+    after = first["next_cursor"]
+    rest = (await api.call("GET", f"/v1/organizations?limit=2&after={after}", expect=200)).json()
+    assert {o["id"] for o in first["data"]}.isdisjoint(o["id"] for o in rest["data"])
+    assert rest["data"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, Query
 
+from ...store.base import InvalidCursorError
 from ..state import Services, get_services
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "After",
     "Limit",
     "Svc",
+    "id_cursor",
     "problem_answers",
     "problems",
 ]
@@ -60,3 +63,12 @@ def problem_answers(statuses: Iterable[int]) -> dict[int | str, dict[str, Any]]:
         }
         for status in sorted(statuses)
     }
+
+
+def id_cursor(after: str | None, prefix: str) -> str | None:
+    """A cursor of a list paged by id (organizations, endpoints): the id of the last item, as
+    ``ids.new_id`` makes them. Anything else was handed out by no list: 400, not a quiet
+    empty page."""
+    if after is not None and not re.fullmatch(prefix + r"_[0-9A-HJKMNP-TV-Z]{26}", after):
+        raise InvalidCursorError(f"invalid cursor {after!r}: pass a next_cursor value as is")
+    return after

@@ -13,7 +13,7 @@ from ..responses import JSONResponse
 from ..schemas import EndpointCreate, EndpointList, EndpointOut, EndpointUpdate, endpoint_view
 from ..schemas import page_view as _page
 from ..settings import Settings
-from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
+from .common import DEFAULT_LIMIT, After, Limit, Svc, id_cursor, problems
 
 __all__ = ["router"]
 
@@ -59,7 +59,7 @@ async def create_endpoint(org: OrgScope, body: EndpointCreate, services: Svc) ->
 async def list_endpoints(
     org: OrgScope, services: Svc, limit: Limit = DEFAULT_LIMIT, after: After = None
 ) -> JSONResponse:
-    page = await services.store.list_endpoints(org, limit=limit, after=after)
+    page = await services.store.list_endpoints(org, limit=limit, after=id_cursor(after, "ep"))
     return JSONResponse(_page([endpoint_view(e) for e in page.items], page.next_cursor))
 
 

@@ -26,7 +26,7 @@ from ..schemas import (
 )
 from ..state import Principal
 from ..tokens import hash_token, new_token
-from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
+from .common import DEFAULT_LIMIT, After, Limit, Svc, id_cursor, problems
 
 __all__ = ["router"]
 
@@ -59,7 +59,7 @@ async def list_organizations(
     services: Svc, principal: Auth, limit: Limit = DEFAULT_LIMIT, after: After = None
 ) -> JSONResponse:
     page = await services.store.list_organizations(
-        limit=limit, after=after, only=principal.organization_id
+        limit=limit, after=id_cursor(after, "org"), only=principal.organization_id
     )
     return JSONResponse(page_view([organization_view(o) for o in page.items], page.next_cursor))
 
