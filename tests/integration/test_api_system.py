@@ -224,3 +224,32 @@ async def test_the_cursors_lists_hand_out_page_on(api: Api) -> None:
     rest = (await api.call("GET", f"/v1/organizations?limit=2&after={after}", expect=200)).json()
     assert {o["id"] for o in first["data"]}.isdisjoint(o["id"] for o in rest["data"])
     assert rest["data"]
+
+
+@pytest.mark.parametrize("listing", ["events", "deliveries"])
+async def test_event_and_delivery_cursors_tell_nothing_and_stay_with_their_organization(
+    api: Api, listing: str
+) -> None:
+    # Their positions are sequence numbers that all organizations' rows share: in the clear,
+    # two cursors of one organization would count the others' events published between them.
+    mine, theirs = await api.organization("mine"), await api.organization("theirs")
+    for org in (mine, theirs):
+        await api.endpoint(org)
+    for n in range(3):
+        await api.publish(mine, id=f"evt_{n}")
+    page = (await api.call("GET", f"/v1/organizations/{mine}/{listing}?limit=1", expect=200)).json()
+    cursor = page["next_cursor"]
+    assert cursor is not None
+    assert not cursor.isdigit()
+    again = (
+        await api.call("GET", f"/v1/organizations/{mine}/{listing}?limit=1", expect=200)
+    ).json()
+    assert again["next_cursor"] != cursor  # sealed afresh each time: no two compare
+    rest = await api.call(
+        "GET", f"/v1/organizations/{mine}/{listing}", params={"after": cursor}, expect=200
+    )
+    assert len(rest.json()["data"]) == 2
+    elsewhere = await api.call(
+        "GET", f"/v1/organizations/{theirs}/{listing}", params={"after": cursor}
+    )
+    assert assert_problem(elsewhere, 400)["type"].endswith("#problem-invalid-cursor")

@@ -23,6 +23,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..store.base import InvalidCursorError
 from .settings import Settings
 
 __all__ = [
@@ -86,6 +87,40 @@ class SecretBox:
                 "it was encrypted with"
             ) from None
         return plain.decode("utf-8")
+
+    def seal_cursor(self, organization_id: str, cursor: str | None) -> str | None:
+        """A list cursor made opaque to the organization it is for.
+
+        Events and deliveries are paged by sequence numbers that every organization's rows
+        share: as plain numbers, the gap between two of an organization's pages counts what
+        the others published meanwhile. Sealed, a cursor says nothing, and it opens only for
+        the organization it was handed to (:meth:`open_cursor`).
+        """
+        if cursor is None:
+            return None
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, cursor.encode("utf-8"), _cursor_aad(organization_id))
+        return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+
+    def open_cursor(self, organization_id: str, cursor: str | None) -> str | None:
+        """The cursor :meth:`seal_cursor` sealed for this organization; InvalidCursorError
+        for anything else (another organization's, altered, made up)."""
+        if cursor is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            plain = self._aead.decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _cursor_aad(organization_id)
+            )
+            return plain.decode("utf-8")
+        except (ValueError, InvalidTag):  # (binascii.Error and UnicodeError are ValueErrors)
+            raise InvalidCursorError(
+                f"invalid cursor {cursor!r}: pass a next_cursor value as is"
+            ) from None
+
+
+def _cursor_aad(organization_id: str) -> bytes:
+    return b"ascend-webhooks:cursor:v1:" + organization_id.encode("utf-8")
 
 
 def parse_master_key(text: str) -> bytes:

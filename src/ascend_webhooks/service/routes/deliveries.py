@@ -43,10 +43,17 @@ async def list_deliveries(
     ] = None,
 ) -> JSONResponse:
     page = await services.store.list_deliveries(
-        org, limit=limit, after=after, status=status, endpoint_id=endpoint_id
+        org,
+        limit=limit,
+        after=services.box.open_cursor(org, after),
+        status=status,
+        endpoint_id=endpoint_id,
     )
     return JSONResponse(
-        page_view([delivery_list_item_view(d) for d in page.items], page.next_cursor)
+        page_view(
+            [delivery_list_item_view(d) for d in page.items],
+            services.box.seal_cursor(org, page.next_cursor),
+        )
     )
 
 

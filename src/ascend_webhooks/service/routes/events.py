@@ -249,8 +249,11 @@ async def list_events(
         str | None, Query(max_length=200, description="only events of this type")
     ] = None,
 ) -> JSONResponse:
-    page = await services.store.list_events(org, limit=limit, after=after, event_type=type)
-    return JSONResponse(page_view([event_view(e) for e in page.items], page.next_cursor))
+    page = await services.store.list_events(
+        org, limit=limit, after=services.box.open_cursor(org, after), event_type=type
+    )
+    cursor = services.box.seal_cursor(org, page.next_cursor)
+    return JSONResponse(page_view([event_view(e) for e in page.items], cursor))
 
 
 @router.get(
