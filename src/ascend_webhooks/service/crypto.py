@@ -114,9 +114,7 @@ class SecretBox:
             )
             return plain.decode("utf-8")
         except (ValueError, InvalidTag):  # (binascii.Error and UnicodeError are ValueErrors)
-            raise InvalidCursorError(
-                f"invalid cursor {cursor!r}: pass a next_cursor value as is"
-            ) from None
+            raise InvalidCursorError(cursor) from None
 
 
 def _cursor_aad(organization_id: str) -> bytes:

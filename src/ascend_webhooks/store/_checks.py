@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from .base import StoreError
 
-__all__ = ["endpoint_changes"]
+__all__ = ["endpoint_changes", "key_in_flight"]
 
 _ENDPOINT_FIELDS = frozenset({"url", "event_types", "description", "enabled"})
 
@@ -43,3 +43,13 @@ def endpoint_changes(changes: dict[str, object]) -> dict[str, object]:
             raise StoreError("enabled must be true or false")
         values["enabled"] = changes["enabled"]
     return values
+
+
+def key_in_flight(delivery_id: str) -> StoreError:
+    """Why a failed delivery with an ordering key may not be retried now: the head of a key is
+    its oldest pending delivery, so the retried one would be the head at once, beside the later
+    delivery of its key being attempted (two of a key at a time to one endpoint)."""
+    return StoreError(
+        "a later delivery with the same ordering key is being attempted:"
+        f" retry {delivery_id!r} once it ends"
+    )

@@ -102,13 +102,13 @@ def seq_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
-        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+        raise InvalidCursorError(cursor)
     return int(cursor)
 
 
 def id_cursor(cursor: str | None) -> str | None:
     if cursor is not None and (not cursor.isascii() or not cursor.isprintable()):
-        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+        raise InvalidCursorError(cursor)
     return cursor
 
 

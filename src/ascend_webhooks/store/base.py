@@ -68,6 +68,9 @@ class StoreUnavailableError(StoreError):
 class InvalidCursorError(StoreError):
     """A pagination cursor that no list of this store handed out."""
 
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+
 
 class InvalidTextError(StoreError):
     """Text the database cannot store or compare (PostgreSQL: a NUL character)."""

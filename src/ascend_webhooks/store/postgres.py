@@ -84,7 +84,7 @@ import asyncpg
 from ..ids import new_id, new_ids
 from . import _postgres_rows as recs
 from . import _postgres_sql as sql
-from ._checks import endpoint_changes
+from ._checks import endpoint_changes, key_in_flight
 from ._postgres_listen import Notifier, WorkSignal
 from ._postgres_setup import apply_migrations, parse_url
 from .base import (
@@ -857,10 +857,7 @@ class PostgresStore(Store):
                 # The key's pending deliveries locked first, so that no claim leases one while
                 # this looks: a retried delivery would be the head beside one being attempted.
                 if await conn.fetchval(sql.KEY_IN_FLIGHT, row["endpoint_id"], key):
-                    raise StoreError(
-                        "a later delivery with the same ordering key is being attempted:"
-                        f" retry {delivery_id!r} once it ends"
-                    )
+                    raise key_in_flight(delivery_id)
             blocked = (_BEHIND_KEY if key is not None else 0) | (
                 0 if row["enabled"] else _ENDPOINT_DISABLED
             )

@@ -70,5 +70,5 @@ def id_cursor(after: str | None, prefix: str) -> str | None:
     ``ids.new_id`` makes them. Anything else was handed out by no list: 400, not a quiet
     empty page."""
     if after is not None and not re.fullmatch(prefix + r"_[0-9A-HJKMNP-TV-Z]{26}", after):
-        raise InvalidCursorError(f"invalid cursor {after!r}: pass a next_cursor value as is")
+        raise InvalidCursorError(after)
     return after

@@ -85,7 +85,7 @@ def parse_seq_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
     if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
-        raise InvalidCursorError(f"invalid cursor {cursor!r}: pass a next_cursor value as is")
+        raise InvalidCursorError(cursor)
     return int(cursor)
 
 

@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from ...ids import new_id
-from .._checks import endpoint_changes
+from .._checks import endpoint_changes, key_in_flight
 from ..base import LastAdminTokenError, NotFoundError, StoreError
 from ..models import (
     ApiToken,
@@ -261,13 +261,6 @@ def _unblock_head(conn: sqlite3.Connection, endpoint_id: str, ordering_key: str)
 # -- retries and the worker's writes ------------------------------------------------------------
 
 
-# The head of an ordering key is the oldest pending delivery: a failed one retried would be
-# the head at once, beside the later delivery of its key being attempted now.
-_KEY_IN_FLIGHT = (
-    "a later delivery with the same ordering key is being attempted: retry {!r} once it ends"
-)
-
-
 def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: str) -> Delivery:
     row = conn.execute(
         "SELECT d.seq, d.status, d.endpoint_id, d.ordering_key, p.enabled, p.deleted_at"
@@ -292,7 +285,7 @@ def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: 
             (endpoint_id, ordering_key, now),
         ).fetchone()
     ):
-        raise StoreError(_KEY_IN_FLIGHT.format(delivery_id))
+        raise key_in_flight(delivery_id)
     conn.execute(
         "UPDATE deliveries SET status = 'pending', round_start = attempt_count,"
         " next_attempt_at = ?, locked_by = NULL, lease_expires_at = NULL, updated_at = ?,"
