@@ -90,8 +90,7 @@ class _PublishBatch:
         self._lease_expires_at = self._created_at
         self._handed: list[ClaimedDelivery] = []  # of the call being added
         self._endpoints: dict[str, list[Endpoint]] = {}
-        self._next_seq: int | None = None  # of events
-        self._next_delivery_seq: int | None = None
+        self._next_seqs: dict[str, int] = {}  # table -> the next seq it hands out
         self._staged: dict[tuple[str, str], tuple[bytes, Event]] = {}  # (org, id) → hash, event
         self._chains: set[tuple[str, str]] = set()  # (endpoint, key) with a pending delivery
         self._event_rows: list[tuple[object, ...]] = []
@@ -170,12 +169,7 @@ class _PublishBatch:
         return results
 
     def _stage(self, organization_id: str, endpoints: Sequence[Endpoint], new: NewEvent) -> Event:
-        if self._next_seq is None:
-            # We hold the write lock, so the next seq values are ours to hand out.
-            row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            self._next_seq = int(row[0]) + 1
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = self._take_seq("events")
         now, created_at = self._now, self._created_at
         self._event_rows.append(
             (seq, new.id, organization_id, new.type, new.body, new.content_hash,
@@ -194,7 +188,7 @@ class _PublishBatch:
                     blocked = BEHIND_KEY
                 self._chains.add(chain)
             delivery_id = self._ids.pop()  # reserved in ``add``
-            delivery_seq = self._delivery_seq()
+            delivery_seq = self._take_seq("deliveries")
             handoff = self._handoff
             if handoff is not None and not blocked and handoff.take(endpoint.id):
                 # Leased to the in-process worker in this transaction: out of the due range
@@ -223,15 +217,15 @@ class _PublishBatch:
         self._staged[(organization_id, new.id)] = (new.content_hash, event)
         return event
 
-    def _delivery_seq(self) -> int:
-        """The next delivery's seq, given here as events' are: a handed delivery's outcome is
-        recorded by its seq (``known``), so it must be known before the INSERT."""
-        if self._next_delivery_seq is None:
-            # We hold the write lock, so the next seq values are ours to hand out.
-            row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM deliveries").fetchone()
-            self._next_delivery_seq = int(row[0]) + 1
-        seq = self._next_delivery_seq
-        self._next_delivery_seq += 1
+    def _take_seq(self, table: str) -> int:
+        """The next seq of ``table`` (events, deliveries): we hold the write lock, so the next
+        values are ours to hand out. Deliveries get theirs here, not from their INSERT: a
+        handed delivery's outcome is recorded by its seq (``known``)."""
+        seq = self._next_seqs.get(table)
+        if seq is None:
+            query = f"SELECT COALESCE(MAX(seq), 0) FROM {table}"  # noqa: S608 (a literal)
+            seq = int(self._conn.execute(query).fetchone()[0]) + 1
+        self._next_seqs[table] = seq + 1
         return seq
 
     def _lease(self, handoff: HandOff) -> int:
