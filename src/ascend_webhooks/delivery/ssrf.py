@@ -50,9 +50,9 @@ RESOLVE_TIMEOUT = 2.0
 
 # Well-known IPv6 prefixes that carry an IPv4 address in their last 32 bits.
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: operator-local
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-# IANA's special-purpose ranges that are not globally reachable, written out: Python's own
+# IANA's special-purpose ranges that are not globally reachable (with 64:ff9b:1::/48, RFC
+# 8215's operator-local NAT64, and fec0::/10, site-local), written out: Python's own
 # tables (``is_global``) differ by release (3.11.7 holds most of 192.0.0.0/24 global, where
 # 192.0.0.192 is a cloud's metadata address; 3fff::/20 came in 2024). 192.0.0.0/24 and
 # 2001::/23 are refused whole, their few anycast exceptions included: no webhook lives there.
@@ -62,8 +62,8 @@ _NOT_GLOBAL = tuple(
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
         "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
         "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
-        "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+        "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32",
+        "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
 # A DNS label: letters, digits, hyphens (underscores occur in real names, e.g. SRV-style).
@@ -93,8 +93,6 @@ def is_forbidden_address(ip: IPAddress) -> bool:
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return is_forbidden_address(embedded)
-        if ip in _NAT64_LOCAL_USE or ip.is_site_local:
-            return True
     if any(ip in network for network in _NOT_GLOBAL):
         return True
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
