@@ -1233,3 +1233,46 @@ async def test_edge_cases_answer_exactly_like_sqlite(pg_url: str, tmp_path: Path
     assert len(sqlite) == len(postgres) > 60
     for ours, theirs in zip(postgres, sqlite, strict=True):
         assert ours == theirs
+
+
+@pytest.mark.parametrize("change", ["delete", "disable"])
+async def test_an_endpoint_change_deadlocked_with_a_record_is_repeated_not_refused(
+    stores: Callable[[], Awaitable[PostgresStore]], pg_url: str, change: str
+) -> None:
+    """A worker's record and an endpoint's disabling or deletion lock the same deliveries in
+    different orders; when PostgreSQL breaks the deadlock by rolling the change back, the
+    store runs it again instead of answering "unavailable" (a 503 from the API)."""
+    api, worker = await stores(), await stores()
+    org_id, endpoint_id = await org_with_endpoint(api)
+    await api.publish(org_id, [event(f"evt_{i}") for i in range(3)])
+    claimed = sorted(await worker.claim("w", 10, 60), key=lambda c: c.event_id)
+    assert len(claimed) == 3
+    first, second, third = claimed
+    holder = await asyncpg.connect(pg_url)
+    try:
+        # Makes the interleaving certain: the record locks `second`, then waits for `third`;
+        # the change locks `first` (in its own order), then waits for `second`; `third`
+        # let go, the record waits for `first`: a cycle, found by whichever waited longest.
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", third.id)
+        record = asyncio.ensure_future(
+            worker.record(
+                "w", [outcome(c, DeliveryStatus.SUCCEEDED) for c in (second, third, first)]
+            )
+        )
+        await asyncio.sleep(0.3)
+        if change == "delete":
+            changing = asyncio.ensure_future(api.delete_endpoint(org_id, endpoint_id))
+        else:
+            changing = asyncio.ensure_future(
+                api.update_endpoint(org_id, endpoint_id, enabled=False)
+            )
+        await asyncio.sleep(0.3)
+        await hold.rollback()
+        results = await asyncio.gather(changing, record, return_exceptions=True)
+    finally:
+        await holder.close()
+    assert not isinstance(results[0], BaseException), results[0]
+    endpoint = await api.get_endpoint(org_id, endpoint_id) if change == "disable" else None
+    assert endpoint is None or not endpoint.enabled

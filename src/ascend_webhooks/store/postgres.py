@@ -74,10 +74,10 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -119,6 +119,13 @@ _POOLER_HINT = (
     'PostgreSQL answered "{}": the database URL seems to go through a connection pooler;'
     " add pooler=transaction (or pooler=session) to it (docs/production.md, Behind PgBouncer)"
 )
+
+T = TypeVar("T")
+
+# A deadlock (or a serialization failure) rolled the whole transaction back: run it again, a
+# few times, before calling the database unavailable.
+_ROLLED_BACK = asyncpg.exceptions.TransactionRollbackError
+_DEADLOCK_TRIES = 3
 
 # What a lost or refused connection raises, from the socket up to the server's shutdown notice.
 _UNAVAILABLE = (
@@ -315,6 +322,20 @@ class PostgresStore(Store):
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._connection() as conn, conn.transaction():
             yield conn
+
+    async def _repeatable(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """``work`` in a transaction, run again when PostgreSQL rolled it back to break a
+        deadlock: an API call that changes an endpoint's deliveries locks them in another
+        order than a worker's record of their outcomes, and the caller did nothing wrong."""
+        tries = _DEADLOCK_TRIES
+        while True:
+            tries -= 1
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await work(conn)
+            except StoreUnavailableError as exc:
+                if tries == 0 or not isinstance(exc.__cause__, _ROLLED_BACK):
+                    raise
 
     def _relaxed(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
         """A connection whose commits do not wait for their WAL flush: the worker's writes.
@@ -585,7 +606,8 @@ class PostgresStore(Store):
         self, organization_id: str, endpoint_id: str, **changes: object
     ) -> Endpoint:
         values = endpoint_changes(changes)
-        async with self._transaction() as conn:
+
+        async def update(conn: asyncpg.Connection) -> tuple[asyncpg.Record, bool]:
             # FOR UPDATE waits for publishes that hold the row FOR KEY SHARE, so none of them
             # can add a claimable delivery after the endpoint was disabled.
             current = await conn.fetchrow(
@@ -599,7 +621,7 @@ class PostgresStore(Store):
             if not values:
                 row = await conn.fetchrow("SELECT * FROM endpoints WHERE id = $1", endpoint_id)
                 assert row is not None
-                return recs.endpoint(row)
+                return row, False
             assignments = ", ".join(f"{column} = ${i + 2}" for i, column in enumerate(values))
             row = await conn.fetchrow(
                 f"UPDATE endpoints SET {assignments}, updated_at = now()"  # noqa: S608
@@ -607,6 +629,7 @@ class PostgresStore(Store):
                 endpoint_id,
                 *values.values(),
             )
+            assert row is not None
             enabled = values.get("enabled")
             if enabled is not None and enabled != current["enabled"]:
                 # A disabled endpoint's pending deliveries wait (unclaimable) until re-enabled.
@@ -616,13 +639,15 @@ class PostgresStore(Store):
                     " WHERE endpoint_id = $1 AND status = 'pending'",
                     endpoint_id,
                 )
+            return row, bool(enabled)
+
+        row, enabled = await self._repeatable(update)
         if enabled:
             self._wake_workers()
-        assert row is not None
         return recs.endpoint(row)
 
     async def delete_endpoint(self, organization_id: str, endpoint_id: str) -> None:
-        async with self._transaction() as conn:
+        async def delete(conn: asyncpg.Connection) -> None:
             row = await conn.fetchrow(
                 "SELECT 1 FROM endpoints WHERE organization_id = $1 AND id = $2"
                 " AND deleted_at IS NULL FOR UPDATE",
@@ -643,6 +668,8 @@ class PostgresStore(Store):
                 " WHERE endpoint_id = $1 AND status = 'pending'",
                 endpoint_id,
             )
+
+        await self._repeatable(delete)
 
     async def _require_organization(self, conn: asyncpg.Connection, organization_id: str) -> None:
         if not await conn.fetchval(
@@ -835,7 +862,7 @@ class PostgresStore(Store):
         return Page(items, str(rows[limit - 1]["seq"]) if len(rows) > limit and items else None)
 
     async def retry_delivery(self, organization_id: str, delivery_id: str) -> Delivery:
-        async with self._transaction() as conn:
+        async def retry(conn: asyncpg.Connection) -> None:
             row = await conn.fetchrow(
                 "SELECT d.seq, d.status, d.endpoint_id, d.ordering_key, p.enabled, p.deleted_at"
                 " FROM deliveries d JOIN endpoints p ON p.id = d.endpoint_id"
@@ -880,6 +907,8 @@ class PostgresStore(Store):
                     row["seq"],
                 )
                 await conn.execute(sql.UNBLOCK_HEADS, [row["endpoint_id"]], [key])
+
+        await self._repeatable(retry)
         self._wake_workers()
         return await self.get_delivery(organization_id, delivery_id)
 
