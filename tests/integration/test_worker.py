@@ -945,6 +945,57 @@ async def test_store_errors_are_retried_and_do_not_kill_the_worker(
     assert len(receiver.requests) == 1
 
 
+class RecordDownStore:
+    """Wraps a store; its record (and, if asked, the extension of leases) fails until
+    ``until`` (time.monotonic()), claims work."""
+
+    def __init__(self, inner: Store, until: float, *, extend_too: bool = False) -> None:
+        self._inner = inner
+        self.until = until
+        self.extend_too = extend_too
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        if time.monotonic() < self.until:
+            raise ConnectionError("database restarting")
+        await self._inner.record(worker_id, outcomes)
+
+    async def extend_leases(self, *args: Any) -> None:
+        if self.extend_too and time.monotonic() < self.until:
+            raise ConnectionError("database restarting")
+        await self._inner.extend_leases(*args)
+
+
+@pytest.mark.parametrize("extend_too", [False, True], ids=["record-down", "leases-lost-too"])
+async def test_an_outcome_waiting_to_be_recorded_keeps_its_lease_and_is_not_sent_again(
+    store: Store, receivers: ReceiverFactory, extend_too: bool
+) -> None:
+    """While the record of an outcome fails for longer than the lease, the delivery stays this
+    worker's (its lease extended; or, lost, claimed back): not attempted a second time under
+    the same number."""
+    receiver = await receivers(secret=SECRET)
+    receiver.fail_times(1)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    down = RecordDownStore(store, until=time.monotonic() + 3.0, extend_too=extend_too)
+    worker = Worker(
+        down,  # type: ignore[arg-type]
+        make_settings(retry_schedule=(0.05,)),
+        decrypt,
+        lease_seconds=0.9,
+        poll_interval=0.05,
+    )
+    async with running(worker):
+        (done,) = await wait_terminal(store, org, [delivery.id], within=15.0)
+
+    assert [r.verified for r in receiver.requests] == [True, True]  # the 500, then the 200
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert [(a.number, a.status_code) for a in done.attempts] == [(1, 500), (2, 200)]
+
+
 async def test_long_attempts_keep_their_lease(store: Store, receivers: ReceiverFactory) -> None:
     """An attempt longer than the lease is not handed to a second worker meanwhile."""
     receiver = await receivers(secret=SECRET, behaviour=Reply(200, delay=1.2))

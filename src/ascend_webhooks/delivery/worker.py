@@ -177,6 +177,7 @@ def _safe_type(event_type: str) -> bool:
 
 
 _SAFE_TYPES: set[str] = set()  # event types known to be valid header values
+_NONE: frozenset[str] = frozenset()
 
 
 def _room_filled(
@@ -281,6 +282,10 @@ class Worker:
         self._slots_closing = False
         self._drained: asyncio.Future[None] | None = None  # set once nothing is in flight
         self._outcomes: list[AttemptOutcome] = []
+        # While the record of outcomes fails: the batch being tried (out of _outcomes), whose
+        # deliveries' leases the heartbeat keeps, and which a claim must not start again.
+        self._recording: Sequence[AttemptOutcome] = ()
+        self._record_failing = False
         # Claimed ahead and not started: per endpoint, in claim order, with when each was
         # leased (time.monotonic(), for the heartbeat); endpoints in round-robin order.
         self._ready: dict[str, deque[tuple[ClaimedDelivery, float]]] = {}
@@ -667,10 +672,12 @@ class Worker:
         inflight, per_endpoint, ready_ids = self._inflight, self._per_endpoint, self._ready_ids
         now = time.monotonic()
         free = self._capacity()[0]
+        unrecorded = self._unrecorded() if self._record_failing else _NONE
         for delivery in claimed:
-            if delivery.id in inflight or delivery.id in ready_ids:
+            if delivery.id in inflight or delivery.id in ready_ids or delivery.id in unrecorded:
                 # Its lease ran out while we held it and came back to us: the attempt in
-                # flight records it (the lease is ours again); releasing it would not be.
+                # flight (or its outcome, once the record works again) records it, the lease
+                # being ours again; releasing it would not be.
                 continue
             endpoint_id = delivery.endpoint_id
             if free > 0 and per_endpoint[endpoint_id] < self.endpoint_limit(endpoint_id):
@@ -1016,12 +1023,14 @@ class Worker:
             self._publish_metrics()
             if self._outcomes:
                 batch, self._outcomes = self._outcomes, []
+                self._recording = batch
                 try:
                     # Shielded: an outcome the database has accepted must not be half-written
                     # because the worker was cancelled.
                     await asyncio.shield(self.store.record(self.worker_id, batch))
                     self._note_retries(batch)
                 except Exception:
+                    self._record_failing = True
                     self._outcomes[:0] = batch
                     self._outcome_ready.set()
                     if self._closing:
@@ -1043,6 +1052,9 @@ class Worker:
                     )
                     await asyncio.sleep(delay)
                     continue
+                finally:
+                    self._recording = ()
+                self._record_failing = False
                 backoff.reset()
             if self._closing and not self._outcomes:
                 return
@@ -1067,11 +1079,17 @@ class Worker:
             now = time.monotonic()
             long_running = [i for i, f in self._inflight.items() if now - f.leased >= third]
             long_running += [d.id for q in self._ready.values() for d, at in q if now - at >= third]
+            if self._record_failing:
+                long_running += self._unrecorded()
             if long_running:
                 try:
                     await self.store.extend_leases(self.worker_id, long_running, self.lease_seconds)
                 except Exception:
                     logger.warning("worker %s: cannot extend leases", self.worker_id, exc_info=True)
+
+    def _unrecorded(self) -> frozenset[str]:
+        """The deliveries whose outcome is waiting to be recorded."""
+        return frozenset(o.delivery_id for o in (*self._recording, *self._outcomes))
 
     async def _reaper_loop(self) -> None:
         """Now and every half lease: give back the leases of dead workers of this machine."""
