@@ -282,6 +282,19 @@ async def test_list_endpoints_pages_by_id(store: Store) -> None:
     assert seen == sorted(made)
 
 
+async def test_endpoint_urls_names_only_endpoints_that_may_be_sent_to(store: Store) -> None:
+    org, (live, disabled, deleted, moved) = await setup_org(store, endpoints=4)
+    await store.update_endpoint(org, disabled, enabled=False)
+    await store.delete_endpoint(org, deleted)
+    await store.update_endpoint(org, moved, url="https://elsewhere.example/hook")
+    urls = await store.endpoint_urls([live, disabled, deleted, moved, "ep_unknown", live])
+    assert urls == {
+        live: (await store.get_endpoint(org, live)).url,
+        moved: "https://elsewhere.example/hook",
+    }
+    assert await store.endpoint_urls([]) == {}
+
+
 async def test_delete_endpoint_fails_its_pending_deliveries_and_keeps_history(
     store: Store,
 ) -> None:

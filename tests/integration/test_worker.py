@@ -675,6 +675,46 @@ async def test_a_slow_endpoints_buffered_deliveries_are_given_back(
         await dead.close()
 
 
+@pytest.mark.parametrize("change", ["disable", "delete", "new url"])
+async def test_an_endpoint_changed_sends_none_of_what_was_claimed_ahead_for_it(
+    store: Store, receivers: ReceiverFactory, change: str
+) -> None:
+    """Once an endpoint is disabled, deleted or pointed elsewhere, the deliveries a worker had
+    claimed ahead for it are not sent there: only the attempts already in flight end."""
+    old = await receivers(secret=SECRET, behaviour=Reply(200, delay=1.0))
+    new = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    endpoint = await store.create_endpoint(org, old.url, None, None)
+    deliveries = await publish(store, org, 6)
+    worker = Worker(
+        store,
+        make_settings(attempt_timeout=10.0),
+        decrypt,
+        concurrency=4,
+        per_endpoint_limit=2,
+        prefetch=4,
+        slow_after=5.0,  # (an answer in a second is not slow here: the buffer stays)
+        recheck_interval=0.1,
+    )
+    async with running(worker):
+        await wait_holding(worker, in_flight=2, buffered=4)
+        if change == "disable":
+            await store.update_endpoint(org, endpoint.id, enabled=False)
+        elif change == "delete":
+            await store.delete_endpoint(org, endpoint.id)
+        else:
+            await store.update_endpoint(org, endpoint.id, url=new.url)
+        await asyncio.sleep(2.5)  # the two in flight end after 1 s; the rest would follow
+        assert len(old.requests) == 2
+        if change == "new url":
+            await new.wait_for_requests(4)
+            states = await wait_terminal(store, org, [d.id for d in deliveries])
+            assert all(s.status is DeliveryStatus.SUCCEEDED for s in states)
+        elif change == "disable":
+            pending = [await store.get_delivery(org, d.id) for d in deliveries]
+            assert sum(d.status is DeliveryStatus.PENDING for d in pending) == 4
+
+
 async def test_a_hanging_endpoint_never_gets_more_than_the_base_limit(
     store: Store, receivers: ReceiverFactory
 ) -> None:

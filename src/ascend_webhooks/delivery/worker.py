@@ -228,6 +228,7 @@ class Worker:
         flush_interval: float = 0.02,
         drain_grace: float = 5.0,
         prefetch: int | None = None,
+        recheck_interval: float = 0.5,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -259,6 +260,7 @@ class Worker:
         self.flush_size = flush_size
         self.flush_interval = flush_interval
         self.drain_grace = drain_grace
+        self.recheck_interval = recheck_interval
         # Claimed ahead, at most: twice the slots (a burst of publishes can hold a claim back
         # ~100 ms; at 5,000 deliveries/s that is ~500 attempts). 0 turns claiming ahead off.
         self.prefetch = 2 * self.concurrency if prefetch is None else max(0, prefetch)
@@ -353,13 +355,15 @@ class Worker:
         flusher = asyncio.create_task(self._flush_loop(), name=f"{self.worker_id}-flush")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.worker_id}-lease")
         reaper = asyncio.create_task(self._reaper_loop(), name=f"{self.worker_id}-reaper")
+        recheck = asyncio.create_task(self._recheck_loop(), name=f"{self.worker_id}-recheck")
         logger.info("worker %s started", self.worker_id)
         try:
             await self._claim_loop()
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for task in (reaper, recheck):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._finish(flusher, heartbeat)
 
     async def _finish(self, flusher: asyncio.Task[None], heartbeat: asyncio.Task[None]) -> None:
@@ -1090,6 +1094,39 @@ class Worker:
     def _unrecorded(self) -> frozenset[str]:
         """The deliveries whose outcome is waiting to be recorded."""
         return frozenset(o.delivery_id for o in (*self._recording, *self._outcomes))
+
+    async def _recheck_loop(self) -> None:
+        """Every ``recheck_interval``: the endpoints of deliveries claimed ahead at least that
+        long ago asked about again; the deliveries of one disabled, deleted or given another
+        URL since are given back (a disabled endpoint's wait, a deleted one's have ended, the
+        others are claimed again with the new URL). Without it they were sent as claimed,
+        for as long as the endpoint took to work through them."""
+        while True:
+            await asyncio.sleep(self.recheck_interval)
+            since = time.monotonic() - self.recheck_interval
+            held = [e for e, queued in self._ready.items() if queued and queued[0][1] <= since]
+            if not held:
+                continue
+            try:
+                urls = await self.store.endpoint_urls(held)
+            except Exception:  # the database may be restarting; the next round asks again
+                logger.warning("worker %s: cannot recheck endpoints", self.worker_id, exc_info=True)
+                continue
+            for endpoint_id in held:
+                queued = self._ready.get(endpoint_id)
+                url = urls.get(endpoint_id)
+                if not queued or all(delivery.url == url for delivery, _ in queued):
+                    continue
+                keep = deque(entry for entry in queued if entry[0].url == url)
+                for delivery, _ in queued:
+                    if delivery.url != url:
+                        self._ready_ids.discard(delivery.id)
+                        self._give_back.append(delivery.id)
+                if keep:
+                    self._ready[endpoint_id] = keep
+                else:
+                    del self._ready[endpoint_id]
+                self._wakeup.set()
 
     async def _reaper_loop(self) -> None:
         """Now and every half lease: give back the leases of dead workers of this machine."""

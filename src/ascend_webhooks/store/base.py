@@ -298,6 +298,12 @@ class Store(abc.ABC):
         """Give leased deliveries back unattempted (shutdown); they are due again at once."""
 
     @abc.abstractmethod
+    async def endpoint_urls(self, endpoint_ids: Sequence[str]) -> dict[str, str]:
+        """The URL of each of ``endpoint_ids`` that may be sent to now: enabled, not deleted
+        (any other is absent from the answer). Workers ask it about the deliveries they
+        claimed ahead, so that a change to an endpoint reaches those too."""
+
+    @abc.abstractmethod
     async def lease_holders(self) -> list[str]:
         """The ids of the workers that hold at least one unexpired lease, sorted."""
 

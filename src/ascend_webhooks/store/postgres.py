@@ -1079,6 +1079,15 @@ class PostgresStore(Store):
         if status != "UPDATE 0":
             self._wake_workers()
 
+    async def endpoint_urls(self, endpoint_ids: Sequence[str]) -> dict[str, str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, url FROM endpoints"
+                " WHERE id = ANY($1::text[]) AND enabled AND deleted_at IS NULL",
+                list(endpoint_ids),
+            )
+        return {row[0]: row[1] for row in rows}
+
     async def lease_holders(self) -> list[str]:
         async with self._connection() as conn:
             rows = await conn.fetch(sql.LEASE_HOLDERS)

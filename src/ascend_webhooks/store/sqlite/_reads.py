@@ -134,6 +134,19 @@ def signing_keys(
     return found
 
 
+def endpoint_urls(conn: sqlite3.Connection, endpoint_ids: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for part in chunks(list(dict.fromkeys(endpoint_ids))):
+        found.update(
+            conn.execute(
+                "SELECT id, url FROM endpoints"  # noqa: S608
+                f" WHERE id IN ({marks(len(part))}) AND enabled AND deleted_at IS NULL",
+                tuple(part),
+            ).fetchall()
+        )
+    return found
+
+
 def endpoint(conn: sqlite3.Connection, organization_id: str, endpoint_id: str) -> Endpoint:
     row = conn.execute(
         f"SELECT {_rows.ENDPOINT_COLUMNS} FROM endpoints"  # noqa: S608

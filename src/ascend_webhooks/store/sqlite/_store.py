@@ -364,6 +364,9 @@ class SQLiteStore(Store):
         if released > 0:
             self._wake()
 
+    async def endpoint_urls(self, endpoint_ids: Sequence[str]) -> dict[str, str]:
+        return await self._read(lambda c: _reads.endpoint_urls(c, endpoint_ids))
+
     async def lease_holders(self) -> list[str]:
         return await self._read(_reads.lease_holders)
 
