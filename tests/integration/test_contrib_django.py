@@ -6,6 +6,7 @@ Every request is really signed with :func:`ascend_webhooks.sign`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+from asgiref.sync import sync_to_async
 from werkzeug.serving import BaseWSGIServer
 from werkzeug.serving import make_server as make_werkzeug_server
 
@@ -420,6 +422,43 @@ def test_under_asgi_a_chunked_body_over_the_cap_is_413() -> None:
         exact = event_of_size(CAP)
         assert raw_post(base + "/webhooks/", signed(exact), pieces(exact), chunked=True)[0] == 200
     assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_an_async_handler_may_await_sync_to_async(server: str, mode: str) -> None:
+    # The Django way to use the ORM from async code. Under ASGI the view holds asgiref's one
+    # thread-sensitive thread: run in a fresh event loop there, the handler waited for good
+    # for its call, queued to that very thread (the wait_for ends that wait in the test).
+    threads: dict[str, int] = {}
+    done = threading.Event()
+
+    def orm_work(event: Event) -> None:
+        threads["sync_to_async"] = threading.get_ident()
+
+    def sync_handler(event: Event) -> None:
+        threads["handlers"] = threading.get_ident()
+
+    async def async_handler(event: Event) -> None:
+        await asyncio.wait_for(sync_to_async(orm_work)(event), 3)
+        done.set()
+
+    router = Router()
+    router.add("invoice.paid", sync_handler)
+    router.add("invoice.paid", async_handler)
+    server_cm = serve() if server == "wsgi" else serve_in_thread(ASGIHandler())
+    with (
+        ThreadPoolExecutor(2) as pool,
+        urls(ascend_view(SECRET, router, mode=mode, executor=pool)),
+        server_cm as base,
+    ):
+        body = event_body()
+        status, answer = urlopen_post(base + "/webhooks/", body, signed(body))
+        assert status == 200, answer
+        assert json.loads(answer)["status"] == ("processed" if mode == "inline" else "accepted")
+        assert done.wait(5)
+    # And the call came back to the thread that runs the handlers, as Django's would.
+    assert threads["sync_to_async"] == threads["handlers"]
 
 
 # -- the example app -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,32 @@ async def test_a_custom_fallback_gets_unknown_types_only() -> None:
     assert await router.dispatch(event("invoice.paid")) is True
     assert unknown == ["refund.paid"]
     assert known == ["invoice.paid"]
+
+
+def test_dispatch_sync_runs_async_handlers_with_the_runner_given() -> None:
+    # How the Django adapter runs them with asgiref's async_to_sync instead of asyncio.run.
+    router = Router()
+    done: list[str] = []
+    ran: list[object] = []
+
+    @router.on("invoice.paid")
+    async def paid(e: Event) -> None:
+        done.append(e.id)
+
+    @router.on("invoice.paid")
+    def plain(e: Event) -> None:
+        done.append("plain")
+
+    def runner(awaitable: Awaitable[object]) -> object:
+        ran.append(awaitable)
+        return asyncio.run(wait(awaitable))
+
+    async def wait(awaitable: Awaitable[object]) -> object:
+        return await awaitable
+
+    assert router.dispatch_sync(event(), async_runner=runner) is True
+    assert done == ["evt_1", "plain"]
+    assert len(ran) == 1  # the async handler's alone
 
 
 async def test_dispatch_sync_inside_a_running_loop_refuses_async_handlers_clearly() -> None:

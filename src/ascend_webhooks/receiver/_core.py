@@ -41,7 +41,7 @@ from ..event import Event
 from ..signature import HeadersLike, Webhook
 from ._claims import AsyncIdempotencyStore, Claim, IdempotencyStore
 from .idempotency import MemoryIdempotencyStore
-from .router import Router
+from .router import AsyncRunner, Router
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -188,6 +188,7 @@ class WebhookReceiver:
         mode: Mode = "background",
         executor: Executor | None = None,
         on_error: ErrorHook | None = None,
+        async_runner: AsyncRunner | None = None,
     ) -> None:
         # A secret, or a list of them during key rotation, is as good as a Webhook.
         self.webhook = webhook if isinstance(webhook, Webhook) else Webhook(webhook)
@@ -207,6 +208,8 @@ class WebhookReceiver:
         self._owns_executor = False
         self._executor_lock = threading.Lock()
         self._on_error = on_error or _log_failure
+        # How the blocking path runs async handlers (see Router.dispatch_sync).
+        self._async_runner = async_runner
 
     # -- the blocking path (WSGI: Flask, Django) -------------------------------------------
 
@@ -241,7 +244,7 @@ class WebhookReceiver:
     def _run_sync(self, event: Event) -> bool:
         store = cast(IdempotencyStore | None, self.store)
         try:
-            self.router.dispatch_sync(event)
+            self.router.dispatch_sync(event, async_runner=self._async_runner)
         except BaseException as exc:
             if store is not None:
                 _quietly(store.release, event.id, "release")

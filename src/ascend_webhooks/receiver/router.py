@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from ..event import Event
 
-__all__ = ["AsyncHandler", "Handler", "Router", "SyncHandler"]
+__all__ = ["AsyncHandler", "AsyncRunner", "Handler", "Router", "SyncHandler"]
 
 logger = logging.getLogger("ascend_webhooks.receiver")
 
@@ -42,6 +42,9 @@ SyncHandler = Callable[[Event], object]
 AsyncHandler = Callable[[Event], Awaitable[object]]
 #: A handler takes the verified :class:`Event`; it may be a plain or an ``async`` function.
 Handler = SyncHandler | AsyncHandler
+
+#: Runs an async handler's awaitable to completion from a thread without a running event loop.
+AsyncRunner = Callable[[Awaitable[object]], object]
 
 H = TypeVar("H", bound=Callable[[Event], Any])
 
@@ -120,16 +123,19 @@ class Router:
                     await result
         return matched
 
-    def dispatch_sync(self, event: Event) -> bool:
+    def dispatch_sync(self, event: Event, *, async_runner: AsyncRunner | None = None) -> bool:
         """Blocking :meth:`dispatch`, for threads without a running event loop (Flask, Django).
 
-        ``async`` handlers are run to completion with :func:`asyncio.run`.
+        ``async`` handlers are run to completion by ``async_runner``; by default in a fresh
+        event loop of this thread (:func:`asyncio.run`). A framework with its own way of
+        running async code from sync code passes that (Django: asgiref's ``async_to_sync``).
         """
+        run = async_runner or _run_to_completion
         matched = event.type in self._handlers
         for handler in self.handlers_for(event.type):
             result = handler(event)
             if inspect.isawaitable(result):
-                _run_to_completion(result)
+                run(result)
         return matched
 
 

@@ -28,15 +28,22 @@ In the default ``mode="background"`` the handlers run in a thread pool after the
 returned (pass ``executor=`` to use your own); ``mode="inline"`` runs them in the request.
 Handlers that use the ORM from the pool should wrap their work in ``transaction.atomic()``
 and may call ``django.db.close_old_connections()`` as Django's own request cycle does.
+
+``async`` handlers are run with asgiref's ``async_to_sync``, as Django runs async code from
+sync code, so they may ``await sync_to_async(...)`` (the ORM's way) under WSGI and ASGI alike:
+such calls come back to the thread that runs the handlers. A fresh event loop in that thread
+(what :meth:`Router.dispatch_sync` does by default) deadlocked under ASGI: the view holds
+asgiref's one thread-sensitive thread, the very thread those calls wait for.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol, cast
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.wsgi import WSGIRequest
@@ -93,7 +100,13 @@ def ascend_view(
     """
     limit = body_limit(max_body_bytes)
     receiver = WebhookReceiver(
-        webhook, router, store=store, mode=mode, executor=executor, on_error=on_error
+        webhook,
+        router,
+        store=store,
+        mode=mode,
+        executor=executor,
+        on_error=on_error,
+        async_runner=_run_async,
     )
     receiver.require_blocking_store()
 
@@ -129,6 +142,20 @@ def ascend_view(
     view = cast(DjangoView, ascend_webhook)
     view.receiver = receiver
     return view
+
+
+def _run_async(awaitable: Awaitable[object]) -> object:
+    """Run an async handler's awaitable from the view's (or the pool's) thread, the Django way.
+
+    ``async_to_sync`` runs the handler's thread-sensitive ``sync_to_async`` calls in this
+    thread while it waits; under ASGI, ``asyncio.run`` here left them queued to this very
+    thread for good.
+    """
+    return async_to_sync(_await)(awaitable)
+
+
+async def _await(awaitable: Awaitable[object]) -> object:
+    return await awaitable
 
 
 class _Readable(Protocol):
