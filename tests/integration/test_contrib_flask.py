@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from flask import Flask, request
+from flask import Flask, Request, current_app, request
 from werkzeug.serving import make_server
 
 from ascend_webhooks import Event, sign
@@ -363,6 +363,37 @@ def test_real_server_stops_reading_a_chunked_body_once_it_passes_the_cap() -> No
         over = event_of_size(CAP + 1, "evt_over")
         assert raw_post(base + "/webhooks", signed(over), [over], chunked=True)[0] == 413
     assert [e.id for e in recorder.events] == ["evt_big"]
+
+
+class Flask30Request(Request):
+    """Flask 3.0's request: ``max_content_length`` only reads the app's MAX_CONTENT_LENGTH
+    (a setter for it per request came with Flask 3.1; pyproject accepts 3.0)."""
+
+    @property
+    def max_content_length(self) -> int | None:  # type: ignore[override]
+        limit: int | None = current_app.config["MAX_CONTENT_LENGTH"]
+        return limit
+
+
+@pytest.mark.parametrize("app_limit", [None, 1024])
+def test_the_cap_holds_without_a_per_request_max_content_length(app_limit: int | None) -> None:
+    # With Flask 3.0 the view answered 500 to every request, trying to set that limit.
+    recorder = Recorder()
+    app = make_app(recorder, max_body_bytes=CAP)
+    app.request_class = Flask30Request
+    app.config["MAX_CONTENT_LENGTH"] = app_limit
+    cap = app_limit or CAP
+    with serve(app) as base:
+        body = event_body()
+        assert urlopen_post(base + "/webhooks", body, signed(body)) == (
+            200,
+            b'{"received":true,"id":"evt_1","status":"processed"}',
+        )
+        check_announced_body_over_cap(base + "/webhooks", cap, signed)
+        check_chunked_body_over_cap(base + "/webhooks", cap, signed)
+        over = event_of_size(cap + 1, "evt_over")
+        assert raw_post(base + "/webhooks", signed(over), [over], chunked=True)[0] == 413
+    assert [e.id for e in recorder.events] == ["evt_1", "evt_big"]
 
 
 # -- the example app -------------------------------------------------------------------------

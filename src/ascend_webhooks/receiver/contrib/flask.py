@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from ...signature import Webhook
 from .._core import (
@@ -121,16 +122,17 @@ def read_body(limit: int) -> bytes | None:
     declared = request.content_length
     if declared is not None and declared > limit:
         return None  # refused unread
-    # Werkzeug ends a streamed (chunked) read at max_content_length without telling whether
-    # more followed: reading up to one byte past the cap is what tells "over" from "exactly".
-    previous = request.max_content_length
-    request.max_content_length = limit + 1
+    if declared is None:
+        # Streamed (chunked): Werkzeug ends such a read at max_content_length without telling
+        # whether more followed, so the stream is held to one byte past the cap instead, which
+        # tells "over" from "exactly". Set as the request's stream (a cached_property, which
+        # takes an assignment), since Flask 3.0's max_content_length cannot be set per request.
+        # A body a hook already read stays cached; get_data() gives that back.
+        request.stream = get_input_stream(request.environ, max_content_length=limit + 1)
     try:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         return None
-    finally:
-        request.max_content_length = previous
     # Also holds a body a before_request hook read before the cap applied.
     return None if len(body) > limit else body
 
