@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -145,6 +147,32 @@ def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
         yield backend
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("name", ["processing_ttl", "done_ttl"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "async redis"])
+def test_every_store_refuses_a_limit_that_is_not_a_finite_number(
+    kind: str, name: str, value: float, tmp_path: Path
+) -> None:
+    # An infinite done_ttl worked in memory and in SQLite, and was an OverflowError in Redis
+    # (a whole number of milliseconds): now every store refuses it alike. (No Redis server is
+    # needed: the clients are never used.)
+    import redis
+    import redis.asyncio
+
+    make: dict[str, Callable[..., object]] = {
+        "memory": MemoryIdempotencyStore,
+        "sqlite": lambda **o: SQLiteIdempotencyStore(tmp_path / "idempotency.db", **o),
+        "redis": lambda **o: RedisIdempotencyStore(redis.Redis.from_url(REDIS_URL), **o),
+        "async redis": lambda **o: AsyncRedisIdempotencyStore(
+            redis.asyncio.Redis.from_url(REDIS_URL), **o
+        ),
+    }
+    message = f"{name} must be a positive, finite number of seconds, not {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make[kind](**{name: value})
+    assert not (tmp_path / "idempotency.db").exists()  # refused before anything was made
 
 
 # -- the behaviour suite ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -72,8 +73,14 @@ class AsyncIdempotencyStore(Protocol):
 def check_ttls(processing_ttl: float, done_ttl: float) -> None:
     """Reject time limits that cannot work (shared by every backend)."""
     for name, value in (("processing_ttl", processing_ttl), ("done_ttl", done_ttl)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        # Finite too (NaN fails both comparisons): Redis needs a whole number of milliseconds,
+        # so an infinite limit would work in memory and in SQLite and not in Redis.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 < value < math.inf
+        ):
+            raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
 
 
 class ClaimTokens:
