@@ -261,6 +261,56 @@ def test_an_unreachable_store_is_a_503_and_runs_nothing() -> None:
     assert seen == []
 
 
+class AnsweringStore:
+    """A custom store whose claim answers what it is told to, a Claim or not."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.calls: list[str] = []
+
+    def claim(self, event_id: str) -> Any:
+        self.calls.append("claim")
+        return self.answer
+
+    def complete(self, event_id: str) -> None:
+        self.calls.append("complete")
+
+    def release(self, event_id: str) -> None:
+        self.calls.append("release")
+
+
+@pytest.mark.parametrize("answer", [False, None, 0, 1, "acquired", "done"])
+async def test_a_claim_answered_with_no_claim_is_a_503_and_runs_nothing(
+    answer: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Such answers ran the handlers (anything but DONE and IN_PROGRESS did): a store meaning
+    # "someone has it" by False would have had a duplicate run.
+    store = AnsweringStore(answer)
+    receiver, seen = make_receiver(store=store)
+    raw = body()
+    replies = [
+        receiver.handle_sync(raw, sign(raw, SECRET)),
+        await receiver.handle(raw, sign(raw, SECRET)),
+    ]
+    for reply in replies:
+        assert reply.status == 503
+        assert json.loads(reply.body)["code"] == "store_unavailable"
+        assert reply.run_after is None
+    assert seen == []
+    assert store.calls == ["claim", "claim"]  # nothing completed, nothing released
+    assert caplog.text.count("not a Claim") == 2
+
+
+async def test_a_claim_answered_true_runs_the_handlers() -> None:
+    store = AnsweringStore(True)
+    receiver, seen = make_receiver(store=store)
+    raw = body()
+    assert receiver.handle_sync(raw, sign(raw, SECRET)).status == 200
+    assert (await receiver.handle(raw, sign(raw, SECRET))).status == 200
+    assert len(seen) == 2
+    assert store.calls == ["claim", "complete", "claim", "complete"]
+
+
 async def test_the_async_path_follows_the_same_protocol() -> None:
     receiver, seen = make_receiver()
     raw = body()

@@ -41,7 +41,11 @@ class IdempotencyStore(Protocol):
     """A blocking store of claimed and handled event ids (for Flask, Django, plain code)."""
 
     def claim(self, event_id: str) -> Claim:
-        """Atomically take ``event_id`` if nobody holds it and it was not handled."""
+        """Atomically take ``event_id`` if nobody holds it and it was not handled.
+
+        The receiver runs the handlers only on :attr:`Claim.ACQUIRED` (or True); any value
+        other than a :class:`Claim` is answered as an unavailable store (503).
+        """
         ...
 
     def complete(self, event_id: str) -> None:

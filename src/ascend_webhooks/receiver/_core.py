@@ -17,7 +17,8 @@ Status codes and why:
 - 409: the same event is being handled right now by another delivery; answering 200 could
   lose it if that handling fails, so the sender is asked to come back later.
 - 500: ``mode="inline"`` and a handler raised; the claim is released so the retry re-runs it.
-- 503: the idempotency store is unreachable; nothing ran, the sender retries.
+- 503: the idempotency store is unreachable, or answered a claim with neither a
+  :class:`Claim` nor True; nothing ran, the sender retries.
 
 The framework adapters in :mod:`ascend_webhooks.receiver.contrib` only move bytes between
 their request/response objects and this class; another framework needs the same few lines.
@@ -225,10 +226,8 @@ class WebhookReceiver:
         except Exception:
             logger.exception("idempotency store failed to claim event %s", event.id)
             return _store_unavailable(event)
-        if claim is Claim.DONE:
-            return _ack(event, "duplicate")
-        if claim is Claim.IN_PROGRESS:
-            return _in_progress(event)
+        if (refused := _unless_acquired(event, claim)) is not None:
+            return refused
         if self.mode == "background":
             try:
                 self._pool().submit(self._run_sync, event)
@@ -294,10 +293,8 @@ class WebhookReceiver:
         except Exception:
             logger.exception("idempotency store failed to claim event %s", event.id)
             return _store_unavailable(event)
-        if claim is Claim.DONE:
-            return _ack(event, "duplicate")
-        if claim is Claim.IN_PROGRESS:
-            return _in_progress(event)
+        if (refused := _unless_acquired(event, claim)) is not None:
+            return refused
         if self.mode == "background":
             accepted = _ack(event, "accepted")
             return Reply(200, accepted.body, accepted.headers, event, partial(self._run, event))
@@ -348,6 +345,22 @@ class WebhookReceiver:
             self._on_error(event, exc)
         except Exception:
             logger.exception("the on_error hook failed for event %s", event.id)
+
+
+def _unless_acquired(event: Event, claim: object) -> Reply | None:
+    """The reply for a claim that does not make the event ours; None if it does."""
+    if claim is Claim.ACQUIRED or claim is True:  # True: a store written as "did I get it?"
+        return None
+    if claim is Claim.DONE:
+        return _ack(event, "duplicate")
+    if claim is Claim.IN_PROGRESS:
+        return _in_progress(event)
+    # A custom store answering False, None or anything else may mean "someone has it": running
+    # the handlers then could run a duplicate, so it counts as a store failure instead.
+    logger.error(
+        "idempotency store answered the claim of event %s with %r, not a Claim", event.id, claim
+    )
+    return _store_unavailable(event)
 
 
 def _log_failure(event: Event, exc: BaseException) -> None:
