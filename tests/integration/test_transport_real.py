@@ -15,9 +15,12 @@ import pytest
 
 from ascend_webhooks.delivery.ssrf import IPAddress
 from ascend_webhooks.delivery.transport import PyreqwestTransport
+from tests.support import dns as dns_fixtures
 from tests.support import receivers as receiver_fixtures
+from tests.support.dns import HEALTHY, HungDNS
 from tests.support.receivers import Receiver, ReceiverFactory, TLSFiles
 
+hung_dns = dns_fixtures.hung_dns
 receivers = receiver_fixtures.receivers
 tls = receiver_fixtures.tls
 
@@ -219,3 +222,30 @@ async def test_ip_literal_hosts_skip_resolution(
     expected = (200, None) if allow_private else (None, "forbidden_address")
     assert (response.status_code, response.error) == expected
     assert dns.lookups == 0
+
+
+async def test_endpoints_whose_dns_hangs_do_not_hold_up_another(
+    receivers: ReceiverFactory, hung_dns: HungDNS
+) -> None:
+    """The system resolver (patched: some nameservers never answer) with the real transport:
+    attempts to endpoints whose lookups hang, more than asyncio's default pool has threads,
+    and a healthy endpoint is still delivered to within its timeout."""
+    receiver = await receivers()
+    transport = PyreqwestTransport(allow_http=True, allow_private=False, is_forbidden=only_public)
+    dead = [
+        asyncio.create_task(
+            transport.post(f"http://{hung_dns.dead(i)}:{receiver.port}/hook", BODY, {}, 30.0)
+        )
+        for i in range(40)
+    ]
+    await asyncio.sleep(0)  # every dead lookup is asked for first
+    try:
+        healthy = await transport.post(f"http://{HEALTHY}:{receiver.port}/hook", BODY, {}, 2.0)
+        assert not any(task.done() for task in dead)  # still hanging meanwhile
+    finally:
+        for task in dead:
+            task.cancel()
+        await asyncio.gather(*dead, return_exceptions=True)
+        await transport.close()
+    assert (healthy.status_code, healthy.error) == (200, None)
+    assert [r.header("host") for r in receiver.requests] == [f"{HEALTHY}:{receiver.port}"]

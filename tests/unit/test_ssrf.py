@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 
 import pytest
 
+from ascend_webhooks.delivery import ssrf
 from ascend_webhooks.delivery.ssrf import (
     ForbiddenURLError,
     check_endpoint_url,
     is_forbidden_address,
     parse_ip_host,
+    resolve_addresses,
     validate_url,
 )
+from tests.support import dns as dns_fixtures
+from tests.support.dns import HEALTHY, HungDNS
+
+hung_dns = dns_fixtures.hung_dns
+LOOPBACK = [ipaddress.ip_address("127.0.0.1")]
 
 # Every spelling a resolver or browser reads as a loopback / private / non-global address.
 FORBIDDEN_HOSTS = [
@@ -250,3 +259,57 @@ async def test_check_endpoint_url_validates_before_resolving() -> None:
     with pytest.raises(ForbiddenURLError):
         await check_endpoint_url("http://example.com/", allow_http=False, allow_private=False)
     await check_endpoint_url("https://8.8.8.8/", allow_http=False, allow_private=False)
+
+
+async def test_names_whose_dns_hangs_hold_up_no_other_name(hung_dns: HungDNS) -> None:
+    """More names whose nameserver never answers than asyncio's default pool has threads (on
+    any machine): a healthy name still resolves at once."""
+    dead = [asyncio.create_task(resolve_addresses(hung_dns.dead(i), 443)) for i in range(40)]
+    await asyncio.sleep(0)  # every dead lookup is asked for first
+    try:
+        async with asyncio.timeout(2):
+            assert await resolve_addresses(HEALTHY, 443) == LOOPBACK
+    finally:
+        for task in dead:
+            task.cancel()
+        await asyncio.gather(*dead, return_exceptions=True)
+
+
+async def test_a_host_whose_dns_hangs_takes_one_thread_however_often_it_is_asked(
+    hung_dns: HungDNS,
+) -> None:
+    name = hung_dns.dead(0)
+    for _ in range(20):  # attempts that each give up on the lookup, one after the other
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await resolve_addresses(name, 443)
+    waiting = [asyncio.create_task(resolve_addresses(name, 443)) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    assert (hung_dns.calls[name], hung_dns.hanging) == (1, 1)
+
+    hung_dns.release()
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(outcome, socket.gaierror)
+    # An ended lookup is not kept: the next caller asks afresh.
+    with pytest.raises(socket.gaierror):
+        await resolve_addresses(name, 443)
+    assert hung_dns.calls[name] == 2
+
+
+async def test_lookups_beyond_the_thread_limit_wait_their_turn(hung_dns: HungDNS) -> None:
+    lookups = ssrf._Lookups(limit=2, idle_seconds=0.01)
+    dead = [asyncio.create_task(lookups.resolve(hung_dns.dead(i), 443)) for i in range(2)]
+    healthy = asyncio.create_task(lookups.resolve(HEALTHY, 443))
+    await asyncio.sleep(0.1)
+    assert not healthy.done()
+    assert (hung_dns.hanging, lookups._threads) == (2, 2)
+
+    hung_dns.release()
+    assert await healthy == LOOPBACK
+    for outcome in await asyncio.gather(*dead, return_exceptions=True):
+        assert isinstance(outcome, socket.gaierror)
+    for _ in range(400):  # a thread ends once idle
+        if not lookups._threads:
+            break
+        await asyncio.sleep(0.005)
+    assert lookups._threads == 0

@@ -18,20 +18,48 @@ parser): ``2130706433``, ``0x7f000001``, ``0177.0.0.1`` and ``127.1`` are all 12
 (IPv4-mapped ``::ffff:0:0/96``, IPv4-compatible ``::/96``, NAT64 ``64:ff9b::/96`` and 6to4
 ``2002::/16``) are judged by the address they embed.
 
-Everything here is synchronous and pure except the resolution in :func:`check_endpoint_url`.
+Everything here is synchronous and pure except the resolution (:func:`resolve_addresses`).
 The flag ``allow_private`` (``ASCEND_WEBHOOKS_ALLOW_PRIVATE_NETWORKS``) lifts the address
 checks, for tests and for operators delivering inside their own network.
+
+**Resolution** is the system resolver's (``getaddrinfo``: ``/etc/hosts``, nsswitch, search
+domains, as the operator's other tools see them) on threads of this module's own. It blocks,
+and an attempt that gives up on it (its deadline) leaves the thread blocked until the resolver
+gives up too (5 s per try, two tries per nameserver by default). On asyncio's default executor,
+whose min(32, CPUs + 4) threads everything shares, a few endpoints whose nameserver never
+answers took every thread, and a healthy endpoint's lookup waited behind them (SPEC: a dead
+endpoint never holds up another). Here:
+
+* callers asking for a host that is being looked up wait for that same lookup, so a dead host
+  holds one thread however many attempts ask for it;
+* up to ``RESOLVER_THREADS`` (256) hosts are looked up at once, the rest wait in order: a
+  hung lookup's thread was measured at 13 KiB of memory, so it takes that many dead hosts at
+  once to delay another lookup, and then only until the oldest gives up;
+* the threads are daemons (a stopping process does not wait for a dead nameserver), started as
+  needed and ended after a minute idle: a thread per lookup cost ~0.2 ms more each, kept
+  threads cost what ``loop.getaddrinfo`` does (~0.07 ms for a name in ``/etc/hosts``).
+
+Nothing is cached here: the transport keeps a name's pinned client for ``resolve_ttl``, and
+IP-literal hosts never reach the resolver. An asynchronous resolver (aiodns over c-ares) would
+need no threads, but c-ares follows only the files and DNS of nsswitch, not its modules (mDNS,
+systemd-resolved, myhostname), so a name could resolve here otherwise than everywhere else on
+the machine; and it is a compiled dependency more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
+import threading
 import urllib.parse
+from collections import deque
+from concurrent.futures import Future
 
 __all__ = [
+    "RESOLVER_THREADS",
     "RESOLVE_TIMEOUT",
     "ForbiddenURLError",
     "IPAddress",
@@ -47,6 +75,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Seconds a registration-time lookup may take before the URL is accepted unresolved.
 RESOLVE_TIMEOUT = 2.0
+
+#: Hosts looked up at once, each on a thread (see the module's docstring).
+RESOLVER_THREADS = 256
 
 # Well-known IPv6 prefixes that carry an IPv4 address in their last 32 bits.
 _NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
@@ -219,9 +250,113 @@ def _check_name(host: str, *, allow_private: bool) -> None:
 
 
 async def resolve_addresses(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (raises socket.gaierror or OSError)."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every address ``host`` resolves to (raises socket.gaierror or OSError).
+
+    Looked up by the system resolver on threads of this module's own (see the module's
+    docstring): a name whose nameserver never answers holds up no other name.
+    """
+    return await _LOOKUPS.resolve(host, port)
+
+
+class _Lookups:
+    """``getaddrinfo`` on daemon threads of its own: one lookup per host at a time (callers
+    asking for a host already being looked up wait for that same lookup), at most ``limit``
+    at once (the rest wait their turn, in order). A thread is started when no idle one is
+    left and ends after ``idle_seconds`` without work.
+    """
+
+    def __init__(self, limit: int, idle_seconds: float = 60.0) -> None:
+        self.limit = limit
+        self.idle_seconds = idle_seconds
+        # Lookups are asked for from any thread's event loop, and handed to these threads.
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._by_host: dict[str, Future[list[IPAddress]]] = {}
+        self._queued: deque[tuple[str, int, Future[list[IPAddress]]]] = deque()
+        self._threads = 0
+        self._idle = 0
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        future = self.lookup(host, port)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[list[IPAddress]] = loop.create_future()
+
+        def wake(done: Future[list[IPAddress]]) -> None:
+            with contextlib.suppress(RuntimeError):  # that loop has closed meanwhile
+                loop.call_soon_threadsafe(_settle, waiter, done)
+
+        # Not asyncio.wrap_future: a caller that gives up would cancel a queued lookup that
+        # other callers wait for too.
+        future.add_done_callback(wake)
+        return list(await waiter)
+
+    def lookup(self, host: str, port: int) -> Future[list[IPAddress]]:
+        """The lookup of ``host``: the one in flight, else a new one."""
+        with self._lock:
+            future = self._by_host.get(host)
+            if future is not None:
+                return future
+            future = self._by_host[host] = Future()
+            self._queued.append((host, port, future))
+            if self._idle >= len(self._queued):
+                self._work_ready.notify()
+                return future
+            if self._threads >= self.limit:
+                return future
+            self._threads += 1
+        try:
+            # Daemon threads: a process told to stop does not wait for a nameserver that
+            # never answers (a ThreadPoolExecutor joins its threads at exit).
+            threading.Thread(target=self._work, name="ascend-webhooks-dns", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: this lookup fails, not the caller
+            with self._lock:
+                self._threads -= 1
+                with contextlib.suppress(ValueError):
+                    self._queued.remove((host, port, future))
+            self._end(host, future, OSError(f"cannot start a resolver thread: {exc}"))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queued:
+                    self._idle += 1
+                    woken = self._work_ready.wait(self.idle_seconds)
+                    self._idle -= 1
+                    if not woken and not self._queued:
+                        self._threads -= 1
+                        return
+                host, port, future = self._queued.popleft()
+            try:
+                result: list[IPAddress] | BaseException = _getaddrinfo(host, port)
+            except Exception as exc:  # handed to the callers, who expect OSError and the like
+                result = exc
+            self._end(host, future, result)
+
+    def _end(
+        self, host: str, future: Future[list[IPAddress]], result: list[IPAddress] | BaseException
+    ) -> None:
+        with self._lock:
+            if self._by_host.get(host) is future:
+                del self._by_host[host]  # the next caller asks afresh: answers are not kept
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _settle(waiter: asyncio.Future[list[IPAddress]], done: Future[list[IPAddress]]) -> None:
+    if waiter.done():  # its caller gave up waiting
+        return
+    error = done.exception()
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(done.result())
+
+
+def _getaddrinfo(host: str, port: int) -> list[IPAddress]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 scope id
@@ -229,6 +364,9 @@ async def resolve_addresses(host: str, port: int) -> list[IPAddress]:
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+_LOOKUPS = _Lookups(RESOLVER_THREADS)
 
 
 def default_port(parts: urllib.parse.SplitResult) -> int:

@@ -26,9 +26,11 @@ What every attempt gets:
 
 **SSRF at connect time.** reqwest resolves names itself and offers no hook to veto an address,
 but ``ClientBuilder.resolve(domain, ip)`` pins a name to an address. So for a named host the
-transport resolves the name itself (``loop.getaddrinfo``), refuses the attempt if *any* address
-is non-global (:func:`~ascend_webhooks.delivery.ssrf.is_forbidden_address`), and sends through
-a client pinned to a validated address. Pinned clients are cached per (scheme, host, port) for
+transport resolves the name itself (:func:`~ascend_webhooks.delivery.ssrf.resolve_addresses`:
+the system resolver, on threads of its own that a few names whose DNS hangs cannot fill),
+refuses the attempt if *any* address is non-global
+(:func:`~ascend_webhooks.delivery.ssrf.is_forbidden_address`), and sends through a client
+pinned to a validated address. Pinned clients are cached per (scheme, host, port) for
 ``resolve_ttl`` seconds (30 s): after that the name is resolved again, so a name that starts
 resolving to a private address (DNS rebinding) is refused within that time. When the address is
 unchanged the cached client (and its warm connections) is kept. IP-literal hosts are validated
