@@ -278,6 +278,12 @@ async def test_other_commands_refuse_bad_configuration_too(tmp_path: Path, comma
     await assert_refused(command, tmp_path, env, "ASCEND_WEBHOOKS_ALLOW_HTTP")
 
 
+async def test_a_retry_delay_past_seven_days_stops_the_worker_at_start(tmp_path: Path) -> None:
+    # Accepted once, it overflowed the date of the first retry and left the delivery leased.
+    env = {"ASCEND_WEBHOOKS_RETRY_SCHEDULE": "5,1e12"}
+    await assert_refused("worker", tmp_path, env, "604800 seconds (7 days)")
+
+
 async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reason: str) -> None:
     process = await asyncio.create_subprocess_exec(
         *CLI, command, env=service_env(tmp_path, **env),

@@ -98,3 +98,9 @@ def test_without_now_a_retry_is_scheduled_from_the_current_time() -> None:
     assert before + timedelta(seconds=60) <= when <= after + timedelta(seconds=60)
     assert policy.decide(1, True) == (DeliveryStatus.SUCCEEDED, None)
     assert policy.decide(2, False) == (DeliveryStatus.FAILED, None)
+
+
+def test_delays_past_seven_days_are_refused() -> None:
+    assert RetryPolicy((604800.0,)).max_attempts == 2
+    with pytest.raises(ValueError, match="7 days"):
+        RetryPolicy((5.0, 1e12))

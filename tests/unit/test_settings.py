@@ -57,6 +57,7 @@ def test_empty_values_mean_the_default() -> None:
         ("RETRY_SCHEDULE", "5,-1"),
         ("RETRY_SCHEDULE", "5,,6"),
         ("RETRY_SCHEDULE", "nan"),
+        ("RETRY_SCHEDULE", "5,1e12"),
         ("ATTEMPT_TIMEOUT", "0"),
         ("ATTEMPT_TIMEOUT", "inf"),
         ("ATTEMPT_TIMEOUT", "soon"),
@@ -104,3 +105,14 @@ def test_worker_tuning_variables() -> None:
     ]:
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({f"ASCEND_WEBHOOKS_{name}": value})
+
+
+def test_a_retry_delay_is_seven_days_at_most() -> None:
+    week = Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": "5,604800"})
+    assert week.retry_schedule == (5.0, 604800.0)
+    # 1e12 s once passed, then overflowed the date of every failed attempt's retry.
+    for text in ("604800.5", "1e12"):
+        with pytest.raises(
+            SettingsError, match=r"RETRY_SCHEDULE: '.*' is longer .* 604800 seconds"
+        ):
+            Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": f"5,{text}"})

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ..service.settings import MAX_RETRY_DELAY
 from ..store.models import DeliveryStatus
 
 __all__ = ["RetryPolicy", "is_success"]
@@ -42,6 +43,9 @@ class RetryPolicy:
             raise ValueError("jitter must be in [0, 1)")
         if any(delay < 0 for delay in self.schedule):
             raise ValueError("retry delays must not be negative")
+        if any(delay > MAX_RETRY_DELAY for delay in self.schedule):
+            # (past it, now + delay can overflow the date: every failed attempt would crash)
+            raise ValueError(f"retry delays must not exceed {MAX_RETRY_DELAY:g} s (7 days)")
 
     @property
     def max_attempts(self) -> int:

@@ -11,6 +11,9 @@ __all__ = ["DEFAULT_RETRY_SCHEDULE", "Settings", "SettingsError"]
 
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 MAX_RETRIES = 10
+#: The longest retry delay (7 days). Far past any useful wait, and short of what overflows a
+#: date: a delay of 1e12 s made every failed attempt's next due time unrepresentable.
+MAX_RETRY_DELAY = 7 * 24 * 3600.0
 _PREFIX = "ASCEND_WEBHOOKS_"
 
 
@@ -84,13 +87,19 @@ class Settings:
 
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
-    """Parse ``"5,30,120"`` into delays; at most 10, each a finite number >= 0."""
+    """Parse ``"5,30,120"`` into delays; at most 10, each a number from 0 to 604800 (7 days)."""
     parts = [part.strip() for part in text.split(",")]
     if parts == [""]:
         return ()
     delays = tuple(_number("RETRY_SCHEDULE", part, minimum=0.0) for part in parts)
     if len(delays) > MAX_RETRIES:
         raise SettingsError(f"{_PREFIX}RETRY_SCHEDULE has {len(delays)} delays; at most 10")
+    for part, delay in zip(parts, delays, strict=True):
+        if delay > MAX_RETRY_DELAY:
+            raise SettingsError(
+                f"{_PREFIX}RETRY_SCHEDULE: {part!r} is longer than the longest delay allowed,"
+                f" {MAX_RETRY_DELAY:g} seconds (7 days)"
+            )
     return delays
 
 
