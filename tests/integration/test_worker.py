@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from ascend_webhooks.delivery.retry import RetryPolicy
 from ascend_webhooks.delivery.transport import PyreqwestTransport, Response
 from ascend_webhooks.delivery.worker import Worker, _InFlight
 from ascend_webhooks.ids import new_id
@@ -1151,6 +1152,35 @@ async def test_an_attempt_that_crashes_is_recorded_and_retried(
     assert errors == ["None", "None", "None", "internal_error", "internal_error"]
     assert len(receiver.requests) == 3
     assert worker.in_flight == 0
+
+
+class OverflowingPolicy(RetryPolicy):
+    """Delays past what a date can hold (as a 1e12 s schedule was): deciding a retry raises."""
+
+    def delay(self, retry_number: int) -> float:
+        return 1e12
+
+
+async def test_an_attempt_whose_retry_cannot_be_decided_is_recorded_and_not_left_leased(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET, behaviour=Reply(500))
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    worker = Worker(store, make_settings(), decrypt, lease_seconds=1.0)
+    worker.policy = OverflowingPolicy((0.01,), jitter=0.0)
+    async with running(worker) as task:
+        (done,) = await wait_terminal(store, org, [delivery.id])
+        assert not task.done()
+        assert worker.in_flight == 0
+        assert await store.lease_holders() == []
+
+    # Deciding failed twice (the attempt, then its crash handler): the delivery is failed, with
+    # its attempt on record, rather than leased to a runner that died.
+    assert done.status is DeliveryStatus.FAILED
+    assert [(a.status_code, a.error) for a in done.attempts] == [(None, "internal_error")]
+    assert len(receiver.requests) == 1
 
 
 async def test_secrets_never_reach_the_logs(

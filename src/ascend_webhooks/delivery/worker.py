@@ -791,9 +791,7 @@ class Worker:
                 raise
             except Exception:  # a bug: record a failed attempt rather than lose the worker
                 logger.exception("worker %s: attempt of %s crashed", self.worker_id, delivery.id)
-                outcome = self._outcome(
-                    delivery, started_at, Response(None, "internal_error", None, 0.0)
-                )
+                outcome = self._crashed_outcome(delivery, started_at)
             self._ended(delivery, outcome)
             if self._ready and not self._stopping.is_set() and self._capacity()[0] > 0:
                 follow = self._next_ready(delivery.endpoint_id)
@@ -996,6 +994,24 @@ class Worker:
             response.excerpt,
         )
         return AttemptOutcome(delivery.id, attempt, status, next_attempt_at)
+
+    def _crashed_outcome(self, delivery: ClaimedDelivery, started_at: datetime) -> AttemptOutcome:
+        """The outcome of an attempt that crashed: an ``internal_error``, retried as the policy
+        says. Raises nothing: should deciding fail too, the delivery is failed (as after its
+        last retry; a manual retry starts it again), since a runner that died here would leave
+        it leased, its lease renewed by the heartbeat for ever.
+        """
+        try:
+            return self._outcome(delivery, started_at, Response(None, "internal_error", None, 0.0))
+        except Exception:
+            logger.exception(
+                "worker %s: no retry could be scheduled for %s; failing it",
+                self.worker_id,
+                delivery.id,
+            )
+        self._attempt_counts[DeliveryStatus.FAILED] += 1
+        attempt = Attempt(delivery.attempt_number, started_at, 0.0, None, "internal_error", None)
+        return AttemptOutcome(delivery.id, attempt, DeliveryStatus.FAILED, None)
 
     def _publish_metrics(self) -> None:
         """Add the attempts counted since the last call to the shared metrics."""
