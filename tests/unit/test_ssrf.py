@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 
 import pytest
 
@@ -313,3 +314,16 @@ async def test_lookups_beyond_the_thread_limit_wait_their_turn(hung_dns: HungDNS
             break
         await asyncio.sleep(0.005)
     assert lookups._threads == 0
+
+
+async def test_a_lookup_with_no_thread_to_run_on_fails_as_a_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    lookups = ssrf._Lookups(limit=2)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(OSError, match="cannot start a resolver thread"):
+        await lookups.resolve("receiver.example.test", 443)
+    assert (lookups._threads, len(lookups._queued), lookups._by_host) == (0, 0, {})

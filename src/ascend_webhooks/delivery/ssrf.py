@@ -25,7 +25,7 @@ checks, for tests and for operators delivering inside their own network.
 **Resolution** is the system resolver's (``getaddrinfo``: ``/etc/hosts``, nsswitch, search
 domains, as the operator's other tools see them) on threads of this module's own. It blocks,
 and an attempt that gives up on it (its deadline) leaves the thread blocked until the resolver
-gives up too (5 s per try, two tries per nameserver by default). On asyncio's default executor,
+gives up too (by default 5 s per nameserver and try, two tries). On asyncio's default executor,
 whose min(32, CPUs + 4) threads everything shares, a few endpoints whose nameserver never
 answers took every thread, and a healthy endpoint's lookup waited behind them (SPEC: a dead
 endpoint never holds up another). Here:
@@ -311,8 +311,10 @@ class _Lookups:
         except RuntimeError as exc:  # no thread to be had: this lookup fails, not the caller
             with self._lock:
                 self._threads -= 1
-                with contextlib.suppress(ValueError):
+                try:
                     self._queued.remove((host, port, future))
+                except ValueError:
+                    return future  # a busy thread took it meanwhile
             self._end(host, future, OSError(f"cannot start a resolver thread: {exc}"))
         return future
 
