@@ -289,7 +289,12 @@ async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reas
         *CLI, command, env=service_env(tmp_path, **env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(process.communicate(), 30)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:  # it started instead: not left running
+            process.kill()
+            await process.wait()
     assert process.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, err
