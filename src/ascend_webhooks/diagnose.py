@@ -21,6 +21,7 @@ from hashlib import sha256
 from .errors import InvalidPayloadError, SignatureVerificationError
 from .event import Event
 from .signature import (
+    _MAX_TIMESTAMP_DIGITS,
     DEFAULT_TOLERANCE,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -108,6 +109,16 @@ class _Explainer:
         ts = self._timestamp(ts_values, ts_header)
         if not v1_values:
             self.problem(f"{SIGNATURE_HEADER} has no v1=<signature> item")
+        if ts is None:
+            self._malformed(v1_values)
+            return
+        matched = self._signatures(ts, v1_values, ts_header)
+        if matched:
+            self._freshness(ts)
+            self._payload()
+
+    def _malformed(self, v1_values: list[str]) -> None:
+        # SPEC: a malformed v1 "simply never matches", so it is a problem only when none does.
         for value in v1_values:
             if len(value) != 64 or not set(value.lower()) <= _HEX:
                 self.problem(
@@ -116,12 +127,6 @@ class _Explainer:
                 )
             elif value != value.lower():
                 self.problem(f"v1={_shorten(value)} is uppercase: a v1 must be lowercase hex")
-        if ts is None:
-            return
-        matched = self._signatures(ts, v1_values, ts_header)
-        if matched:
-            self._freshness(ts)
-            self._payload()
 
     def _items(self, signature: str) -> tuple[list[str], list[str]]:
         ts_values: list[str] = []
@@ -179,6 +184,8 @@ class _Explainer:
         for number, value in enumerate(expected, start=1):
             label = f"secret {number}" if len(expected) > 1 else "the secret"
             self.note(f"expected with {label}: v1={value[:_PREFIX]}...")
+        if not matched:
+            self._malformed(v1_values)
         if not matched and v1_values:
             self.problem(
                 "no v1 matches: the HMAC-SHA256 of "
@@ -209,16 +216,20 @@ class _Explainer:
                 self.hint(f"the signature was computed over {TIMESTAMP_HEADER}, not t")
 
     def _freshness(self, ts: str) -> None:
-        if len(ts) > 18:
-            self.problem(f"t={ts[:24]}... is not a plausible Unix time")
-            return
-        stamp = int(ts)
-        when = datetime.fromtimestamp(stamp, UTC).isoformat() if stamp < 253402300800 else "?"
-        age = self.now - stamp
-        direction = "in the past" if age >= 0 else "in the future"
-        self.note(f"t={ts} is {when}, {abs(age):.0f} s {direction} (now is {self.now:.0f})")
+        # The same steps as verify(): zeros ahead of t change no value, and without a
+        # tolerance t's value is never judged, however implausible.
+        digits = ts.lstrip("0")
+        plausible = len(digits) <= _MAX_TIMESTAMP_DIGITS
+        if plausible:
+            stamp = int(digits) if digits else 0
+            when = datetime.fromtimestamp(stamp, UTC).isoformat() if stamp < 253402300800 else "?"
+            age = self.now - stamp
+            direction = "in the past" if age >= 0 else "in the future"
+            self.note(f"t={ts} is {when}, {abs(age):.0f} s {direction} (now is {self.now:.0f})")
         if self.tolerance is None:
             self.note("the freshness check is off (--no-tolerance)")
+        elif not plausible:
+            self.problem(f"t={ts[:24]}... is not a plausible Unix time")
         elif abs(age) > self.tolerance:
             kind = "stale" if age > 0 else "from the future"
             self.problem(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import json
+from hashlib import sha256
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +17,10 @@ from ascend_webhooks.samples import EVENT_TYPES, sample_body, sample_data
 SECRET = "whsec_diag"
 TS = 1_700_000_000
 BODY = b'{"id":"evt_1","type":"invoice.paid","data":{}}'
+
+
+def _hmac(ts: str, body: bytes) -> str:
+    return hmac.digest(SECRET.encode(), ts.encode() + b":" + body, sha256).hex()
 
 
 def test_valid_request() -> None:
@@ -43,6 +49,33 @@ def test_every_problem_at_once() -> None:
     assert "uppercase" in text
     assert "64 lowercase hex" in text
     assert "no v1 matches" in text
+
+
+def test_a_malformed_v1_beside_one_that_matches_is_no_problem() -> None:
+    # SPEC: a v1 that is not 64 lowercase hex digits simply never matches; another may.
+    signed = sign(BODY, SECRET, TS)
+    for extra in ("abc", "A" * 64):
+        headers = {"X-Ascend-Signature": signed["X-Ascend-Signature"] + f",v1={extra}"}
+        result = diagnose(BODY, headers, [SECRET], now=TS)
+        assert result.ok
+        assert result.problems == []
+
+
+def test_freshness_is_judged_as_verify_judges_it() -> None:
+    # Zeros ahead of t change no value; without a tolerance t's value is never read.
+    padded = "0" * 30 + str(TS)
+    headers = {"X-Ascend-Signature": f"t={padded},v1={_hmac(padded, BODY)}"}
+    result = diagnose(BODY, headers, [SECRET], now=TS)
+    assert result.ok
+    assert result.problems == []
+    huge = "9" * 40
+    headers = {"X-Ascend-Signature": f"t={huge},v1={_hmac(huge, BODY)}"}
+    unchecked = diagnose(BODY, headers, [SECRET], tolerance=None, now=TS)
+    assert unchecked.ok
+    assert unchecked.problems == []
+    checked = diagnose(BODY, headers, [SECRET], now=TS)
+    assert not checked.ok
+    assert "not a plausible Unix time" in checked.problems[0]
 
 
 def test_hints_for_the_usual_mistakes() -> None:
@@ -78,7 +111,9 @@ def test_samples_cover_every_documented_type_and_verify() -> None:
     assert sample_data("invoice.paid")["invoice"]["status"] == "paid"
 
 
-mutations = st.sampled_from(["none", "body", "header", "secret", "stale", "drop_ts", "bad_t"])
+mutations = st.sampled_from(
+    ["none", "body", "header", "secret", "stale", "drop_ts", "bad_t", "extra_v1"]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,6 +139,8 @@ def test_verdict_always_agrees_with_verify(
         del headers["X-Ascend-Request-Timestamp"]
     elif mutation == "bad_t":
         headers["X-Ascend-Request-Timestamp"] = garbage
+    elif mutation == "extra_v1":
+        headers["X-Ascend-Signature"] += f",v1={garbage}"
     result = diagnose(body, headers, secrets, tolerance=tolerance, now=TS + offset)
     try:
         verify(body, headers, secrets, tolerance=tolerance, now=TS + offset)
