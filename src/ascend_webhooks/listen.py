@@ -109,6 +109,8 @@ def _is_payload_problem(result: Any) -> bool:
 
 def register_listen(sub: Any, run: Any, secrets: Any) -> None:
     """Add ``listen`` to the CLI; ``run`` wraps the handler, ``secrets`` reads --secret/env."""
+    from .tools import UsageError, _port, _positive_float
+
     parser: argparse.ArgumentParser = sub.add_parser(
         "listen",
         help="run a local receiver that verifies and prints every webhook",
@@ -116,33 +118,38 @@ def register_listen(sub: Any, run: Any, secrets: Any) -> None:
         "the event or the precise reason it was rejected. Answers 200 to verified events.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9000, help="port to bind (9000; 0: any)")
+    parser.add_argument("--port", type=_port, default=9000, help="port to bind (9000; 0: any)")
     parser.add_argument(
         "--secret",
         action="append",
         help="webhook key; repeat during key rotation (default: $ASCEND_WEBHOOKS_SECRET)",
     )
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    # Checked here: verify() refuses a tolerance that is not positive on every request.
+    freshness = parser.add_mutually_exclusive_group()
+    freshness.add_argument(
+        "--tolerance",
+        type=_positive_float,
+        default=DEFAULT_TOLERANCE,
+        metavar="N",
+        help=f"seconds t may differ from now (default: {DEFAULT_TOLERANCE})",
+    )
+    freshness.add_argument("--no-tolerance", action="store_true", help="skip the freshness check")
     parser.add_argument("--status", type=int, help="answer this status to every request")
     parser.add_argument("--quiet-data", action="store_true", help="do not print event data")
 
     def command(args: argparse.Namespace) -> int:
         keys = secrets(args.secret)
         if args.status is not None and not 100 <= args.status <= 599:
-            from .tools import UsageError
-
             raise UsageError(f"--status must be an HTTP status (100-599), not {args.status}")
         try:
             server = ListenServer(
                 (args.host, args.port),
                 keys,
-                tolerance=args.tolerance,
+                tolerance=None if args.no_tolerance else args.tolerance,
                 status=args.status,
                 show_data=not args.quiet_data,
             )
         except OSError as exc:
-            from .tools import UsageError
-
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
         host, port = server.server_address[:2]
         print(f"listening on http://{host!s}:{port}/ (Ctrl-C to stop)", flush=True)

@@ -368,6 +368,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:  # bind() would raise OverflowError
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, not {value}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)

@@ -118,3 +118,36 @@ def test_busy_port_is_one_line_and_non_zero(listener: Listener) -> None:
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tolerance", "0"],
+        ["--tolerance", "-5"],
+        ["--tolerance", "nan"],
+        ["--port", "70000"],
+        ["--port", "-1"],
+    ],
+)
+def test_bad_option_values_are_refused_at_start(args: list[str]) -> None:
+    # Each used to start: a bad tolerance then failed every request, a bad port tracebacked.
+    result = subprocess.run(
+        [*_command(), "listen", "--secret", SECRET, *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2
+    assert args[0] in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_no_tolerance_takes_an_old_timestamp() -> None:
+    server = Listener("--no-tolerance")
+    try:
+        body = b'{"id":"evt_4","type":"refund.paid","data":{}}'
+        assert server.post(body, sign(body, SECRET, 1_000_000_000)) == 200
+        assert "verified refund.paid evt_4" in server.output()
+    finally:
+        server.close()
