@@ -63,8 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit() or int(length) > _MAX_BODY:
-            self._answer(411 if length is None else 413, {"error": "bad Content-Length"})
+        if "Transfer-Encoding" in self.headers or length is None:
+            # A chunked body is not decoded here: ask for a Content-Length instead.
+            self._answer(411, {"error": "a Content-Length is required"}, close=True)
+            return
+        if not length.isdigit() or int(length) > _MAX_BODY:
+            self._answer(413, {"error": "bad Content-Length"}, close=True)
             return
         body = self.rfile.read(int(length))
         result = diagnose(body, self.headers, self.server.secrets, tolerance=self.server.tolerance)
@@ -89,9 +93,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.report(lines)
         self._answer(status, {"error": result.problems[0] if result.problems else "rejected"})
 
-    def _answer(self, status: int, document: dict[str, Any]) -> None:
-        payload = json.dumps(document).encode()
+    def _answer(self, status: int, document: dict[str, Any], *, close: bool = False) -> None:
         self.send_response(status)
+        if close:
+            # The body is left unread: the connection would take it for the next request.
+            self.send_header("Connection", "close")
+        if status in (204, 304):
+            # HTTP forbids a body here (RFC 9110 sections 15.3.5, 15.4.5): the client reads
+            # none, and one sent would be taken for the start of the next answer.
+            self.end_headers()
+            return
+        payload = json.dumps(document).encode()
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -139,8 +151,9 @@ def register_listen(sub: Any, run: Any, secrets: Any) -> None:
 
     def command(args: argparse.Namespace) -> int:
         keys = secrets(args.secret)
-        if args.status is not None and not 100 <= args.status <= 599:
-            raise UsageError(f"--status must be an HTTP status (100-599), not {args.status}")
+        # A 1xx is not a final answer: the sender would wait for another one.
+        if args.status is not None and not 200 <= args.status <= 599:
+            raise UsageError(f"--status must be a final HTTP status (200-599), not {args.status}")
         try:
             server = ListenServer(
                 (args.host, args.port),

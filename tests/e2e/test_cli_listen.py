@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -151,3 +152,72 @@ def test_no_tolerance_takes_an_old_timestamp() -> None:
         assert "verified refund.paid evt_4" in server.output()
     finally:
         server.close()
+
+
+def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on one connection and read everything until the listener closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:  # the listener closed with the unread body pending
+            pass
+    return received
+
+
+@pytest.mark.parametrize(
+    ("framing", "status"),
+    [
+        (b"Transfer-Encoding: chunked\r\n", b"411"),
+        (b"Content-Length: 99999999999\r\n", b"413"),
+    ],
+)
+def test_an_unread_body_is_not_taken_for_a_request(
+    listener: Listener, framing: bytes, status: bytes
+) -> None:
+    # The body of a refused request is left unread: kept open, the connection would read it
+    # as the next request, here a second POST hidden in the first one's body.
+    hidden = b"POST /hidden HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    if framing.startswith(b"Transfer-Encoding"):
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(hidden), hidden)
+    else:
+        body = hidden
+    request = b"POST /hook HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n" + body
+    received = _raw_exchange(listener.port, request)
+    assert received.startswith(b"HTTP/1.1 " + status), received
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower()
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert len(rest) == length, received  # one answer, then the end of the connection
+    assert "/hidden" not in listener.output()
+
+
+@pytest.mark.parametrize("status", ["204", "304"])
+def test_a_status_without_a_body_keeps_the_connection_usable(status: str) -> None:
+    server = Listener("--status", status)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for number in range(2):  # the same connection twice: no stray body between answers
+            body = b'{"id":"evt_%d","type":"refund.paid","data":{}}' % number
+            conn.request("POST", "/hook", body, sign(body, SECRET))
+            response = conn.getresponse()
+            assert response.status == int(status)
+            assert response.read() == b""
+            assert response.getheader("Content-Length") is None
+    finally:
+        conn.close()
+        server.close()
+
+
+def test_an_informational_status_is_refused() -> None:
+    result = subprocess.run(
+        [*_command(), "listen", "--secret", SECRET, "--status", "101"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "--status" in line
