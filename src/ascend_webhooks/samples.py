@@ -164,7 +164,10 @@ def sample_data(event_type: str) -> dict[str, Any]:
 
 
 def sample_body(event_id: str, event_type: str, data: dict[str, Any] | None = None) -> bytes:
-    """The compact UTF-8 JSON body ``{"id", "type", "data"}`` that Ascend would POST."""
+    """The compact UTF-8 JSON body ``{"id", "type", "data"}`` that Ascend would POST.
+
+    Raises ValueError for what JSON or UTF-8 cannot carry: NaN, infinities, lone surrogates.
+    """
     if data is None:
         data = sample_data(event_type)
     event = {"id": event_id, "type": event_type, "data": data}

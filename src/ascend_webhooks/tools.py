@@ -15,13 +15,14 @@ import http.client
 import json
 import math
 import os
+import re
 import socket
 import ssl
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from . import __version__
 from .diagnose import diagnose
@@ -33,6 +34,10 @@ __all__ = ["register_tools", "send_event"]
 
 _EXCERPT = 300  # characters of the response body shown
 SECRET_ENV = "ASCEND_WEBHOOKS_SECRET"  # noqa: S105 - the name of a variable, not a secret
+# The API's rules for event ids and types (service/schemas.py, which needs the server extra):
+# both travel in headers, so trigger sends only what Ascend itself could.
+_EVENT_ID = re.compile(r"[A-Za-z0-9._:~-]{1,255}")
+_EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class UsageError(Exception):
@@ -82,8 +87,11 @@ def _register_trigger(sub: Any) -> None:
 
 
 def _trigger(args: argparse.Namespace) -> int:
+    # Every argument is checked before anything is printed or sent.
     secret = _secrets([args.secret] if args.secret is not None else None)[0]
+    _check_event(args.event_id, args.type)
     data = sample_data(args.type) if args.data is None else _parse_data(args.data)
+    _split_url(args.url)
     if args.type not in EVENT_TYPES:
         print(
             f"warning: {args.type!r} is not one of the documented Ascend event types; "
@@ -121,14 +129,12 @@ def send_event(
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
 ) -> tuple[int, str, bytes]:
-    """POST one signed event to ``url``; return (status, reason, body) or raise DeliveryError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"--url has an invalid port: {exc}") from None
+    """POST one signed event to ``url``; return (status, reason, body) or raise DeliveryError.
+
+    Raises UsageError for a URL, id or type that cannot be sent.
+    """
+    _check_event(event_id, event_type)
+    parts, host, port = _split_url(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {
         "Content-Type": "application/json",
@@ -140,12 +146,10 @@ def send_event(
     }
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            parts.hostname, port, timeout=timeout, context=context
-        )
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     else:
-        connection = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    where = f"{parts.hostname}:{port or (443 if parts.scheme == 'https' else 80)}"
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         connection.request("POST", target, body=body, headers=headers)
         response = connection.getresponse()
@@ -166,7 +170,7 @@ def send_event(
     except ssl.SSLError as exc:
         raise DeliveryError(f"TLS error with {where}: {exc.reason or exc}") from None
     except socket.gaierror as exc:
-        raise DeliveryError(f"cannot resolve {parts.hostname!r}: {exc.strerror}") from None
+        raise DeliveryError(f"cannot resolve {host!r}: {exc.strerror}") from None
     except http.client.HTTPException as exc:
         raise DeliveryError(f"bad HTTP answer from {where}: {type(exc).__name__} {exc}") from None
     except OSError as exc:
@@ -175,18 +179,73 @@ def send_event(
         connection.close()
 
 
+def _check_event(event_id: str | None, event_type: str) -> None:
+    if not _EVENT_TYPE.fullmatch(event_type):
+        raise UsageError(
+            f"TYPE must be 1 to 200 visible ASCII characters, as the API takes, not {event_type!r}"
+        )
+    if event_id is not None and not _EVENT_ID.fullmatch(event_id):
+        raise UsageError(
+            f"--id must be 1 to 255 of A-Z a-z 0-9 . _ : ~ -, as the API takes, not {event_id!r}"
+        )
+
+
+def _split_url(url: str) -> tuple[SplitResult, str, int]:
+    """The parts, host and port of --url, or UsageError: nothing http.client would refuse."""
+    if not url.isascii():
+        raise UsageError(
+            "--url must be ASCII: percent-encode its path and query, and write an "
+            "internationalized host name in its xn-- form"
+        )
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UsageError("--url must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [IPv6 literal
+        raise UsageError(f"--url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"--url has an invalid port: {exc}") from None
+    if port == 0:
+        raise UsageError("--url has an invalid port: 0")
+    host = parts.hostname
+    try:
+        host.encode("idna")  # what the resolver is given: no empty label, none over 63
+    except UnicodeError:
+        raise UsageError(f"--url has an invalid host name: {host!r}") from None
+    # The port always given: http.client would take the last ":1" of "[::1]" for a port.
+    return parts, host, port or (443 if parts.scheme == "https" else 80)
+
+
 def _parse_data(text: str) -> dict[str, Any]:
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite_number)
     except (ValueError, RecursionError) as exc:
         raise UsageError(f"--data is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--data must be a JSON object, not {type(data).__name__}")
+    try:
+        # The body goes as UTF-8 (sample_body()), which has no form for a lone surrogate: a
+        # "\ud800" escape, or a byte of the command line that was not UTF-8.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise UsageError(f"--data holds {bad!r}, which is not text UTF-8 can carry") from None
     return data
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON has no infinity to send it as
+        raise ValueError(f"the number {text} is out of range")
+    return value
 
 
 def _tls_context(insecure: bool, ca_file: str | None) -> ssl.SSLContext:
@@ -341,6 +400,11 @@ def _secrets(given: list[str] | None) -> list[str]:
         given = [from_env]
     if any(not secret for secret in given):
         raise UsageError("the webhook key (--secret) must not be empty")
+    for secret in given:
+        try:
+            secret.encode("utf-8")  # what sign() and verify() make of it
+        except UnicodeEncodeError:  # bytes of argv or the environment that were not UTF-8
+            raise UsageError("the webhook key (--secret) must be UTF-8 text") from None
     return given
 
 

@@ -129,6 +129,7 @@ def test_busy_port_is_one_line_and_non_zero(listener: Listener) -> None:
         ["--tolerance", "nan"],
         ["--port", "70000"],
         ["--port", "-1"],
+        ["--secret", "\udcff"],  # a byte that is not UTF-8: no key verify() can use
     ],
 )
 def test_bad_option_values_are_refused_at_start(args: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -279,7 +280,18 @@ def test_trigger_https_with_a_private_ca(tls_receiver: TLSReceiver) -> None:
         (["--url", "ftp://127.0.0.1/x"], "http"),
         (["--url", "127.0.0.1:8000"], "http"),
         (["--url", "http://127.0.0.1:99999/"], "port"),
+        (["--url", "http://127.0.0.1:0/"], "port"),
+        (["--url", "http://[::1"], "--url"),
+        (["--url", "http://exa mple.com/"], "whitespace"),
+        (["--url", "http://127.0.0.1:1/é"], "ASCII"),
+        (["--url", "http://a..b/"], "host"),
         (["--ca-file", "/nonexistent/ca.pem"], "ca-file"),
+        (["--id", "a\nb"], "--id"),
+        (["--id", "evt é"], "--id"),
+        (["--data", '{"a": 1e999}'], "1e999"),
+        (["--data", '{"a": "\\ud800"}'], "UTF-8"),
+        (["--data", '{"a": "\udcff"}'], "UTF-8"),  # a byte of argv that is not UTF-8
+        (["--secret", "\udcff"], "UTF-8"),
     ],
 )
 def test_trigger_usage_errors_exit_2_with_one_line(
@@ -291,6 +303,32 @@ def test_trigger_usage_errors_exit_2_with_one_line(
     result = run_cli("trigger", "invoice.paid", *flat)
     assert result.returncode == 2
     assert reason in one_line(result.stderr)
+    assert receiver.captures == []
+
+
+def test_trigger_to_an_ipv6_literal_without_a_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # http.client, given "::1" and no port, takes ":" for the host and 1 for the port.
+    from ascend_webhooks.tools import DeliveryError, send_event
+
+    opened: list[tuple[str, int | None]] = []
+
+    class Connection(http.client.HTTPConnection):
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            opened.append((self.host, self.port))
+            raise ConnectionRefusedError
+
+    monkeypatch.setattr(http.client, "HTTPConnection", Connection)
+    with pytest.raises(DeliveryError, match=r"refused by \[::1\]:80"):
+        send_event("http://[::1]/hook", b"{}", SECRET, "evt_1", "invoice.paid")
+    assert opened == [("::1", 80)]
+
+
+@pytest.mark.parametrize("event_type", ["invoice.€", "invoice paid", "invoice.\udcff", ""])
+def test_trigger_refuses_a_type_the_api_would_refuse(receiver: Receiver, event_type: str) -> None:
+    # Types travel in the X-Ascend-Event-Type header: the API takes visible ASCII only.
+    result = run_cli("trigger", event_type, "--url", receiver.url, "--secret", SECRET)
+    assert result.returncode == 2
+    assert "TYPE" in one_line(result.stderr)
     assert receiver.captures == []
 
 
@@ -426,6 +464,7 @@ def test_verify_reports_a_signed_body_that_is_not_an_event(tmp_path: Path) -> No
         (["--body", "{}", "--header", "A: 1", "--header", "a: 2"], "twice"),
         (["--body-file", "/nonexistent/body", "--header", "A: 1"], "cannot read"),
         (["--body", "{}", "--header", "A: 1", "--secret", ""], "secret"),
+        (["--body", "{}", "--header", "A: 1", "--secret", "\udcff"], "UTF-8"),
     ],
 )
 def test_verify_usage_errors_exit_2(args: list[str], reason: str) -> None:
