@@ -28,7 +28,7 @@ from . import __version__
 from .diagnose import diagnose
 from .ids import new_id
 from .samples import EVENT_TYPES, sample_body, sample_data
-from .signature import sign
+from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 __all__ = ["register_tools", "send_event"]
 
@@ -38,6 +38,7 @@ SECRET_ENV = "ASCEND_WEBHOOKS_SECRET"  # noqa: S105 - the name of a variable, no
 # both travel in headers, so trigger sends only what Ascend itself could.
 _EVENT_ID = re.compile(r"[A-Za-z0-9._:~-]{1,255}")
 _EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,200}")
+_SIGNATURE_HEADERS = frozenset({SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
 
 
 class UsageError(Exception):
@@ -368,11 +369,17 @@ def _add_header(headers: dict[str, str], line: str, where: str) -> None:
     name, sep, value = line.partition(":")
     if not sep or not name.strip() or name != name.strip():
         raise UsageError(f"{where}: {line!r} is not a 'Name: value' header line")
-    for existing in headers:
-        if existing.lower() == name.lower():
-            raise UsageError(f"{where}: the {name} header is given twice")
     # HTTP drops the whitespace around a field value (RFC 9110 section 5.5).
-    headers[name] = value.strip(" \t\r")
+    value = value.strip(" \t\r")
+    existing = next((key for key in headers if key.lower() == name.lower()), None)
+    if existing is None:
+        headers[name] = value
+    elif name.lower() in _SIGNATURE_HEADERS:
+        # Which of two a receiver reads depends on its framework: no verdict would be its own.
+        raise UsageError(f"{where}: the {name} header is given twice")
+    else:
+        # Any other field may repeat (a Via per proxy): one list, as RFC 9110 section 5.3 joins.
+        headers[existing] += ", " + value
 
 
 def _read_body(name: str) -> bytes:

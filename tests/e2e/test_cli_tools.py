@@ -23,6 +23,8 @@ from ascend_webhooks import WebhookError, verify
 from ascend_webhooks.samples import EVENT_TYPES, sample_data
 
 SECRET = "whsec_e2e_clé"
+SIG = "X-Ascend-Signature"
+TS_HEADER = "X-Ascend-Request-Timestamp"
 CLI = Path(sys.executable).with_name("ascend-webhooks")
 
 
@@ -373,6 +375,19 @@ def test_verify_a_whole_raw_request_and_key_rotation(
     assert "secret 2" in result.stdout
 
 
+def test_verify_takes_a_repeated_header_other_than_the_signature(
+    capture: tuple[Path, Path, Capture],
+) -> None:
+    # HTTP lets a field repeat (proxies each add a Via); only two signatures are ambiguous.
+    headers_file, body_file, _ = capture
+    headers_file.write_bytes(headers_file.read_bytes() + b"Via: 1.1 edge\r\nvia: 1.1 proxy\r\n")
+    result = run_cli(
+        "verify", "--secret", SECRET, "--headers-file", str(headers_file),
+        "--body-file", str(body_file),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_verify_tampered_body_says_the_signature_does_not_match(
     capture: tuple[Path, Path, Capture],
 ) -> None:
@@ -461,7 +476,11 @@ def test_verify_reports_a_signed_body_that_is_not_an_event(tmp_path: Path) -> No
         (["--header", "X-Ascend-Signature: t=1,v1=00"], "body"),
         (["--body", "{}"], "header"),
         (["--body", "{}", "--header", "no colon here"], "Name: value"),
-        (["--body", "{}", "--header", "A: 1", "--header", "a: 2"], "twice"),
+        (
+            ["--body", "{}", "--header", f"{SIG}: t=1,v1=00", "--header", f"{SIG.lower()}: t=2"],
+            "twice",
+        ),
+        (["--body", "{}", "--header", f"{TS_HEADER}: 1", "--header", f"{TS_HEADER}: 1"], "twice"),
         (["--body-file", "/nonexistent/body", "--header", "A: 1"], "cannot read"),
         (["--body", "{}", "--header", "A: 1", "--secret", ""], "secret"),
         (["--body", "{}", "--header", "A: 1", "--secret", "\udcff"], "UTF-8"),
