@@ -67,10 +67,14 @@ class _Handler(BaseHTTPRequestHandler):
             # A chunked body is not decoded here: ask for a Content-Length instead.
             self._answer(411, {"error": "a Content-Length is required"}, close=True)
             return
-        if not length.isdigit() or int(length) > _MAX_BODY:
-            self._answer(413, {"error": "bad Content-Length"}, close=True)
+        size = _declared_size(length)
+        if size is None:
+            self._answer(400, {"error": "the Content-Length is not a number"}, close=True)
             return
-        body = self.rfile.read(int(length))
+        if size > _MAX_BODY:
+            self._answer(413, {"error": "the body is too large"}, close=True)
+            return
+        body = self.rfile.read(size)
         result = diagnose(body, self.headers, self.server.secrets, tolerance=self.server.tolerance)
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
         if result.event is not None:
@@ -113,6 +117,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence the default access log: the report says everything once."""
 
 
+def _declared_size(length: str) -> int | None:
+    """A Content-Length's value, or None if it is not decimal digits."""
+    if not (length.isascii() and length.isdigit()):  # isdigit() alone takes "²"
+        return None
+    digits = length.lstrip("0")
+    # int() refuses strings of more than 4,300 digits; 20 are already far past any limit.
+    return int(digits or "0") if len(digits) < 20 else _MAX_BODY + 1
+
+
 def _is_payload_problem(result: Any) -> bool:
     from .errors import InvalidPayloadError
 
@@ -151,6 +164,10 @@ def register_listen(sub: Any, run: Any, secrets: Any) -> None:
 
     def command(args: argparse.Namespace) -> int:
         keys = secrets(args.secret)
+        try:
+            args.host.encode("idna")  # what bind() does, with a TypeError when it fails
+        except UnicodeError:
+            raise UsageError(f"--host {args.host!r} is not a host name or address") from None
         # A 1xx is not a final answer: the sender would wait for another one.
         if args.status is not None and not 200 <= args.status <= 599:
             raise UsageError(f"--status must be a final HTTP status (200-599), not {args.status}")

@@ -130,6 +130,7 @@ def test_busy_port_is_one_line_and_non_zero(listener: Listener) -> None:
         ["--port", "70000"],
         ["--port", "-1"],
         ["--secret", "\udcff"],  # a byte that is not UTF-8: no key verify() can use
+        ["--host", "\udcff"],
     ],
 )
 def test_bad_option_values_are_refused_at_start(args: list[str]) -> None:
@@ -193,6 +194,22 @@ def test_an_unread_body_is_not_taken_for_a_request(
     length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
     assert len(rest) == length, received  # one answer, then the end of the connection
     assert "/hidden" not in listener.output()
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [("abc", b"400"), ("\u00b2", b"400"), ("9" * 5000, b"413"), ("0" * 5000 + "2", b"401")],
+)
+def test_a_content_length_of_any_form_gets_an_answer(
+    listener: Listener, length: str, status: bytes
+) -> None:
+    # "\u00b2" passes str.isdigit() and int() refuses 5,000 digits: both raised inside the
+    # handler, which then answered nothing. Zeros ahead change no value (RFC 9112: 1*DIGIT).
+    request = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n{}" % (
+        length.encode("latin-1")
+    )
+    received = _raw_exchange(listener.port, request + b"POST /again HTTP/1.1\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 " + status), received
 
 
 @pytest.mark.parametrize("status", ["204", "304"])
