@@ -149,19 +149,13 @@ def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend
         backend.close()
 
 
-@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
-@pytest.mark.parametrize("name", ["processing_ttl", "done_ttl"])
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "async redis"])
-def test_every_store_refuses_a_limit_that_is_not_a_finite_number(
-    kind: str, name: str, value: float, tmp_path: Path
-) -> None:
-    # An infinite done_ttl worked in memory and in SQLite, and was an OverflowError in Redis
-    # (a whole number of milliseconds): now every store refuses it alike. (No Redis server is
-    # needed: the clients are never used.)
+def _makers(tmp_path: Path) -> dict[str, Callable[..., object]]:
+    """Each kind of store, made with the options given. (No Redis server is needed while the
+    clients are not used.)"""
     import redis
     import redis.asyncio
 
-    make: dict[str, Callable[..., object]] = {
+    return {
         "memory": MemoryIdempotencyStore,
         "sqlite": lambda **o: SQLiteIdempotencyStore(tmp_path / "idempotency.db", **o),
         "redis": lambda **o: RedisIdempotencyStore(redis.Redis.from_url(REDIS_URL), **o),
@@ -169,10 +163,31 @@ def test_every_store_refuses_a_limit_that_is_not_a_finite_number(
             redis.asyncio.Redis.from_url(REDIS_URL), **o
         ),
     }
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("name", ["processing_ttl", "done_ttl"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "async redis"])
+def test_every_store_refuses_a_limit_that_is_not_a_finite_number(
+    kind: str, name: str, value: float, tmp_path: Path
+) -> None:
+    # An infinite done_ttl worked in memory and in SQLite, and was an OverflowError in Redis
+    # (a whole number of milliseconds): now every store refuses it alike.
+    make = _makers(tmp_path)
     message = f"{name} must be a positive, finite number of seconds, not {value!r}"
     with pytest.raises(ValueError, match=re.escape(message)):
         make[kind](**{name: value})
     assert not (tmp_path / "idempotency.db").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "async redis"])
+def test_every_store_refuses_a_limit_beyond_a_century(kind: str, tmp_path: Path) -> None:
+    # 1e16 s was taken by every store, and Redis refused its expiry only when the first event
+    # was completed (milliseconds past 64 bits): the handled event stayed "processing".
+    make = _makers(tmp_path)
+    with pytest.raises(ValueError, match=r"done_ttl must be at most 100 years"):
+        make[kind](done_ttl=1e16)
+    make[kind](done_ttl=100 * 365.25 * 86400)  # a century exactly is taken
 
 
 # -- the behaviour suite ------------------------------------------------------------------

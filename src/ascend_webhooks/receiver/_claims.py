@@ -23,6 +23,8 @@ __all__ = [
 DEFAULT_PROCESSING_TTL = 300.0
 #: Seconds a handled event id is remembered.
 DEFAULT_DONE_TTL = 7 * 24 * 3600.0
+#: The longest time limit any store takes: 100 years, in seconds.
+MAX_TTL = 3_155_760_000
 
 
 class Claim(enum.Enum):
@@ -85,6 +87,10 @@ def check_ttls(processing_ttl: float, done_ttl: float) -> None:
             or not 0 < value < math.inf
         ):
             raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+        if value > MAX_TTL:
+            # Past it, Redis refuses the expiry (milliseconds beyond 64 bits) and SQLite's
+            # integer column overflows: a store would fail only when completing an event.
+            raise ValueError(f"{name} must be at most 100 years ({MAX_TTL} seconds), not {value!r}")
 
 
 class ClaimTokens:
