@@ -188,3 +188,33 @@ async def test_rotation_loses_no_delivery(
         assert all(r.verified for r in receiver.requests)
     for secret in (one["secret"], two["secret"]):
         assert secret not in caplog.text
+
+
+async def test_revokes_at_once_leave_a_key_that_signs(api: Api, store: Store) -> None:
+    # Each organization has two active keys, both revoked at once: one of the two calls must
+    # see the other key revoked and refuse. Several organizations, for more interleavings.
+    orgs = [await api.organization(f"org-{n}") for n in range(4)]
+    pairs: list[tuple[str, str]] = []
+    for org in orgs:
+        path = f"/v1/organizations/{org}/keys"
+        one = (await api.call("POST", path, expect=201)).json()["id"]
+        two = (await api.call("POST", path, expect=201)).json()["id"]
+        await api.call("POST", f"{path}/{two}/activate", expect=200)
+        pairs.append((one, two))
+    answers = await asyncio.gather(
+        *(
+            api.call("DELETE", f"/v1/organizations/{org}/keys/{key}")
+            for org, pair in zip(orgs, pairs, strict=True)
+            for key in pair
+        )
+    )
+    for n, org in enumerate(orgs):
+        first, second = answers[2 * n : 2 * n + 2]
+        assert sorted([first.status_code, second.status_code]) == [200, 409]
+        refused = first if first.status_code == 409 else second
+        assert assert_problem(refused, 409)["type"].endswith("last-active-key")
+        keys = KeyList.model_validate(
+            (await api.call("GET", f"/v1/organizations/{org}/keys", expect=200)).json()
+        )
+        assert [k.active for k in keys.data].count(True) == 1
+        assert org in await store.signing_keys([org])

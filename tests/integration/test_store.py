@@ -16,13 +16,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ascend_webhooks.store import EventConflictError, NotFoundError, Store, StoreError, open_store
-from ascend_webhooks.store.base import InvalidCursorError, LastAdminTokenError
+from ascend_webhooks.store.base import InvalidCursorError, LastActiveKeyError, LastAdminTokenError
 from ascend_webhooks.store.models import (
     Attempt,
     AttemptOutcome,
     ClaimedDelivery,
     DeliveryStatus,
     NewEvent,
+    WebhookKey,
 )
 
 PENDING, SUCCEEDED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED
@@ -235,6 +236,40 @@ async def test_keys_rotation(store: Store) -> None:
         with pytest.raises(NotFoundError):
             await call(other, first.id)  # another organization's key
     assert await store.list_keys(other) == []
+
+
+async def test_the_last_active_key_is_kept_when_asked_even_against_racing_revokes(
+    store: Store,
+) -> None:
+    org, _ = await setup_org(store)
+    first = await store.create_key(org, b"cipher-1", activate=True)
+    standby = await store.create_key(org, b"cipher-2", activate=False)
+    with pytest.raises(LastActiveKeyError):
+        await store.revoke_key(org, first.id, keep_last_active=True)
+    # A key that never signed may go; a revoked one stays as it is.
+    revoked = await store.revoke_key(org, standby.id, keep_last_active=True)
+    assert revoked.revoked_at is not None
+    assert await store.revoke_key(org, standby.id, keep_last_active=True) == revoked
+    assert (await store.signing_keys([org]))[org].id == first.id
+
+    # Each organization's three active keys revoked at once: exactly one of each is kept.
+    orgs = [(await setup_org(store, f"racing-{n}", endpoints=0))[0] for n in range(4)]
+    keys = [(org, (await store.create_key(org, b"c", activate=True)).id) for org in orgs * 3]
+    outcomes = await asyncio.gather(
+        *(store.revoke_key(org, key, keep_last_active=True) for org, key in keys),
+        return_exceptions=True,
+    )
+    for org in orgs:
+        mine = [o for (owner, _), o in zip(keys, outcomes, strict=True) if owner == org]
+        assert [isinstance(o, LastActiveKeyError) for o in mine].count(True) == 1, mine
+        assert all(isinstance(o, LastActiveKeyError | WebhookKey) for o in mine), mine
+        kept = [k for k in await store.list_keys(org) if k.revoked_at is None]
+        assert len(kept) == 1
+        assert (await store.signing_keys([org]))[org].id == kept[0].id
+
+    # Without the flag the last one can go.
+    await store.revoke_key(org, kept[0].id)
+    assert org not in await store.signing_keys([org])
 
 
 # -- endpoints -----------------------------------------------------------------------------------

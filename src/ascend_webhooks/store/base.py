@@ -41,6 +41,7 @@ __all__ = [
     "EventConflictError",
     "InvalidCursorError",
     "InvalidTextError",
+    "LastActiveKeyError",
     "LastAdminTokenError",
     "NotFoundError",
     "Store",
@@ -78,6 +79,10 @@ class InvalidTextError(StoreError):
 
 class LastAdminTokenError(StoreError):
     """The admin token to delete is the last one stored, and the caller asked to keep one."""
+
+
+class LastActiveKeyError(StoreError):
+    """The key to revoke is its organization's only active key, and the caller asked to keep one."""
 
 
 class EventConflictError(StoreError):
@@ -172,8 +177,15 @@ class Store(abc.ABC):
         """Make this key the signing key (activated_at = now). Raises NotFoundError."""
 
     @abc.abstractmethod
-    async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
-        """Stop using this key for good. Raises NotFoundError."""
+    async def revoke_key(
+        self, organization_id: str, key_id: str, *, keep_last_active: bool = False
+    ) -> WebhookKey:
+        """Stop using this key for good (a revoked key stays as it is). Raises NotFoundError.
+
+        With ``keep_last_active``, revoking the organization's only active key (activated, not
+        revoked) raises LastActiveKeyError; checked in the same transaction as the revoke, so
+        two revokes racing for the last two active keys cannot both succeed.
+        """
 
     @abc.abstractmethod
     async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:

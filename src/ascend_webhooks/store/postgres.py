@@ -90,6 +90,7 @@ from ._postgres_setup import apply_migrations, parse_url
 from .base import (
     EventConflictError,
     InvalidTextError,
+    LastActiveKeyError,
     LastAdminTokenError,
     NotFoundError,
     Store,
@@ -499,8 +500,17 @@ class PostgresStore(Store):
                 await self._require_organization(conn, organization_id)
         return [recs.key(row) for row in rows]
 
+    async def _lock_keys(self, conn: asyncpg.Connection, organization_id: str) -> None:
+        """Lock the organization's row, so that changes to its keys take turns: each one then
+        reads the keys the one before it committed (a revoke decides whether another key is
+        active). FOR NO KEY UPDATE: publishes, which hold it FOR KEY SHARE, do not wait."""
+        await conn.execute(
+            "SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE", organization_id
+        )
+
     async def activate_key(self, organization_id: str, key_id: str) -> WebhookKey:
         async with self._transaction() as conn:
+            await self._lock_keys(conn, organization_id)
             current = await conn.fetchrow(
                 "SELECT revoked_at FROM webhook_keys WHERE organization_id = $1 AND id = $2"
                 " FOR UPDATE",
@@ -522,8 +532,19 @@ class PostgresStore(Store):
         assert row is not None
         return recs.key(row)
 
-    async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
-        async with self._connection() as conn:
+    async def revoke_key(
+        self, organization_id: str, key_id: str, *, keep_last_active: bool = False
+    ) -> WebhookKey:
+        async with self._transaction() as conn:
+            await self._lock_keys(conn, organization_id)
+            if keep_last_active:
+                active = await conn.fetch(
+                    "SELECT id FROM webhook_keys WHERE organization_id = $1"
+                    " AND activated_at IS NOT NULL AND revoked_at IS NULL",
+                    organization_id,
+                )
+                if [row["id"] for row in active] == [key_id]:
+                    raise LastActiveKeyError(f"webhook key {key_id!r} is the only active key")
             row = await conn.fetchrow(
                 "UPDATE webhook_keys SET revoked_at = coalesce(revoked_at, now())"
                 " WHERE organization_id = $1 AND id = $2 RETURNING *",

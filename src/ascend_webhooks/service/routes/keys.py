@@ -13,6 +13,7 @@ import logging
 from fastapi import APIRouter
 
 from ...store import NotFoundError
+from ...store.base import LastActiveKeyError
 from ...store.models import WebhookKey
 from ..auth import OrgScope
 from ..crypto import new_webhook_secret
@@ -26,10 +27,6 @@ __all__ = ["router"]
 
 log = logging.getLogger("ascend_webhooks.service")
 router = APIRouter(tags=["keys"])
-
-
-def _usable(key: WebhookKey) -> bool:
-    return key.activated_at is not None and key.revoked_at is None
 
 
 async def _signing_key_id(services: Services, org: str) -> str | None:
@@ -99,15 +96,17 @@ async def activate_key(org: OrgScope, key: str, services: Svc) -> JSONResponse:
     summary="Revoke a key for good (not the only one that can sign)",
 )
 async def revoke_key(org: OrgScope, key: str, services: Svc) -> JSONResponse:
-    found, keys = await _find(services, org, key)
+    found, _ = await _find(services, org, key)
     if found.revoked_at is None:
-        others = [k for k in keys if k.id != key and _usable(k)]
-        if _usable(found) and not others:
+        # The store looks for another active key in the revoke's own transaction: two keys
+        # revoked at once cannot both go, leaving nothing to sign with.
+        try:
+            found = await services.store.revoke_key(org, key, keep_last_active=True)
+        except LastActiveKeyError:
             raise Problem(
                 409,
                 f"key {key!r} is the only active key; issue and activate another one first",
                 slug="last-active-key",
-            )
-        found = await services.store.revoke_key(org, key)
+            ) from None
         log.info("revoked webhook key %s for %s", key, org)
     return JSONResponse(key_view(found, signing_key_id=await _signing_key_id(services, org)))

@@ -184,8 +184,12 @@ class SQLiteStore(Store):
     async def activate_key(self, organization_id: str, key_id: str) -> WebhookKey:
         return await self._write(lambda c: _writes.activate_key(c, organization_id, key_id))
 
-    async def revoke_key(self, organization_id: str, key_id: str) -> WebhookKey:
-        return await self._write(lambda c: _writes.revoke_key(c, organization_id, key_id))
+    async def revoke_key(
+        self, organization_id: str, key_id: str, *, keep_last_active: bool = False
+    ) -> WebhookKey:
+        return await self._write(
+            lambda c: _writes.revoke_key(c, organization_id, key_id, keep_last_active)
+        )
 
     async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
         return await self._read(lambda c: _reads.signing_keys(c, organization_ids))

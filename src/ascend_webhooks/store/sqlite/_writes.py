@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from ...ids import new_id
 from .._checks import endpoint_changes, key_in_flight
-from ..base import LastAdminTokenError, NotFoundError, StoreError
+from ..base import LastActiveKeyError, LastAdminTokenError, NotFoundError, StoreError
 from ..models import (
     ApiToken,
     AttemptOutcome,
@@ -166,9 +166,21 @@ def activate_key(conn: sqlite3.Connection, organization_id: str, key_id: str) ->
     return _key(conn, organization_id, key_id)
 
 
-def revoke_key(conn: sqlite3.Connection, organization_id: str, key_id: str) -> WebhookKey:
+def revoke_key(
+    conn: sqlite3.Connection, organization_id: str, key_id: str, keep_last_active: bool
+) -> WebhookKey:
     current = _key(conn, organization_id, key_id)
     if current.revoked_at is None:
+        # In the revoke's transaction (one writer at a time): two revokes cannot both see
+        # the other's key still active.
+        if keep_last_active and current.activated_at is not None:
+            other = conn.execute(
+                "SELECT 1 FROM webhook_keys WHERE organization_id = ? AND id <> ?"
+                " AND activated_at IS NOT NULL AND revoked_at IS NULL LIMIT 1",
+                (organization_id, key_id),
+            ).fetchone()
+            if other is None:
+                raise LastActiveKeyError(f"webhook key {key_id!r} is the only active key")
         conn.execute("UPDATE webhook_keys SET revoked_at = ? WHERE id = ?", (now_ms(), key_id))
     return _key(conn, organization_id, key_id)
 
