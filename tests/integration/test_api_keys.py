@@ -218,3 +218,25 @@ async def test_revokes_at_once_leave_a_key_that_signs(api: Api, store: Store) ->
         )
         assert [k.active for k in keys.data].count(True) == 1
         assert org in await store.signing_keys([org])
+
+
+async def test_first_keys_issued_at_once_activate_only_one(api: Api, store: Store) -> None:
+    # Several first keys of each organization at once: one signs, the others wait for
+    # `activate`. Several organizations, for more interleavings.
+    orgs = [await api.organization(f"org-{n}") for n in range(4)]
+    answers = await asyncio.gather(
+        *(api.call("POST", f"/v1/organizations/{org}/keys", expect=201) for org in orgs * 5)
+    )
+    issued = [KeyCreated.model_validate(answer.json()) for answer in answers]
+    for org in orgs:
+        mine = [k for k in issued if k.organization_id == org]
+        assert [k.active for k in mine].count(True) == 1
+        assert [k.activated_at is not None for k in mine].count(True) == 1
+        (signing,) = [k.id for k in mine if k.active]
+        # The answers agree with what was stored.
+        path = f"/v1/organizations/{org}/keys"
+        listed = KeyList.model_validate((await api.call("GET", path, expect=200)).json())
+        assert {k.id: k.active for k in listed.data} == {k.id: k.active for k in mine}
+        stored = await store.list_keys(org)
+        assert [k.id for k in stored if k.activated_at is not None] == [signing]
+        assert (await store.signing_keys([org]))[org].id == signing

@@ -238,6 +238,28 @@ async def test_keys_rotation(store: Store) -> None:
     assert await store.list_keys(other) == []
 
 
+async def test_of_first_keys_issued_at_once_one_is_activated(store: Store) -> None:
+    # Several first keys of each organization at once: exactly one of each is activated.
+    orgs = [(await setup_org(store, f"org-{n}", endpoints=0))[0] for n in range(4)]
+    issued = await asyncio.gather(
+        *(store.create_key(org, b"c", activate="if_first") for org in orgs * 5)
+    )
+    for org in orgs:
+        mine = [k for k in issued if k.organization_id == org]
+        active = [k for k in mine if k.activated_at is not None]
+        assert len(active) == 1, mine
+        stored = {k.id: k.activated_at for k in await store.list_keys(org)}
+        assert stored == {k.id: k.activated_at for k in mine}
+        assert (await store.signing_keys([org]))[org].id == active[0].id
+
+    # "First" is: no active key. A later key waits; with the active one revoked, one signs.
+    assert (await store.create_key(org, b"c", activate="if_first")).activated_at is None
+    await store.revoke_key(org, active[0].id)
+    again = await store.create_key(org, b"c", activate="if_first")
+    assert again.activated_at is not None
+    assert (await store.signing_keys([org]))[org].id == again.id
+
+
 async def test_the_last_active_key_is_kept_when_asked_even_against_racing_revokes(
     store: Store,
 ) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Literal
 
 from .handoff import HandOff
 from .models import (
@@ -164,9 +165,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_key(
-        self, organization_id: str, secret_ciphertext: bytes, *, activate: bool
+        self,
+        organization_id: str,
+        secret_ciphertext: bytes,
+        *,
+        activate: bool | Literal["if_first"],
     ) -> WebhookKey:
-        """Issue a key; ``activate`` makes it the signing key at once."""
+        """Issue a key; ``activate`` makes it the signing key at once. Raises NotFoundError.
+
+        ``"if_first"`` activates it only if the organization has no active key (activated, not
+        revoked); checked in the same transaction as the insert, so of several first keys
+        issued at once exactly one is activated. The key returned says which it is.
+        """
 
     @abc.abstractmethod
     async def list_keys(self, organization_id: str) -> list[WebhookKey]:

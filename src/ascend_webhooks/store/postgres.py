@@ -77,7 +77,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
@@ -471,10 +471,23 @@ class PostgresStore(Store):
     # -- webhook keys ----------------------------------------------------------------------
 
     async def create_key(
-        self, organization_id: str, secret_ciphertext: bytes, *, activate: bool
+        self,
+        organization_id: str,
+        secret_ciphertext: bytes,
+        *,
+        activate: bool | Literal["if_first"],
     ) -> WebhookKey:
         try:
             async with self._transaction() as conn:
+                await self._lock_keys(conn, organization_id)
+                if activate == "if_first":
+                    # After the lock: of first keys issued at once, each sees the key that the
+                    # one before it activated.
+                    activate = not await conn.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM webhook_keys WHERE organization_id = $1"
+                        " AND activated_at IS NOT NULL AND revoked_at IS NULL)",
+                        organization_id,
+                    )
                 row = await conn.fetchrow(
                     "INSERT INTO webhook_keys (id, organization_id, secret_ciphertext,"
                     " activated_at) VALUES ($1, $2, $3, CASE WHEN $4 THEN"
@@ -503,7 +516,8 @@ class PostgresStore(Store):
     async def _lock_keys(self, conn: asyncpg.Connection, organization_id: str) -> None:
         """Lock the organization's row, so that changes to its keys take turns: each one then
         reads the keys the one before it committed (a revoke decides whether another key is
-        active). FOR NO KEY UPDATE: publishes, which hold it FOR KEY SHARE, do not wait."""
+        active, a first key whether one is). FOR NO KEY UPDATE: publishes, which hold it FOR
+        KEY SHARE, do not wait."""
         await conn.execute(
             "SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE", organization_id
         )

@@ -51,11 +51,13 @@ async def _find(services: Services, org: str, key_id: str) -> tuple[WebhookKey, 
 )
 async def create_key(org: OrgScope, services: Svc) -> JSONResponse:
     secret = new_webhook_secret()
-    # The first key signs at once; later ones wait for an explicit activation (rotation).
-    activate = await _signing_key_id(services, org) is None
-    key = await services.store.create_key(org, services.box.encrypt(secret), activate=activate)
-    log.info("issued webhook key %s for %s (active=%s)", key.id, org, activate)
-    view = key_view(key, signing_key_id=key.id if activate else None)
+    # The first key signs at once; later ones wait for an explicit activation (rotation). The
+    # store decides which is first in the insert's transaction, so of first keys issued at
+    # once only one signs, and each answer says what was stored.
+    key = await services.store.create_key(org, services.box.encrypt(secret), activate="if_first")
+    active = key.activated_at is not None
+    log.info("issued webhook key %s for %s (active=%s)", key.id, org, active)
+    view = key_view(key, signing_key_id=key.id if active else None)
     view["secret"] = secret
     return JSONResponse(view, status_code=201)
 

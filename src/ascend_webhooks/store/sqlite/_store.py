@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from ..base import Store, StoreError, StoreUnavailableError
 from ..handoff import HandOff
@@ -172,7 +172,11 @@ class SQLiteStore(Store):
     # -- webhook keys ------------------------------------------------------------------------
 
     async def create_key(
-        self, organization_id: str, secret_ciphertext: bytes, *, activate: bool
+        self,
+        organization_id: str,
+        secret_ciphertext: bytes,
+        *,
+        activate: bool | Literal["if_first"],
     ) -> WebhookKey:
         return await self._write(
             lambda c: _writes.create_key(c, organization_id, secret_ciphertext, activate)

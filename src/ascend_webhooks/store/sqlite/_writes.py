@@ -20,6 +20,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
+from typing import Literal
 
 from ...ids import new_id
 from .._checks import endpoint_changes, key_in_flight
@@ -128,9 +129,21 @@ def _admin_tokens_left(conn: sqlite3.Connection) -> bool:
 
 
 def create_key(
-    conn: sqlite3.Connection, organization_id: str, ciphertext: bytes, activate: bool
+    conn: sqlite3.Connection,
+    organization_id: str,
+    ciphertext: bytes,
+    activate: bool | Literal["if_first"],
 ) -> WebhookKey:
     require_organization(conn, organization_id)
+    if activate == "if_first":
+        # In the insert's transaction (one writer at a time): of first keys issued at once,
+        # only the one that runs first finds no active key.
+        active = conn.execute(
+            "SELECT 1 FROM webhook_keys WHERE organization_id = ?"
+            " AND activated_at IS NOT NULL AND revoked_at IS NULL LIMIT 1",
+            (organization_id,),
+        ).fetchone()
+        activate = active is None
     now = now_ms()
     key_id = new_id("key")
     conn.execute(
