@@ -52,13 +52,17 @@ async def test_a_nul_in_a_path_or_query_value_is_the_same_client_error_on_both_s
     for method, path in (
         ("GET", "/v1/organizations/org%00x"),
         ("GET", f"/v1/organizations/{org}/events/evt%00x"),
+        # Event ids are decoded once more (to name "." and ".."): %2500 is a NUL there too.
+        ("GET", f"/v1/organizations/{org}/events/%2500"),
+        ("GET", f"/v1/organizations/{org}/events/evt%2500x"),
         ("GET", f"/v1/organizations/{org}/endpoints/ep%00x"),
         ("DELETE", f"/v1/organizations/{org}/endpoints/ep%00x"),
         ("GET", f"/v1/organizations/{org}/deliveries/dlv%00x"),
         ("POST", "/v1/organizations/org%00x/events"),  # the publish front's route
     ):
         kwargs = {"json": {"type": "invoice.paid", "data": {}}} if method == "POST" else {}
-        assert_problem(await api.call(method, path, **kwargs), 404)
+        problem = assert_problem(await api.call(method, path, **kwargs), 404)
+        assert problem["detail"] == "no resource has a NUL character in its path", path
     for query in ("type=a%00b", "after=c%00", "status=pending%00"):
         events = "events" if "status" not in query else "deliveries"
         assert_problem(await api.call("GET", f"/v1/organizations/{org}/{events}?{query}"), 422)

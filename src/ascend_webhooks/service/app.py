@@ -28,7 +28,12 @@ from .crypto import SecretBox, load_secret_box
 from .dashboard import Dashboard
 from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
-from .problems import CatchAllMiddleware, install_problem_handlers, problem_response
+from .problems import (
+    NUL_IN_PATH,
+    CatchAllMiddleware,
+    install_problem_handlers,
+    problem_response,
+)
 from .processes import DeliveryProcesses
 from .responses import JSONResponse
 from .routes import system_router, v1_router
@@ -185,11 +190,10 @@ class _Application(FastAPI):
 def _nul_refused(scope: Scope) -> Response | None:
     """The answer to a NUL character in the path or the query, the same on both stores: no id
     holds one (404), and no query parameter takes one (422). Left to the routes, SQLite found
-    nothing and PostgreSQL, whose text cannot hold a NUL, refused the value."""
+    nothing and PostgreSQL, whose text cannot hold a NUL, refused the value. (A route that
+    decodes its segment once more checks the id it decodes: see ``routes.events``.)"""
     if "\0" in scope["path"]:
-        return problem_response(
-            404, "no resource has a NUL character in its path", slug="not-found"
-        )
+        return problem_response(404, NUL_IN_PATH, slug="not-found")
     if b"%00" in scope["query_string"] or b"\0" in scope["query_string"]:
         return problem_response(
             422, "query parameters may not contain NUL characters", slug="validation-error"

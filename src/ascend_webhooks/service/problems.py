@@ -33,6 +33,7 @@ from ..store.base import (
 )
 
 __all__ = [
+    "NUL_IN_PATH",
     "PROBLEM_MEDIA_TYPE",
     "CatchAllMiddleware",
     "Problem",
@@ -45,6 +46,8 @@ log = logging.getLogger("ascend_webhooks.service")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # Problem types are anchors of the API reference, so a client can look every one up.
 _TYPE_BASE = "https://github.com/ascend-webhooks/ascend-webhooks/blob/main/docs/api.md#problem-"
+#: The detail of the 404 for a NUL in a path, whichever layer finds it.
+NUL_IN_PATH = "no resource has a NUL character in its path"
 
 
 class Problem(Exception):

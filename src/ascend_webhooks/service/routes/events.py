@@ -21,7 +21,7 @@ from ...ids import new_id
 from ...metrics import EVENTS_PUBLISHED
 from ...store.models import NewEvent, PublishResult
 from ..auth import OrgScope
-from ..problems import Problem
+from ..problems import NUL_IN_PATH, Problem
 from ..responses import JSONResponse
 from ..schemas import (
     EventAccepted,
@@ -270,5 +270,13 @@ def _event_path_id(segment: str) -> str:
     """The event id a path segment names, once the server decoded the URL. Ids never hold "%",
     so one left is a second level of percent-encoding, decoded here: the way to name the ids
     "." and ".." (``%252E``, ``%252E%252E``), path segments that browsers, and any client
-    parsing URLs as they do, resolve away even when written ``%2E``."""
-    return unquote(segment) if "%" in segment else segment
+    parsing URLs as they do, resolve away even when written ``%2E``.
+
+    A NUL decoded here (``%2500``) is 404 as one in the path is: the app's check of the path
+    saw only ``%00``, and PostgreSQL, whose text cannot hold a NUL, refused it (422)."""
+    if "%" not in segment:
+        return segment
+    event_id = unquote(segment)
+    if "\0" in event_id:
+        raise Problem(404, NUL_IN_PATH, slug="not-found")
+    return event_id
