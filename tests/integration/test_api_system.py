@@ -253,3 +253,27 @@ async def test_event_and_delivery_cursors_tell_nothing_and_stay_with_their_organ
         "GET", f"/v1/organizations/{theirs}/{listing}", params={"after": cursor}
     )
     assert assert_problem(elsewhere, 400)["type"].endswith("#problem-invalid-cursor")
+
+
+async def test_an_event_or_delivery_cursor_opens_only_in_the_list_that_handed_it_out(
+    api: Api,
+) -> None:
+    # Both are sealed sequence numbers, but an event's seq is no position among deliveries.
+    org = await api.organization()
+    await api.endpoint(org)
+    for n in range(3):
+        await api.publish(org, id=f"evt_{n}")
+    lists = f"/v1/organizations/{org}"
+    cursors = {}
+    for listing in ("events", "deliveries"):
+        page = await api.call("GET", f"{lists}/{listing}?limit=1", expect=200)
+        cursors[listing] = page.json()["next_cursor"]
+    for listing, other in (("events", "deliveries"), ("deliveries", "events")):
+        refused = await api.call("GET", f"{lists}/{other}", params={"after": cursors[listing]})
+        assert assert_problem(refused, 400)["type"].endswith("#problem-invalid-cursor")
+    # Filters keep a list's positions: a filtered page's cursor pages on without the filter.
+    for listing, query in (("events", "type=invoice.paid"), ("deliveries", "status=pending")):
+        page = await api.call("GET", f"{lists}/{listing}?limit=1&{query}", expect=200)
+        after = page.json()["next_cursor"]
+        rest = await api.call("GET", f"{lists}/{listing}", params={"after": after}, expect=200)
+        assert len(rest.json()["data"]) == 2

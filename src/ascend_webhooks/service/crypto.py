@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +29,7 @@ from .settings import Settings
 
 __all__ = [
     "SECRET_PREFIX",
+    "CursorList",
     "MasterKeyError",
     "SecretBox",
     "load_secret_box",
@@ -39,6 +41,9 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 _AAD = b"ascend-webhooks:webhook-key:v1"
+
+#: The lists whose cursors are sealed; a cursor opens only in the list that handed it out.
+CursorList = Literal["events", "deliveries"]
 
 
 class MasterKeyError(RuntimeError):
@@ -88,37 +93,45 @@ class SecretBox:
             ) from None
         return plain.decode("utf-8")
 
-    def seal_cursor(self, organization_id: str, cursor: str | None) -> str | None:
-        """A list cursor made opaque to the organization it is for.
+    def seal_cursor(
+        self, organization_id: str, cursor: str | None, *, listing: CursorList
+    ) -> str | None:
+        """A list cursor made opaque to the organization and the list it is for.
 
         Events and deliveries are paged by sequence numbers that every organization's rows
         share: as plain numbers, the gap between two of an organization's pages counts what
         the others published meanwhile. Sealed, a cursor says nothing, and it opens only for
-        the organization it was handed to (:meth:`open_cursor`).
+        the organization and the list it was handed out by (:meth:`open_cursor`): an event's
+        seq is no position among deliveries, nor the reverse.
         """
         if cursor is None:
             return None
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, cursor.encode("utf-8"), _cursor_aad(organization_id))
+        aad = _cursor_aad(organization_id, listing)
+        sealed = self._aead.encrypt(nonce, cursor.encode("utf-8"), aad)
         return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
 
-    def open_cursor(self, organization_id: str, cursor: str | None) -> str | None:
-        """The cursor :meth:`seal_cursor` sealed for this organization; InvalidCursorError
-        for anything else (another organization's, altered, made up)."""
+    def open_cursor(
+        self, organization_id: str, cursor: str | None, *, listing: CursorList
+    ) -> str | None:
+        """The cursor :meth:`seal_cursor` sealed for this organization and list;
+        InvalidCursorError for anything else (another organization's or list's, altered,
+        made up)."""
         if cursor is None:
             return None
         try:
             raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
             plain = self._aead.decrypt(
-                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _cursor_aad(organization_id)
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _cursor_aad(organization_id, listing)
             )
             return plain.decode("utf-8")
         except (ValueError, InvalidTag):  # (binascii.Error and UnicodeError are ValueErrors)
             raise InvalidCursorError(cursor) from None
 
 
-def _cursor_aad(organization_id: str) -> bytes:
-    return b"ascend-webhooks:cursor:v1:" + organization_id.encode("utf-8")
+def _cursor_aad(organization_id: str, listing: CursorList) -> bytes:
+    # v2: v1 named the organization only, so one list's cursor opened in the other's.
+    return f"ascend-webhooks:cursor:v2:{listing}:{organization_id}".encode()
 
 
 def parse_master_key(text: str) -> bytes:

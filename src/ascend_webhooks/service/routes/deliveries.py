@@ -45,14 +45,14 @@ async def list_deliveries(
     page = await services.store.list_deliveries(
         org,
         limit=limit,
-        after=services.box.open_cursor(org, after),
+        after=services.box.open_cursor(org, after, listing="deliveries"),
         status=status,
         endpoint_id=endpoint_id,
     )
     return JSONResponse(
         page_view(
             [delivery_list_item_view(d) for d in page.items],
-            services.box.seal_cursor(org, page.next_cursor),
+            services.box.seal_cursor(org, page.next_cursor, listing="deliveries"),
         )
     )
 

@@ -250,9 +250,12 @@ async def list_events(
     ] = None,
 ) -> JSONResponse:
     page = await services.store.list_events(
-        org, limit=limit, after=services.box.open_cursor(org, after), event_type=type
+        org,
+        limit=limit,
+        after=services.box.open_cursor(org, after, listing="events"),
+        event_type=type,
     )
-    cursor = services.box.seal_cursor(org, page.next_cursor)
+    cursor = services.box.seal_cursor(org, page.next_cursor, listing="events")
     return JSONResponse(page_view([event_view(e) for e in page.items], cursor))
 
 
