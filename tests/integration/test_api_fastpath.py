@@ -117,9 +117,15 @@ async def test_everything_else_gets_the_routes_answers(api: Api) -> None:
     assert_problem(too_large, 413)
     not_json = await api.call("POST", path, content=b"{", headers={"content-type": "text/plain"})
     assert not_json.status_code in (400, 422)
+    unparsable = b'{"type": "t", "data": {'  # a JSON body the front reads, and cannot parse
+    for route in (path, f"{path}/batch"):
+        garbled = await api.call(
+            "POST", route, content=unparsable, headers={"content-type": "application/json"}
+        )
+        assert assert_problem(garbled, 400)["type"].endswith("#problem-bad-request")
     assert_problem(await api.call("POST", path, token="aw_unknown", json={}), 401)
     assert_problem(await api.publish("org_nobody"), 404)
-    assert counted.calls == 7  # each went to the route
+    assert counted.calls == 9  # each went to the route
 
     # Nothing of those was stored.
     listed = await api.call("GET", f"{path}?limit=10", expect=200)

@@ -168,6 +168,28 @@ async def test_garbage_never_causes_a_5xx(api: Api, method: str, path: str, raw:
     assert_problem(response, response.status_code)
 
 
+async def test_a_body_that_is_not_json_is_400_on_every_route_that_takes_one(api: Api) -> None:
+    org = await api.organization()
+    await api.publish(org, id="evt_known")  # known: publishes go through the publish front
+    ids = {"org": org, "endpoint": await api.endpoint(org)}
+    document = (await api.call("GET", "/openapi.json", token=None, expect=200)).json()
+    taking = [
+        (method.upper(), path.format(**ids))
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert len(taking) == 7
+    for method, path in taking:
+        for raw in (b"{", b'{"name": "x",}', b"nope", b"\xff\xfe"):
+            response = await api.call(
+                method, path, content=raw, headers={"Content-Type": "application/json"}
+            )
+            problem = assert_problem(response, 400)
+            assert problem["type"].endswith("#problem-bad-request"), (path, raw)
+            assert "errors" not in problem
+
+
 async def test_bad_content_length_is_400(api: Api) -> None:
     response = await api.client.post(
         "/v1/organizations", content=b"{}", headers={"Content-Length": "nope"}

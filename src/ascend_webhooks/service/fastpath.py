@@ -20,10 +20,10 @@ answers it. Anything the checks are unsure of goes to the route, never the other
 
 Anything else — a token never seen, an organization not yet known, a body that does not parse
 or validate, an event too large, a store error — is handed, with its body replayed, to the
-FastAPI application, whose route answers it exactly as before (problem documents, 401, 404,
-409, 413, 422). Nothing is written before the hand-over can happen: a store error means the
-publish wrote nothing, and publishing is idempotent by event id, so the route running it again
-gives the same answer. A 202 still means the event was committed.
+FastAPI application, whose route answers it exactly as before (problem documents, 400, 401,
+404, 409, 413, 422). Nothing is written before the hand-over can happen: a store error means
+the publish wrote nothing, and publishing is idempotent by event id, so the route running it
+again gives the same answer. A 202 still means the event was committed.
 """
 
 from __future__ import annotations

@@ -177,8 +177,29 @@ def _clean_error(error: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _unparsable_body(errors: Sequence[Any]) -> str | None:
+    """The detail for a body that is not JSON, if that is what ``errors`` report: FastAPI
+    reports its parser's failure as a validation error (``json_invalid`` at ``("body",
+    offset)``), but nothing was there to validate, and invalid UTF-8, which fails the same
+    parse, is a 400. (A field typed ``Json`` reports ``json_invalid`` at its name.)"""
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if (
+            error.get("type") == "json_invalid"
+            and len(loc) == 2
+            and loc[0] == "body"
+            and isinstance(loc[1], int)
+        ):
+            reason = error.get("ctx", {}).get("error", "invalid JSON")
+            return f"the body is not JSON: {reason} (at character {loc[1]})"
+    return None
+
+
 async def _validation_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    unparsable = _unparsable_body(exc.errors())
+    if unparsable is not None:
+        return problem_response(400, unparsable, slug="bad-request")
     errors = [_clean_error(error) for error in exc.errors()]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(first["loc"]) or "request"
