@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import processes as real
 from tests.support.receivers import Receiver, Reply
 
 CLI = [sys.executable, "-m", "ascend_webhooks.cli"]
@@ -300,6 +301,31 @@ async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reas
     assert len(lines) == 1, err
     assert reason in lines[0]
     assert lines[0].startswith("ascend-webhooks: error:")
+
+
+@pytest.mark.postgres
+async def test_the_worker_logs_its_database_url_without_a_password(tmp_path: Path) -> None:
+    host = os.environ.get("PGHOST", "127.0.0.1")
+    if host.startswith("/"):
+        pytest.skip("the URL names PostgreSQL on TCP (PGHOST is a socket directory)")
+    port, user = os.environ.get("PGPORT", "5432"), os.environ.get("PGUSER", "postgres")
+    async with real.postgres_database() as url, real.processes(tmp_path) as group:
+        database = url.rsplit("/", 1)[1]
+        # libpq and asyncpg take a password in the user info and in the query; the server of
+        # the tests trusts its clients, so none of them is checked.
+        secret_url = (
+            f"postgresql://{user}:USERINFO-PW@{host}:{port}/{database}"
+            "?password=QUERY-PW&sslpassword=KEY-PW"
+        )
+        worker = await group.worker(real.service_env(secret_url))
+        assert await worker.stop() == 0
+        log = worker.output()
+        assert (
+            f"delivery worker running on postgresql://{user}:***@{host}:{port}/{database}"
+            "?password=***&sslpassword=***"
+        ) in log, log
+        for secret in ("USERINFO-PW", "QUERY-PW", "KEY-PW"):
+            assert secret not in log
 
 
 async def test_a_key_file_readable_by_others_stops_serve(tmp_path: Path) -> None:

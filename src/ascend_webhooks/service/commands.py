@@ -14,10 +14,12 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 from ..store import Store
 from .crypto import MasterKeyError, SecretBox, load_secret_box
@@ -352,11 +354,40 @@ async def _run_worker(
     return 0
 
 
+#: Query parameters that carry a secret: libpq (and asyncpg) take the password, and the
+#: passphrase of the client's TLS key, from the URL's query as well as its user info.
+_SECRET_PARAMETERS = frozenset(("password", "sslpassword"))
+_AUTHORITY_END = re.compile(r"[/?#]")
+
+
 def _redacted(url: str) -> str:
-    """The database URL without its password, for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    """The database URL without its secrets, for logs: the password of its user info and the
+    value of every ``password`` and ``sslpassword`` query parameter are ``***``.
+
+    Taken apart by hand, where the drivers' URL parsing ends each part: urllib's would not put
+    ``sqlite:///path`` back together (it drops the empty host's ``//``)."""
+    scheme, slashes, rest = url.partition("://")
+    if not slashes:
+        return _redacted_query(url)
+    end = _AUTHORITY_END.search(rest)
+    authority, rest = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    user, at, host = authority.rpartition("@")
+    if ":" in user:
+        user = user.partition(":")[0] + ":***"
+    return f"{scheme}://{user}{at}{host}{_redacted_query(rest)}"
+
+
+def _redacted_query(text: str) -> str:
+    """``text`` (a URL's path onwards) with the values of its secret query parameters hidden."""
+    before, question, after = text.partition("?")
+    if not question:
+        return text
+    query, hash_mark, fragment = after.partition("#")
+    pieces = []
+    for piece in query.split("&"):
+        name, equals, _ = piece.partition("=")
+        # Compared as the drivers read it: percent-decoded (``pass%77ord`` is ``password``).
+        if equals and unquote_plus(name).strip().lower() in _SECRET_PARAMETERS:
+            piece = f"{name}=***"
+        pieces.append(piece)
+    return f"{before}?{'&'.join(pieces)}{hash_mark}{fragment}"
