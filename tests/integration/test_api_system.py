@@ -299,3 +299,37 @@ async def test_an_event_or_delivery_cursor_opens_only_in_the_list_that_handed_it
         after = page.json()["next_cursor"]
         rest = await api.call("GET", f"{lists}/{listing}", params={"after": after}, expect=200)
         assert len(rest.json()["data"]) == 2
+
+
+async def test_answers_that_carry_a_secret_shown_once_may_not_be_cached(api: Api) -> None:
+    # Found by their schemas, so that a new route handing out a secret is held to it too.
+    document = (await api.call("GET", "/openapi.json", token=None, expect=200)).json()
+    schemas = document["components"]["schemas"]
+    shown_once = {
+        name
+        for name, schema in schemas.items()
+        if any(
+            "shown once" in p.get("description", "") for p in schema.get("properties", {}).values()
+        )
+    }
+    assert shown_once == {"TokenCreated", "KeyCreated"}
+    carrying = set()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                if schema.get("$ref", "").rsplit("/", 1)[-1] in shown_once:
+                    assert answer["headers"]["Cache-Control"]["schema"]["const"] == "no-store"
+                    carrying.add((method.upper(), path, status))
+    assert carrying == {
+        ("POST", f"{ORG}/tokens", "201"),
+        ("POST", "/v1/tokens", "201"),
+        ("POST", f"{ORG}/keys", "201"),
+    }
+    org = await api.organization()
+    for method, path, status in sorted(carrying):
+        answer = await api.call(method, path.format(org=org), expect=int(status))
+        assert answer.headers["Cache-Control"] == "no-store", path
+    # The others are left to the usual rules (nothing is cached without freshness anyway).
+    listed = await api.call("GET", f"/v1/organizations/{org}/keys", expect=200)
+    assert "Cache-Control" not in listed.headers

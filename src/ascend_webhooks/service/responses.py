@@ -12,7 +12,11 @@ from typing import Any
 import orjson
 from starlette import responses
 
-__all__ = ["JSONResponse"]
+__all__ = ["NO_STORE", "JSONResponse"]
+
+#: The headers of an answer that carries a secret shown once (a token, a webhook key): no
+#: cache on its way, a browser's included, may keep it (RFC 9111, section 5.2.2.5).
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 class JSONResponse(responses.JSONResponse):

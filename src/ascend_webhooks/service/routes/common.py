@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "MAX_LIMIT",
     "PROBLEM_SCHEMA",
+    "SHOWN_ONCE",
     "After",
     "Limit",
     "Svc",
@@ -26,6 +27,19 @@ __all__ = [
 # The app adds ProblemOut to the OpenAPI components (see app.py): FastAPI's ``model=`` would
 # document problems as ``application/json``, and they are ``application/problem+json``.
 PROBLEM_SCHEMA = {"$ref": "#/components/schemas/ProblemOut"}
+
+#: The OpenAPI ``responses`` entry of a 201 whose body carries a secret shown once: it is sent
+#: with ``responses.NO_STORE``.
+SHOWN_ONCE: dict[int | str, dict[str, Any]] = {
+    201: {
+        "headers": {
+            "Cache-Control": {
+                "description": "`no-store`: no cache may keep the secret",
+                "schema": {"type": "string", "const": "no-store"},
+            }
+        }
+    }
+}
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -18,10 +18,10 @@ from ...store.models import WebhookKey
 from ..auth import OrgScope
 from ..crypto import new_webhook_secret
 from ..problems import Problem
-from ..responses import JSONResponse
+from ..responses import NO_STORE, JSONResponse
 from ..schemas import KeyCreated, KeyList, KeyOut, key_view, page_view
 from ..state import Services
-from .common import Svc, problems
+from .common import SHOWN_ONCE, Svc, problems
 
 __all__ = ["router"]
 
@@ -46,7 +46,7 @@ async def _find(services: Services, org: str, key_id: str) -> tuple[WebhookKey, 
     "/organizations/{org}/keys",
     status_code=201,
     response_model=KeyCreated,
-    responses=problems(404),
+    responses={**SHOWN_ONCE, **problems(404)},
     summary="Issue a webhook key (its secret is shown once)",
 )
 async def create_key(org: OrgScope, services: Svc) -> JSONResponse:
@@ -59,7 +59,7 @@ async def create_key(org: OrgScope, services: Svc) -> JSONResponse:
     log.info("issued webhook key %s for %s (active=%s)", key.id, org, active)
     view = key_view(key, signing_key_id=key.id if active else None)
     view["secret"] = secret
-    return JSONResponse(view, status_code=201)
+    return JSONResponse(view, status_code=201, headers=NO_STORE)
 
 
 @router.get(

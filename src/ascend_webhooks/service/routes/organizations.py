@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Response
 
 from ..auth import Auth, OrgScope, require_admin
-from ..responses import JSONResponse
+from ..responses import NO_STORE, JSONResponse
 from ..schemas import (
     OrganizationCreate,
     OrganizationList,
@@ -26,7 +26,7 @@ from ..schemas import (
 )
 from ..state import Principal
 from ..tokens import hash_token, new_token
-from .common import DEFAULT_LIMIT, After, Limit, Svc, id_cursor, problems
+from .common import DEFAULT_LIMIT, SHOWN_ONCE, After, Limit, Svc, id_cursor, problems
 
 __all__ = ["router"]
 
@@ -78,7 +78,7 @@ async def get_organization(org: OrgScope, services: Svc) -> JSONResponse:
     "/organizations/{org}/tokens",
     status_code=201,
     response_model=TokenCreated,
-    responses=problems(404),
+    responses={**SHOWN_ONCE, **problems(404)},
     summary="Issue an API token that sees only this organization (shown once)",
 )
 async def create_token(
@@ -90,7 +90,7 @@ async def create_token(
     token = await services.store.create_token(
         org, hash_token(secret), body.name if body is not None else None
     )
-    return JSONResponse(token_view(token, secret), status_code=201)
+    return JSONResponse(token_view(token, secret), status_code=201, headers=NO_STORE)
 
 
 @router.get(

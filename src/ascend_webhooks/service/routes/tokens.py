@@ -16,11 +16,11 @@ from fastapi import APIRouter, Body, Depends, Path, Response
 from ...store.base import LastAdminTokenError
 from ..auth import require_admin
 from ..problems import Problem
-from ..responses import JSONResponse
+from ..responses import NO_STORE, JSONResponse
 from ..schemas import TokenCreate, TokenCreated, TokenList, token_summary_view, token_view
 from ..state import Principal
 from ..tokens import hash_token, new_token
-from .common import Svc, problems
+from .common import SHOWN_ONCE, Svc, problems
 
 __all__ = ["router"]
 
@@ -43,7 +43,7 @@ async def list_admin_tokens(services: Svc) -> JSONResponse:
     "/tokens",
     status_code=201,
     response_model=TokenCreated,
-    responses=problems(403),
+    responses={**SHOWN_ONCE, **problems(403)},
     summary="Issue another admin token (admin; shown once)",
 )
 async def create_admin_token(
@@ -54,7 +54,7 @@ async def create_admin_token(
         None, hash_token(secret), body.name if body is not None else None
     )
     log.info("issued admin token %s", token.id)
-    return JSONResponse(token_view(token, secret), status_code=201)
+    return JSONResponse(token_view(token, secret), status_code=201, headers=NO_STORE)
 
 
 @router.delete(
