@@ -41,6 +41,10 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def command_line(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_the_delivery_processes_deliver_and_stop_with_serve(
     tmp_path: Path, database: str
@@ -66,6 +70,12 @@ async def deliver_through_children(tmp_path: Path, env: dict[str, str]) -> None:
         assert all(alive(pid) for pid in pids.values())
         # Each in a session of its own: a terminal's Ctrl-C reaches serve, which stops them.
         assert all(os.getsid(pid) == pid for pid in pids.values())
+        # The database URL (it may hold a password) reaches them in their environment, which
+        # only their user can read, not on their command lines, which `ps` shows everyone.
+        for pid in pids.values():
+            argv = command_line(pid)
+            assert b"--database-url" not in argv
+            assert not any(b"sqlite:" in arg or b"postgresql:" in arg for arg in argv)
         org, secret = await setup_organization(client, service.base_url, ADMIN, receiver)
         receiver.secret = secret
         events = [{"id": f"evt_{n}", "type": "invoice.paid", "data": {"n": n}} for n in range(40)]

@@ -262,6 +262,8 @@ async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
         ({"ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "soon"}, "ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT"),
         ({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": "1,2,3,4,5,6,7,8,9,10,11"}, "RETRY_SCHEDULE"),
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "mysql://db"}, "unsupported database URL"),
+        # (the URL's password is not repeated: the one line says only its scheme)
+        ({"ASCEND_WEBHOOKS_DATABASE_URL": "mysql://u:S3CRET@db"}, "(scheme 'mysql')"),
         ({"ASCEND_WEBHOOKS_MASTER_KEY": "short"}, "ASCEND_WEBHOOKS_MASTER_KEY"),
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x"}, "MASTER_KEY is required"),
         ({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "two"}, "ASCEND_WEBHOOKS_DELIVERY_PROCESSES"),
@@ -300,6 +302,7 @@ async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reas
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, err
     assert reason in lines[0]
+    assert "S3CRET" not in lines[0]
     assert lines[0].startswith("ascend-webhooks: error:")
 
 

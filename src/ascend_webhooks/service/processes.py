@@ -37,6 +37,7 @@ _HEALTHY_AFTER = 60.0  # a child that ran this long before exiting starts again 
 _PARENT_CHECK_SECONDS = 1.0
 #: Where a worker serves its metrics; delivery process N takes this port + N - 1.
 METRICS_PORT_ENV = "ASCEND_WEBHOOKS_METRICS_PORT"
+DATABASE_URL_ENV = "ASCEND_WEBHOOKS_DATABASE_URL"
 
 
 class DeliveryProcesses:
@@ -123,9 +124,11 @@ class DeliveryProcesses:
             delay = min(delay * 2, _MAX_RESTART_DELAY)
 
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
-        args = [*self._command, "worker", "--database-url", self._database_url]
-        args += ["--stop-with-parent", str(os.getpid())]
+        args = [*self._command, "worker", "--stop-with-parent", str(os.getpid())]
+        # In the environment, not on the command line: the URL may hold a password, and any
+        # user of the machine can read a process's arguments (ps), not its environment.
         env = dict(os.environ)
+        env[DATABASE_URL_ENV] = self._database_url
         base = env.get(METRICS_PORT_ENV, "").strip()
         if base:  # (the child refuses a bad value in one line, as `worker` always does)
             env[METRICS_PORT_ENV] = str(int(base) + slot - 1) if base.isdigit() else base

@@ -17,4 +17,8 @@ def open_store(database_url: str) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore(database_url)
-    raise ValueError(f"unsupported database URL {database_url!r}: use sqlite:/// or postgresql://")
+    # Only the scheme is repeated: the rest may hold a password, and this reaches the terminal.
+    scheme = database_url.partition(":")[0] if ":" in database_url else database_url[:20]
+    raise ValueError(
+        f"unsupported database URL (scheme {scheme!r}): use sqlite:/// or postgresql://"
+    )
