@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,8 +94,8 @@ async def test_openapi_is_valid_and_describes_every_route(api: Api) -> None:
         if path.startswith("/v1"):
             assert operation["security"] == [{"HTTPBearer": []}]
             assert {"401", "503"} <= responses.keys()
-        if "requestBody" in operation:  # a body that is not JSON, or too large
-            assert {"400", "413", "422"} <= responses.keys(), (method, path)
+        if "requestBody" in operation:  # a body that is not JSON, not sent as JSON, too large
+            assert {"400", "413", "415", "422"} <= responses.keys(), (method, path)
         if any(parameter["name"] == "after" for parameter in operation.get("parameters", ())):
             assert "400" in responses, (method, path)  # a cursor that is not one
         for code, response in responses.items():
@@ -188,6 +189,43 @@ async def test_a_body_that_is_not_json_is_400_on_every_route_that_takes_one(api:
             problem = assert_problem(response, 400)
             assert problem["type"].endswith("#problem-bad-request"), (path, raw)
             assert "errors" not in problem
+
+
+async def test_a_body_not_sent_as_json_is_415_on_every_route_that_takes_one(api: Api) -> None:
+    """`curl -d` alone says application/x-www-form-urlencoded; the answer was a 422 "Input
+    should be a valid dictionary", which does not say what to change."""
+    org = await api.organization()
+    ids = {"org": org, "endpoint": await api.endpoint(org)}
+    bodies = {  # a body each route would take, sent as JSON
+        "/v1/organizations": {"name": "acme"},
+        "/v1/tokens": {"name": "ops"},
+        f"/v1/organizations/{org}/tokens": {"name": "dashboard"},
+        f"/v1/organizations/{org}/endpoints": {"url": "http://127.0.0.1:9/hook"},
+        f"/v1/organizations/{org}/endpoints/{ids['endpoint']}": {"description": "x"},
+        f"/v1/organizations/{org}/events": {"type": "invoice.paid", "data": {}},
+        f"/v1/organizations/{org}/events/batch": {"events": [{"type": "a.b", "data": {}}]},
+    }
+    document = (await api.call("GET", "/openapi.json", token=None, expect=200)).json()
+    taking = [
+        (method.upper(), path.format(**ids))
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert {path for _, path in taking} == set(bodies)
+    for method, path in taking:
+        raw = json.dumps(bodies[path]).encode()
+        for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+            headers = {} if content_type is None else {"Content-Type": content_type}
+            response = await api.call(method, path, content=raw, headers=headers)
+            problem = assert_problem(response, 415)
+            assert problem["type"].endswith("#problem-unsupported-media-type"), path
+            assert "application/json" in problem["detail"]
+        for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+            response = await api.call(
+                method, path, content=raw, headers={"Content-Type": content_type}
+            )
+            assert response.status_code < 300, (path, content_type, response.text)
 
 
 async def test_bad_content_length_is_400(api: Api) -> None:

@@ -146,10 +146,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def _document_common_problems(path: str, operation: dict[str, Any]) -> None:
     """The answers every route of a kind may give, whichever route it is: a body that is not
-    JSON (400) or too large (413), a cursor that is not one (400), the database down (503)."""
+    JSON (400, or 415 when not sent as JSON) or too large (413), a cursor that is not one
+    (400), the database down (503)."""
     statuses: set[int] = set()
     if "requestBody" in operation:
-        statuses |= {400, 413}
+        statuses |= {400, 413, 415}
     if any(parameter.get("name") == "after" for parameter in operation.get("parameters", ())):
         statuses.add(400)
     if path.startswith("/v1/"):

@@ -195,11 +195,27 @@ def _unparsable_body(errors: Sequence[Any]) -> str | None:
     return None
 
 
-async def _validation_handler(_: Request, exc: Exception) -> Response:
+def _not_json(content_type: str | None) -> bool:
+    """Whether a request said its body is something else than JSON (or said nothing)."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    return not (
+        media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+    )
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     unparsable = _unparsable_body(exc.errors())
     if unparsable is not None:
         return problem_response(400, unparsable, slug="bad-request")
+    content_type = request.headers.get("content-type")
+    if _not_json(content_type) and any(e.get("loc", ())[:1] == ("body",) for e in exc.errors()):
+        # FastAPI reads a body of another type as bytes, and the model then reports "Input
+        # should be a valid dictionary": say what the caller has to change instead.
+        said = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        detail = f"the body must be JSON, sent with Content-Type: application/json ({said})"
+        return problem_response(415, detail, slug="unsupported-media-type")
     errors = [_clean_error(error) for error in exc.errors()]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(first["loc"]) or "request"

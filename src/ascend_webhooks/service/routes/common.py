@@ -58,6 +58,7 @@ _DESCRIPTIONS = {
     404: "Not found (or belongs to another organization)",
     409: "Conflicts with the current state",
     413: "Request or event body too large",
+    415: "The body is not sent as JSON (`Content-Type: application/json`)",
     422: "Invalid input",
     503: "The database is unavailable: retry (after `Retry-After` seconds)",
 }
