@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import threading
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ class ListenServer(ThreadingHTTPServer):
         show_data: bool = True,
         out: TextIO = sys.stdout,
     ) -> None:
+        if ":" in address[0]:  # an IPv6 address such as ::1 (the class default is IPv4 only)
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.secrets = secrets
         self.tolerance = tolerance
@@ -182,7 +185,8 @@ def register_listen(sub: Any, run: Any, secrets: Any) -> None:
         except OSError as exc:
             raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
         host, port = server.server_address[:2]
-        print(f"listening on http://{host!s}:{port}/ (Ctrl-C to stop)", flush=True)
+        where = f"[{host!s}]" if server.address_family == socket.AF_INET6 else str(host)
+        print(f"listening on http://{where}:{port}/ (Ctrl-C to stop)", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -80,6 +80,23 @@ def test_trigger_to_listen_is_verified_and_printed(listener: Listener) -> None:
     assert "-> 200" in out
 
 
+def test_listens_on_ipv6_loopback_too() -> None:
+    # It bound IPv4 sockets only: `--host ::1` was refused as an address of the wrong family.
+    server = Listener("--host", "::1")
+    try:
+        assert server.url.startswith("http://[::1]:"), server.url
+        result = subprocess.run(
+            [*_command(), "trigger", "invoice.paid", "--url", server.url, "--secret", SECRET],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "verified invoice.paid evt_" in server.output()
+    finally:
+        server.close()
+
+
 def test_wrong_key_is_rejected_with_the_reason(listener: Listener) -> None:
     body = b'{"id":"evt_1","type":"invoice.paid","data":{}}'
     assert listener.post(body, sign(body, "whsec_other")) == 401
