@@ -7,6 +7,7 @@ PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -337,6 +338,38 @@ async def test_list_endpoints_pages_by_id(store: Store) -> None:
         if cursor is None:
             break
     assert seen == sorted(made)
+
+
+@pytest.mark.parametrize("path", ["plain", "ordering key", "NUL in the excerpt"])
+async def test_an_attempt_in_flight_when_its_endpoint_is_deleted_is_still_recorded(
+    store: Store, path: str
+) -> None:
+    """Deleting an endpoint fails its pending deliveries; an attempt already on its way was
+    made all the same (the receiver may have acted on it): its outcome is kept in the history,
+    the delivery stays failed. (Each path through the SQLite store's record: one statement per
+    table, one by one for an ordering key, executemany where JSON cannot carry a NUL.)"""
+    org, (endpoint,) = await setup_org(store)
+    key = "k" if path == "ordering key" else None
+    await store.publish(org, [new_event("evt_1", ordering_key=key), new_event("evt_2")])
+    claimed = await store.claim("w1", 1, 30)
+    (first,) = claimed
+    await store.delete_endpoint(org, endpoint)
+    answer = outcome(first.id, PENDING, code=500, retry_in=5)  # it would have been retried
+    if path == "NUL in the excerpt":
+        answer = dataclasses.replace(
+            answer, attempt=dataclasses.replace(answer.attempt, response_excerpt="a\0b")
+        )
+    await store.record("w2", [outcome(first.id, SUCCEEDED)])  # not its lease: nothing
+    await store.record("w1", [answer])
+    delivery = await store.get_delivery(org, first.id)
+    assert delivery.status is FAILED
+    assert delivery.next_attempt_at is None
+    assert delivery.attempt_count == 1
+    assert [(a.number, a.status_code) for a in delivery.attempts] == [(1, 500)]
+    await store.record("w1", [outcome(first.id, SUCCEEDED)])  # once only
+    assert (await store.get_delivery(org, first.id)).attempt_count == 1
+    assert await store.claim("w1", 10, 30) == []
+    assert await store.lease_holders() == []
 
 
 async def test_endpoint_urls_names_only_endpoints_that_may_be_sent_to(store: Store) -> None:

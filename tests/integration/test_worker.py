@@ -714,6 +714,14 @@ async def test_an_endpoint_changed_sends_none_of_what_was_claimed_ahead_for_it(
         elif change == "disable":
             pending = [await store.get_delivery(org, d.id) for d in deliveries]
             assert sum(d.status is DeliveryStatus.PENDING for d in pending) == 4
+        else:  # the two attempts on their way were made: each is in its delivery's history
+            await worker.drain()
+            sent = {r.header("X-Ascend-Delivery-Id") for r in old.requests}
+            for delivery in deliveries:
+                state = await store.get_delivery(org, delivery.id)
+                assert state.status is DeliveryStatus.FAILED
+                made = [(a.number, a.status_code) for a in state.attempts]
+                assert made == ([(1, 200)] if delivery.id in sent else []), delivery.id
 
 
 async def test_a_hanging_endpoint_never_gets_more_than_the_base_limit(

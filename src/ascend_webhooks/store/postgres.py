@@ -696,11 +696,11 @@ class PostgresStore(Store):
                 " WHERE id = $1",
                 endpoint_id,
             )
-            # Every pending delivery of the endpoint ends here: no ordering key to unblock.
+            # Every pending delivery of the endpoint ends here: no ordering key to unblock. A
+            # lease stays with its worker, whose attempt on its way is recorded (migration 0008).
             await conn.execute(
                 "UPDATE deliveries SET status = 'failed', blocked = 0, next_attempt_at = NULL,"
-                " locked_by = NULL, lease_expires_at = NULL, updated_at = now()"
-                " WHERE endpoint_id = $1 AND status = 'pending'",
+                " updated_at = now() WHERE endpoint_id = $1 AND status = 'pending'",
                 endpoint_id,
             )
 

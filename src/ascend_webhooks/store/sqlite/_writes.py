@@ -263,10 +263,10 @@ def delete_endpoint(conn: sqlite3.Connection, organization_id: str, endpoint_id:
         (now, now, endpoint_id),
     )
     # Every pending delivery of the endpoint ends here, so no ordering key needs unblocking.
+    # A lease stays with its worker: the attempt it has on its way is recorded (see record).
     conn.execute(
         "UPDATE deliveries SET status = 'failed', blocked = 0, next_attempt_at = NULL,"
-        " locked_by = NULL, lease_expires_at = NULL, updated_at = ?"
-        " WHERE endpoint_id = ? AND status = 'pending'",
+        " updated_at = ? WHERE endpoint_id = ? AND status = 'pending'",
         (now, endpoint_id),
     )
 
@@ -333,16 +333,19 @@ def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: 
 # Both guarded by the lease: an outcome whose lease went to another worker (or whose delivery
 # ended meanwhile) writes nothing. The attempt goes first: its number is the row's count + 1.
 # ``id`` is checked beside ``seq`` so that a seq taken from ``Leases`` can never touch another
-# delivery, whatever happens to the table.
+# delivery, whatever happens to the table. A delivery failed while leased (its endpoint was
+# deleted: the lease stays) gets its attempt, and stays failed.
 _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_seq, number, started_at, duration_ms, status_code,"
     " error, response_excerpt) SELECT seq, attempt_count + 1, ?, ?, ?, ?, ? FROM deliveries"
-    " WHERE seq = ? AND id = ? AND locked_by = ? AND status = 'pending'"
+    " WHERE seq = ? AND id = ? AND locked_by = ? AND status IN ('pending', 'failed')"
 )
-_UPDATE_RECORDED = (
-    "UPDATE deliveries SET status = ?, attempt_count = attempt_count + 1,"
-    " next_attempt_at = ?, locked_by = NULL, lease_expires_at = NULL, updated_at = ?"
-    " WHERE seq = ? AND id = ? AND locked_by = ? AND status = 'pending'"
+_UPDATE_RECORDED = (  # (every expression reads the row as it was: status is the old one)
+    "UPDATE deliveries SET status = CASE status WHEN 'failed' THEN 'failed' ELSE ? END,"
+    " attempt_count = attempt_count + 1,"
+    " next_attempt_at = CASE status WHEN 'failed' THEN NULL ELSE ? END,"
+    " locked_by = NULL, lease_expires_at = NULL, updated_at = ?"
+    " WHERE seq = ? AND id = ? AND locked_by = ? AND status IN ('pending', 'failed')"
 )
 # The same two for a whole call's outcomes at once, passed as one JSON array of
 # [seq, started_at, duration_ms, status_code, error, excerpt, id, status, next_attempt_at]:
@@ -354,14 +357,16 @@ _INSERT_ATTEMPTS_JSON = (
     " response_excerpt) SELECT d.seq, d.attempt_count + 1, o.value ->> 1, o.value ->> 2,"
     " o.value ->> 3, o.value ->> 4, o.value ->> 5"
     " FROM json_each(?1) o CROSS JOIN deliveries d NOT INDEXED ON d.seq = o.value ->> 0"
-    " WHERE d.id = o.value ->> 6 AND d.locked_by = ?2 AND d.status = 'pending'"
+    " WHERE d.id = o.value ->> 6 AND d.locked_by = ?2 AND d.status IN ('pending', 'failed')"
 )
 _UPDATE_RECORDED_JSON = (
-    "UPDATE deliveries NOT INDEXED SET status = o.value ->> 7,"
-    " attempt_count = attempt_count + 1, next_attempt_at = o.value ->> 8, locked_by = NULL,"
-    " lease_expires_at = NULL, updated_at = ?3 FROM json_each(?1) o"
+    "UPDATE deliveries NOT INDEXED"
+    " SET status = CASE status WHEN 'failed' THEN 'failed' ELSE o.value ->> 7 END,"
+    " attempt_count = attempt_count + 1,"
+    " next_attempt_at = CASE status WHEN 'failed' THEN NULL ELSE o.value ->> 8 END,"
+    " locked_by = NULL, lease_expires_at = NULL, updated_at = ?3 FROM json_each(?1) o"
     " WHERE deliveries.seq = o.value ->> 0 AND deliveries.id = o.value ->> 6"
-    " AND deliveries.locked_by = ?2 AND deliveries.status = 'pending'"
+    " AND deliveries.locked_by = ?2 AND deliveries.status IN ('pending', 'failed')"
 )
 _STATUSES = {status.value: status for status in DeliveryStatus}
 _json_path: list[bool] = []  # [whether this SQLite has ->> and json_each], once known
@@ -412,7 +417,8 @@ def record(
     for part in chunks(missing):
         for row in conn.execute(
             "SELECT id, seq, endpoint_id, ordering_key FROM deliveries"  # noqa: S608
-            f" WHERE id IN ({marks(len(part))}) AND locked_by = ? AND status = 'pending'",
+            f" WHERE id IN ({marks(len(part))})"
+            " AND locked_by = ? AND status IN ('pending', 'failed')",
             (*part, worker_id),
         ):
             found[row[0]] = (row[1], row[2], row[3])
