@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ascend_webhooks.service.counts_cache import COUNTS_TTL, CachedCounts
 from ascend_webhooks.store import Store
+from ascend_webhooks.store.base import StoreUnavailableError
 from ascend_webhooks.store.models import DeliveryStatus
 from tests.support.api import Api, api_settings, running_api
 
@@ -95,3 +96,32 @@ async def test_a_failed_count_is_not_cached() -> None:
         await cache.get()
     assert await cache.get() == {DeliveryStatus.PENDING: 7}
     assert attempts == 2
+
+
+async def test_the_metrics_are_served_while_the_database_is_down(
+    store: Store, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape during an outage answered 503, and every counter of the process went unseen
+    just when it mattered; the deliveries gauge is left out then, not shown stale."""
+    async with running_api(api_settings(database_url), store=store) as api:
+        org = await api.organization()
+        await api.endpoint(org)
+        await api.publish(org, id="e1")
+        families = {f.name: f for f in text_string_to_metric_families(await scrape(api))}
+        assert families["ascend_webhooks_database_up"].samples[0].value == 1.0
+
+        async def down() -> Mapping[DeliveryStatus, int]:
+            raise StoreUnavailableError("PostgreSQL is unavailable")
+
+        cache: CachedCounts = api.app.state.delivery_counts
+        monkeypatch.setattr(cache, "query", down)
+        now = cache.clock()
+        cache.clock = lambda: now + COUNTS_TTL + 0.01  # the cached count is stale: asked again
+        families = {f.name: f for f in text_string_to_metric_families(await scrape(api))}
+        assert families["ascend_webhooks_database_up"].samples[0].value == 0.0
+        assert not families["ascend_webhooks_deliveries"].samples
+        assert "ascend_webhooks_events_published" in families  # the process's own counters
+
+        monkeypatch.undo()
+        cache.clock = lambda: now + 2 * (COUNTS_TTL + 0.01)
+        assert pending(await scrape(api)) == 1.0  # back once the database answers

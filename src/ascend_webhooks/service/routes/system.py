@@ -22,6 +22,10 @@ router = APIRouter(tags=["operations"])
 DELIVERIES = Gauge(
     "ascend_webhooks_deliveries", "Deliveries in the database by status.", ["status"]
 )
+DATABASE_UP = Gauge(
+    "ascend_webhooks_database_up",
+    "1 if the database answered the last count of deliveries (at most a few seconds ago), else 0.",
+)
 
 
 @router.get(
@@ -53,9 +57,18 @@ async def healthz(services: Svc) -> JSONResponse:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request, services: Svc) -> Response:
-    counts = await _counts_cache(request, services).get()
-    for status in DeliveryStatus:
-        DELIVERIES.labels(status=status.value).set(counts.get(status, 0))
+    try:
+        counts = await _counts_cache(request, services).get()
+    except Exception:
+        # The process's own counters are what an outage is watched with: still served, the
+        # deliveries gauge left out (a stale count would look current) and the database down.
+        log.warning("metrics: the deliveries could not be counted", exc_info=True)
+        DELIVERIES.clear()
+        DATABASE_UP.set(0)
+    else:
+        for status in DeliveryStatus:
+            DELIVERIES.labels(status=status.value).set(counts.get(status, 0))
+        DATABASE_UP.set(1)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
