@@ -33,6 +33,7 @@ from ascend_webhooks.service.schemas import (
     EventPublished,
 )
 from ascend_webhooks.store import Store
+from ascend_webhooks.store.base import StoreUnavailableError
 from ascend_webhooks.store.models import (
     Delivery,
     DeliveryStatus,
@@ -40,7 +41,7 @@ from ascend_webhooks.store.models import (
     NewEvent,
     PublishResult,
 )
-from tests.support.api import Api, api_settings, assert_problem, running_api
+from tests.support.api import ADMIN, Api, api_settings, assert_problem, running_api
 
 LIMIT = 2000
 
@@ -130,6 +131,38 @@ async def test_everything_else_gets_the_routes_answers(api: Api) -> None:
     # Nothing of those was stored.
     listed = await api.call("GET", f"{path}?limit=10", expect=200)
     assert [e["id"] for e in listed.json()["data"]] == ["evt_known"]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_publish_the_database_may_have_taken_is_answered_503_not_run_again(
+    api: Api, store: Store, monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    """A connection lost around the commit leaves the publish taken or not, unknown: the
+    front handed such a call to the route, which stored the events again under new ids (those
+    sent without one). It answers as the route does for an unavailable database instead."""
+    org = await api.organization()
+    await api.publish(org, id="evt_known")
+    real = store.publish
+    calls = 0
+
+    async def lost_after_commit(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await real(*args, **kwargs)
+        raise StoreUnavailableError("the connection was lost")
+
+    monkeypatch.setattr(store, "publish", lost_after_commit)
+    event = {"type": "invoice.paid", "data": {"n": 1}}
+    path = f"/v1/organizations/{org}/events" + ("/batch" if batch else "")
+    body = {"events": [event]} if batch else event
+    response = await api.client.post(path, json=body, headers=ADMIN)  # (call() refuses a 5xx)
+    problem = assert_problem(response, 503)
+    assert problem["type"].endswith("#problem-unavailable")
+    assert response.headers["Retry-After"] == "1"
+    assert calls == 1  # not run a second time
+    monkeypatch.undo()
+    listed = await api.call("GET", f"/v1/organizations/{org}/events", expect=200)
+    assert len(listed.json()["data"]) == 2  # evt_known and the one taken
 
 
 async def test_an_organization_token_uses_the_front_for_its_organization_only(api: Api) -> None:

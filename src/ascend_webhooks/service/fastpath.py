@@ -38,10 +38,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..ids import new_ids
 from ..metrics import EVENTS_PUBLISHED
-from ..store.base import StoreError
+from ..store.base import StoreError, StoreUnavailableError
 from ..store.models import DeliveryStatus, NewEvent, PublishResult
 from .limits import RequestLimits
-from .problems import problem_response
+from .problems import problem_response, unavailable_response
 from .routes.events import MINIMAL_APPLIED, prefers_minimal, published_view, wire_body
 from .schemas import EVENT_ID_PATTERN, EVENT_TYPE_PATTERN, MAX_BATCH_EVENTS, MAX_ORDERING_KEY
 from .state import Services
@@ -117,6 +117,11 @@ class FastPublish:
                 answer = await _publish_batch(services, org, body, minimal)
             else:
                 answer = await _publish(services, org, body, minimal)
+        except StoreUnavailableError as exc:
+            # Taken or not, unknown (a connection lost around the commit): run again, events
+            # sent without an id would be stored twice. The route's own answer to it.
+            await unavailable_response(exc)(scope, receive, send)
+            return
         except (ValueError, TypeError, StoreError):  # a conflict (409), say: the route answers
             answer = None
         except Exception:

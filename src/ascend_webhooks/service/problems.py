@@ -39,6 +39,7 @@ __all__ = [
     "Problem",
     "install_problem_handlers",
     "problem_response",
+    "unavailable_response",
 ]
 
 log = logging.getLogger("ascend_webhooks.service")
@@ -225,6 +226,17 @@ async def _validation_handler(request: Request, exc: Exception) -> Response:
     return problem_response(422, detail, slug="validation-error", errors=errors)
 
 
+def unavailable_response(exc: StoreUnavailableError) -> Response:
+    """The answer to a call the database could not take (or may have taken): retry it."""
+    log.warning("database unavailable: %s", exc)
+    return problem_response(
+        503,
+        "the database is unavailable; retry shortly",
+        slug="unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _store_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     if isinstance(exc, NotFoundError):
@@ -236,13 +248,7 @@ async def _store_handler(_: Request, exc: Exception) -> Response:
     if isinstance(exc, InvalidTextError):
         return problem_response(422, str(exc), slug="validation-error")
     if isinstance(exc, StoreUnavailableError):
-        log.warning("database unavailable: %s", exc)
-        return problem_response(
-            503,
-            "the database is unavailable; retry shortly",
-            slug="unavailable",
-            headers={"Retry-After": "1"},
-        )
+        return unavailable_response(exc)
     return problem_response(409, str(exc) or "conflict", slug="conflict")
 
 
