@@ -414,3 +414,35 @@ async def test_an_event_whose_id_is_a_dot_segment_opens(
     await page.reload()  # the address alone opens it again
     await view(page, "event").to_be_visible()
     await expect(page.locator("main h1")).to_have_text(f"Event {event_id}")
+
+
+async def test_long_ids_types_and_urls_wrap_inside_a_1280_pixel_window(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    # An id of 255 characters is valid, so is a type of 200 and a URL of 2,048, none with a
+    # space to break at: each wraps in its cell rather than widen the page.
+    org = await organization(api, "Longwood")
+    event_type = "T" * 200
+    url = "https://hooks.long.test/" + "u" * 1500
+    endpoints = f"/v1/organizations/{org}/endpoints"
+    await call(api, "POST", endpoints, {"url": url, "event_types": [event_type]})
+    event = {"id": "L" * 255, "type": event_type, "data": {}, "ordering_key": "K" * 255}
+    published = await call(api, "POST", f"/v1/organizations/{org}/events", event)
+    delivery = published["deliveries"][0]["id"]
+    await page.set_viewport_size({"width": 1280, "height": 800})
+
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/endpoints")
+    widths = {}
+    for place, name, shows in [
+        ("endpoints", "endpoints", "tbody tr td.url"),
+        ("events", "events", "tbody tr"),
+        (f"events?type={'X' * 200}", "events", "p.empty"),
+        ("deliveries", "deliveries", "tbody tr"),
+        (f"events/{'L' * 255}", "event", "tbody tr"),
+        (f"deliveries/{delivery}", "delivery", "#delivery-status"),
+    ]:
+        await page.goto(f"{service.base_url}/dashboard/#/orgs/{org}/{place}")
+        await view(page, name).to_be_visible()
+        await expect(page.locator(f"main {shows}")).to_have_count(1)
+        widths[place[:20]] = await page.evaluate("document.documentElement.scrollWidth")
+    assert max(widths.values()) <= 1280, widths

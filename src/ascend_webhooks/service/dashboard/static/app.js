@@ -312,7 +312,7 @@
         "tr",
         { "data-id": endpoint.id },
         h("td", { class: "url" }, h("span", { class: "mono" }, endpoint.url), h("div", { class: "muted mono" }, endpoint.id)),
-        h("td", {}, endpoint.event_types ? endpoint.event_types.join(", ") : h("span", { class: "muted" }, "all types")),
+        h("td", { class: "types" }, endpoint.event_types ? endpoint.event_types.join(", ") : h("span", { class: "muted" }, "all types")),
         h("td", { class: "description" }, endpoint.description || ""),
         h("td", {}, h("span", { class: endpoint.enabled ? "badge on" : "badge off" }, endpoint.enabled ? "enabled" : "disabled")),
         h(
@@ -383,8 +383,8 @@
       h(
         "tr",
         { "data-id": event.id },
-        h("td", {}, h("a", { href: href("orgs", org, "events", event.id), class: "mono" }, event.id)),
-        h("td", { class: "mono" }, event.type),
+        h("td", { class: "id" }, h("a", { href: href("orgs", org, "events", event.id), class: "mono" }, event.id)),
+        h("td", { class: "mono types" }, event.type),
         h("td", {}, time(event.created_at)),
         h("td", {}, deliveryCounts(event.deliveries)),
       ),
@@ -430,7 +430,7 @@
   }
 
   function endpointCell(urls, id) {
-    return h("td", {}, h("span", { class: "mono" }, urls.get(id) || id), urls.has(id) ? h("div", { class: "muted mono" }, id) : null);
+    return h("td", { class: "url" }, h("span", { class: "mono" }, urls.get(id) || id), urls.has(id) ? h("div", { class: "muted mono" }, id) : null);
   }
 
   async function eventView(org, id) {
@@ -480,7 +480,7 @@
         "tr",
         { "data-id": delivery.id },
         h("td", {}, h("a", { href: href("orgs", org, "deliveries", delivery.id), class: "mono" }, delivery.id)),
-        h("td", {}, h("a", { href: href("orgs", org, "events", delivery.event_id), class: "mono" }, delivery.event_id)),
+        h("td", { class: "id" }, h("a", { href: href("orgs", org, "events", delivery.event_id), class: "mono" }, delivery.event_id)),
         endpointCell(urls, delivery.endpoint_id),
         h("td", {}, statusBadge(delivery.status)),
         h("td", { class: "number" }, String(delivery.attempt_count)),
