@@ -446,3 +446,25 @@ async def test_long_ids_types_and_urls_wrap_inside_a_1280_pixel_window(
         await expect(page.locator(f"main {shows}")).to_have_count(1)
         widths[place[:20]] = await page.evaluate("document.documentElement.scrollWidth")
     assert max(widths.values()) <= 1280, widths
+
+
+async def test_a_token_that_cannot_be_a_header_brings_the_sign_in_form_back(
+    page: Page, service: ServiceProcess
+) -> None:
+    # fetch() refuses a header value outside Latin-1 or with a line break with a TypeError,
+    # which is not the service failing to answer.
+    await sign_in(page, service, f"{ADMIN_TOKEN}…")
+    await view(page, "login").to_be_visible()
+    await expect(page.locator("#login-message")).to_contain_text("This is not a valid token")
+    assert await page.evaluate("sessionStorage.length") == 0
+
+    # A token already in the tab, as an earlier page kept it, goes the same way.
+    token = f"{ADMIN_TOKEN}\n"
+    await page.evaluate("token => sessionStorage.setItem('ascend-webhooks.token', token)", token)
+    await page.reload()
+    await view(page, "login").to_be_visible()
+    await expect(page.locator("#login-message")).to_contain_text("This is not a valid token")
+    assert await page.evaluate("sessionStorage.length") == 0
+
+    await sign_in(page, service, ADMIN_TOKEN)
+    await view(page, "organizations").to_be_visible()

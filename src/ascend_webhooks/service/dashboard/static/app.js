@@ -13,6 +13,9 @@
   // The API is served by the same process as this page, beside /dashboard/.
   const API = location.pathname.replace(/dashboard\/[^/]*$/, "") + "v1";
   const STATUSES = ["pending", "succeeded", "failed"];
+  const NOT_A_TOKEN =
+    "This is not a valid token: a token is printable ASCII only, with no typographic “…” or " +
+    "line break in it. Enter a valid token to go on.";
 
   const main = document.getElementById("main");
   const nav = document.getElementById("nav");
@@ -60,8 +63,19 @@
     return text ? `${url}?${text}` : url;
   }
 
+  // Anything else cannot go in a header: fetch() throws a TypeError, which would read as the
+  // service not answering.
+  function sendable(token) {
+    return /^[\x20-\x7e]+$/.test(token);
+  }
+
   async function api(method, url, body) {
-    const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!sendable(token)) {
+      endSession(NOT_A_TOKEN); // as a 401 would: a token kept in the tab is not asked again
+      throw new Unauthorized();
+    }
+    const headers = { Authorization: `Bearer ${token}` };
     const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -802,6 +816,11 @@
           event.preventDefault();
           const token = input.value.trim();
           if (!token) return;
+          if (!sendable(token)) {
+            loginMessage = { kind: "error", text: NOT_A_TOKEN };
+            showLogin();
+            return;
+          }
           sessionStorage.setItem(TOKEN_KEY, token);
           loginMessage = null;
           render();
