@@ -468,3 +468,38 @@ async def test_a_token_that_cannot_be_a_header_brings_the_sign_in_form_back(
 
     await sign_in(page, service, ADMIN_TOKEN)
     await view(page, "organizations").to_be_visible()
+
+
+async def test_an_error_keeps_the_organizations_navigation_and_a_refresh_button(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org = await organization(api, "Massive Dynamic")
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/endpoints")
+    await view(page, "endpoints").to_be_visible()
+
+    # The database down: the API answers 503 with a problem document.
+    problem = {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "the database is not answering",
+    }
+    api_routes = f"{service.base_url}/v1/**"
+    await page.route(
+        api_routes,
+        lambda route: route.fulfill(
+            status=503, json=problem, headers={"Content-Type": "application/problem+json"}
+        ),
+    )
+    await page.get_by_role("button", name="Refresh").click()
+    await view(page, "error").to_be_visible()
+    await expect(page.get_by_role("alert")).to_have_text(
+        "Service Unavailable — the database is not answering"
+    )
+    links = page.locator("#nav").get_by_role("link")
+    await expect(links).to_have_text(["Organizations", "Endpoints", "Events", "Deliveries", "Keys"])
+    await expect(page.locator("#nav .org")).to_have_text("Massive Dynamic")
+
+    await page.unroute(api_routes)
+    await page.get_by_role("button", name="Refresh").click()
+    await view(page, "endpoints").to_be_visible()

@@ -734,6 +734,23 @@
     return view;
   }
 
+  // The organization of a page that failed, for its navigation: only one this token has seen,
+  // so a page of another organization (a 404) shows no links into it.
+  function orgOf({ segments }) {
+    const [first, org, section] = segments;
+    if (first !== "orgs" || !org || !orgNames.has(org)) return null;
+    return { id: org, name: orgNames.get(org), section };
+  }
+
+  function errorView(err, place) {
+    return {
+      name: "error",
+      title: "Error",
+      org: orgOf(place),
+      node: [heading("Error", refreshButton()), problemNode(err)],
+    };
+  }
+
   function renderNav(org) {
     const links = [];
     if (session && session.admin) {
@@ -772,10 +789,11 @@
       showLogin();
       return;
     }
+    const place = parseHash();
     main.setAttribute("aria-busy", "true");
     try {
       if (!session) session = await identify();
-      const view = await route(parseHash());
+      const view = await route(place);
       if (seq !== renderSeq || view === null) return;
       show(view);
       if (view.refresh) {
@@ -785,7 +803,7 @@
       }
     } catch (err) {
       if (err instanceof Unauthorized || seq !== renderSeq) return;
-      show({ name: "error", title: "Error", node: problemNode(err) });
+      show(errorView(err, place));
     } finally {
       if (seq === renderSeq) main.removeAttribute("aria-busy");
     }
