@@ -7,20 +7,23 @@ own ``sessionStorage``. Every test fails on a page error or a Content-Security-P
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from tests.support.processes import (
     ADMIN,
     ADMIN_TOKEN,
     ServiceProcess,
+    eventually,
     processes,
     service_env,
     setup_organization,
@@ -503,3 +506,91 @@ async def test_an_error_keeps_the_organizations_navigation_and_a_refresh_button(
     await page.unroute(api_routes)
     await page.get_by_role("button", name="Refresh").click()
     await view(page, "endpoints").to_be_visible()
+
+
+async def a_failed_delivery(
+    api: httpx.AsyncClient, service: ServiceProcess, name: str
+) -> tuple[str, dict[str, Any]]:
+    """An organization and the document of a delivery that failed 3 times, "upstream down"."""
+    async with Receiver(behaviour=Reply(500, b"upstream down")) as receiver:
+        org = await setup_organization(api, service.base_url, receiver.url, name=name)
+        published = await call(
+            api, "POST", f"/v1/organizations/{org.id}/events", {"type": "payout.paid", "data": {}}
+        )
+        path = f"/v1/organizations/{org.id}/deliveries/{published['deliveries'][0]['id']}"
+        for _ in range(200):
+            delivery: dict[str, Any] = await call(api, "GET", path)
+            if delivery["status"] == "failed":
+                return org.id, delivery
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"still {delivery['status']}: {delivery}")
+
+
+def pending(delivery: dict[str, Any], *, due_in: float, updated: float = 0) -> dict[str, Any]:
+    """The delivery as it was before its last attempt, that attempt due in ``due_in`` s."""
+    now = datetime.now(UTC)
+    return delivery | {
+        "status": "pending",
+        "attempt_count": 2,
+        "attempts": delivery["attempts"][:2],
+        "next_attempt_at": (now + timedelta(seconds=due_in)).isoformat(),
+        "updated_at": (now + timedelta(seconds=updated)).isoformat(),
+    }
+
+
+async def answer_delivery(
+    page: Page, org: str, delivery: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The page gets the last document of the first list for its delivery; the second list
+    grows by one at each request."""
+    answers, looks = [delivery], []
+
+    async def answer(route: Route) -> None:
+        looks.append(route.request.url)
+        await route.fulfill(json=answers[-1])
+
+    await page.route(f"**/v1/organizations/{org}/deliveries/{delivery['id']}", answer)
+    return answers, looks
+
+
+async def test_a_pending_delivery_keeps_a_text_selection_and_updates_once_it_is_cleared(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org, failed = await a_failed_delivery(api, service, "Tyrell")
+    answers, _ = await answer_delivery(page, org, pending(failed, due_in=5))
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/deliveries/{failed['id']}")
+    await expect(page.locator("#delivery-status")).to_have_text("pending")
+    await expect(page.locator("tbody tr")).to_have_count(2)
+
+    # The user selects a response excerpt to copy it; meanwhile the attempt is recorded.
+    select = "window.getSelection().selectAllChildren(document.querySelector('code.excerpt'))"
+    await page.evaluate(select)
+    answers.append(failed)
+    await asyncio.sleep(4)  # more than two looks apart
+    assert await page.evaluate("window.getSelection().toString()") == "upstream down"
+    await expect(page.locator("#delivery-status")).to_have_text("pending")
+
+    await page.evaluate("window.getSelection().removeAllRanges()")
+    await expect(page.locator("#delivery-status")).to_have_text("failed")
+    await expect(page.locator("tbody tr")).to_have_count(3)
+
+
+async def test_a_pending_delivery_is_not_rebuilt_unchanged_and_looks_slowly_at_a_far_attempt(
+    page: Page, service: ServiceProcess, api: httpx.AsyncClient
+) -> None:
+    org, failed = await a_failed_delivery(api, service, "Weyland")
+    answers, looks = await answer_delivery(page, org, pending(failed, due_in=5))
+    await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/deliveries/{failed['id']}")
+    await expect(page.locator("#delivery-status")).to_have_text("pending")
+    await page.evaluate("window.shown = document.getElementById('delivery-status')")
+    seen = len(looks)
+    await eventually(lambda: len(looks) >= seen + 2, within=8, what="two more looks")
+    assert await page.evaluate("document.contains(window.shown)")  # the same page
+
+    # Its next attempt in an hour, the last change an hour ago: it looks every 10 s at most.
+    answers.append(pending(failed, due_in=3600, updated=-3600))
+    await page.reload()
+    await expect(page.locator("#delivery-status")).to_have_text("pending")
+    seen = len(looks)
+    await asyncio.sleep(5)
+    assert len(looks) == seen

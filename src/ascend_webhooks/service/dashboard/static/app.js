@@ -9,7 +9,14 @@
 (() => {
   const TOKEN_KEY = "ascend-webhooks.token";
   const PAGE_SIZE = 25;
-  const REFRESH_MS = 1500; // how often a view with pending deliveries looks again
+  // A view with pending deliveries looks again by itself: every REFRESH_MS while an attempt
+  // may be under way (from SOON_MS before it is due to FLIGHT_MS after: an attempt may take
+  // 15 s, its default timeout), else every SLOW_REFRESH_MS at most, since a delivery may stay
+  // pending for hours on the retry schedule.
+  const REFRESH_MS = 1500;
+  const SLOW_REFRESH_MS = 10000;
+  const SOON_MS = 10000;
+  const FLIGHT_MS = 30000;
   // The API is served by the same process as this page, beside /dashboard/.
   const API = location.pathname.replace(/dashboard\/[^/]*$/, "") + "v1";
   const STATUSES = ["pending", "succeeded", "failed"];
@@ -27,6 +34,7 @@
   let revealed = null; // a key secret just issued: shown once, on the next keys view
   let renderSeq = 0;
   let refreshTimer = null;
+  let shown = null; // the view on the page: {hash, data: the JSON it shows, changedAt: ms}
   const orgNames = new Map();
 
   class ApiError extends Error {
@@ -465,6 +473,8 @@
       name: "event",
       title: `Event ${event.id}`,
       refresh: event.deliveries.some((delivery) => delivery.status === "pending"),
+      data: [event, [...urls]],
+      times: [Date.parse(event.created_at)],
       node: [
         heading(`Event ${event.id}`, refreshButton()),
         h(
@@ -574,6 +584,8 @@
       name: "delivery",
       title: `Delivery ${delivery.id}`,
       refresh: delivery.status === "pending",
+      data: [delivery, [...urls]],
+      times: [Date.parse(delivery.updated_at), Date.parse(delivery.next_attempt_at)],
       node: [
         heading(`Delivery ${delivery.id}`, actions),
         errors,
@@ -782,7 +794,39 @@
     signOutButton.hidden = false;
   }
 
-  async function render() {
+  // Text the user is selecting in the page, to copy it: a rebuild would drop the selection.
+  function selecting() {
+    const selection = window.getSelection();
+    return Boolean(
+      selection && !selection.isCollapsed && selection.rangeCount && selection.getRangeAt(0).intersectsNode(main),
+    );
+  }
+
+  // How soon a view with pending deliveries looks again, by the times (ms) something changed or
+  // is due: a delivery's updated_at and next_attempt_at, the last change this page saw. That
+  // last is how an attempt in flight shows: a claimed delivery's next_attempt_at becomes its
+  // lease's end, a minute ahead by default.
+  function refreshDelay(times) {
+    const now = Date.now();
+    let delay = SLOW_REFRESH_MS;
+    for (const at of times) {
+      const wait = at - now; // NaN for a time not known: no rule matches
+      if (wait <= SOON_MS && wait >= -FLIGHT_MS) return REFRESH_MS;
+      if (wait > SOON_MS) delay = Math.min(delay, Math.max(REFRESH_MS, wait - SOON_MS));
+    }
+    return delay;
+  }
+
+  function scheduleRefresh(seq, delay) {
+    refreshTimer = setTimeout(() => {
+      if (seq !== renderSeq) return;
+      if (selecting()) scheduleRefresh(seq, REFRESH_MS); // it looks once the selection is gone
+      else render(true);
+    }, delay);
+  }
+
+  // `background`: a look the view takes by itself, which the user did not ask for.
+  async function render(background = false) {
     const seq = ++renderSeq;
     clearTimeout(refreshTimer);
     if (!sessionStorage.getItem(TOKEN_KEY)) {
@@ -790,19 +834,32 @@
       return;
     }
     const place = parseHash();
-    main.setAttribute("aria-busy", "true");
+    const hash = location.hash;
+    if (!background) main.setAttribute("aria-busy", "true");
     try {
       if (!session) session = await identify();
       const view = await route(place);
       if (seq !== renderSeq || view === null) return;
-      show(view);
+      const data = JSON.stringify(view.data === undefined ? null : view.data);
+      const before = shown && shown.hash === hash ? shown : null;
+      const changed = !before || before.data !== data;
+      // A look of its own rebuilds the page for a change only, and not under a selection.
+      const held = background && (!changed || selecting());
+      if (!held) {
+        show(view);
+        shown = { hash, data, changedAt: !before ? NaN : changed ? Date.now() : before.changedAt };
+      }
       if (view.refresh) {
-        refreshTimer = setTimeout(() => {
-          if (seq === renderSeq) render();
-        }, REFRESH_MS);
+        const waiting = held && changed; // shown once the selection is gone
+        scheduleRefresh(seq, waiting ? REFRESH_MS : refreshDelay([...view.times, shown.changedAt]));
       }
     } catch (err) {
       if (err instanceof Unauthorized || seq !== renderSeq) return;
+      if (background && selecting()) {
+        scheduleRefresh(seq, REFRESH_MS);
+        return;
+      }
+      shown = null;
       show(errorView(err, place));
     } finally {
       if (seq === renderSeq) main.removeAttribute("aria-busy");
@@ -814,6 +871,7 @@
   function showLogin() {
     renderSeq++; // a view still loading must not replace the form
     clearTimeout(refreshTimer);
+    shown = null;
     session = null;
     orgNames.clear();
     nav.replaceChildren();
