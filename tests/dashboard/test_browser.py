@@ -54,7 +54,7 @@ def chromium() -> Path:
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: the dashboard's browser tests need Debian's chromium "
-            "(`make browser-tools` installs it; `make test` does so first)"
+            "(`make test-tools` installs it; `make test` does so first)"
         )
     return CHROMIUM
 
