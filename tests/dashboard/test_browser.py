@@ -424,7 +424,7 @@ async def test_long_ids_types_and_urls_wrap_inside_a_1280_pixel_window(
 ) -> None:
     # An id of 255 characters is valid, so is a type of 200 and a URL of 2,048, none with a
     # space to break at: each wraps in its cell rather than widen the page.
-    org = await organization(api, "Longwood")
+    org = await organization(api, "Longwood" + "w" * 192)  # a name of 200, shown in the nav
     event_type = "T" * 200
     url = "https://hooks.long.test/" + "u" * 1500
     endpoints = f"/v1/organizations/{org}/endpoints"
@@ -435,7 +435,9 @@ async def test_long_ids_types_and_urls_wrap_inside_a_1280_pixel_window(
     await page.set_viewport_size({"width": 1280, "height": 800})
 
     await sign_in(page, service, ADMIN_TOKEN, f"#/orgs/{org}/endpoints")
-    widths = {}
+    await page.goto(f"{service.base_url}/dashboard/#/orgs")
+    await view(page, "organizations").to_be_visible()
+    widths = {"organizations": await page.evaluate("document.documentElement.scrollWidth")}
     for place, name, shows in [
         ("endpoints", "endpoints", "tbody tr td.url"),
         ("events", "events", "tbody tr"),

@@ -252,7 +252,7 @@
       h(
         "tr",
         { "data-id": org.id },
-        h("td", {}, h("a", { href: href("orgs", org.id, "events") }, org.name)),
+        h("td", { class: "name" }, h("a", { href: href("orgs", org.id, "events") }, org.name)),
         h("td", { class: "mono" }, org.id),
         h("td", {}, time(org.created_at)),
       ),
