@@ -41,7 +41,7 @@ from ascend_webhooks.store.models import (
     NewEvent,
     PublishResult,
 )
-from tests.support.api import ADMIN, Api, api_settings, assert_problem, running_api
+from tests.support.api import ADMIN, ADMIN_TOKEN, Api, api_settings, assert_problem, running_api
 
 LIMIT = 2000
 
@@ -163,6 +163,32 @@ async def test_a_publish_the_database_may_have_taken_is_answered_503_not_run_aga
     monkeypatch.undo()
     listed = await api.call("GET", f"/v1/organizations/{org}/events", expect=200)
     assert len(listed.json()["data"]) == 2  # evt_known and the one taken
+
+
+async def test_a_header_the_front_reads_sent_twice_gets_the_routes_answer(api: Api) -> None:
+    # Starlette takes a repeated header's first value (the bearer token, the body's type): the
+    # front, which read the last, answered what the route refuses.
+    org = await api.organization()
+    await api.publish(org, id="evt_known")  # the organization is known from here on
+    counted = Counted(api)
+    path = f"/v1/organizations/{org}/events"
+    body = orjson.dumps({"type": "t", "data": {}})
+    json_type = ("Content-Type", "application/json")
+    valid, bogus = ("Authorization", f"Bearer {ADMIN_TOKEN}"), ("Authorization", "Bearer bogus")
+    cases: list[tuple[list[tuple[str, str]], int]] = [
+        ([json_type, bogus, valid], 401),
+        ([("Content-Type", "text/plain"), json_type, valid], 415),
+        ([json_type, valid, bogus], 202),  # the first is valid: the route accepts it
+        ([json_type, json_type, valid], 202),
+    ]
+    for headers, status in cases:
+        for route in (path, f"{path}/batch"):
+            content = body if route == path else b'{"events": [%b]}' % body
+            response = await api.client.post(route, content=content, headers=headers)
+            assert response.status_code == status, (headers, response.text)
+    assert counted.calls == 2 * len(cases)  # each went to the route
+    listed = await api.call("GET", f"{path}?limit=10", expect=200)
+    assert len(listed.json()["data"]) == 1 + 4  # the two accepted twice, on each route
 
 
 async def test_an_organization_token_uses_the_front_for_its_organization_only(api: Api) -> None:

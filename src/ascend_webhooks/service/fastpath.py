@@ -143,14 +143,24 @@ class FastPublish:
 
 def _allowed(services: Services, scope: Scope, org: str, limit: int) -> bool:
     """True for a JSON body within the limit, with a bearer token known here that may see
-    ``org`` (decided without a database lookup)."""
+    ``org`` (decided without a database lookup).
+
+    A header read here that is sent twice is the route's to answer: Starlette's ``headers.get``
+    (its bearer token, its body parsing) takes the first value, and which one a client meant
+    is not ours to guess."""
     authorization = content_type = length = None
     for name, value in scope["headers"]:
         if name == b"authorization":
+            if authorization is not None:
+                return False
             authorization = value
         elif name == b"content-type":
+            if content_type is not None:
+                return False
             content_type = value
         elif name == b"content-length":
+            if length is not None:
+                return False
             length = value
     if length is None or not length.isdigit() or int(length) > limit:
         return False
