@@ -50,6 +50,12 @@ def test_empty_values_mean_the_default() -> None:
     assert settings.attempt_timeout == 15
 
 
+@pytest.mark.parametrize("blank", ["", " ", "  \t ", "\n"])
+def test_a_blank_retry_schedule_is_the_default_not_zero_retries(blank: str) -> None:
+    settings = Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": blank})
+    assert settings.retry_schedule == DEFAULT_RETRY_SCHEDULE
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -87,10 +87,13 @@ class Settings:
 
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
-    """Parse ``"5,30,120"`` into delays; at most 10, each a number from 0 to 604800 (7 days)."""
+    """Parse ``"5,30,120"`` into delays; at most 10, each a number from 0 to 604800 (7 days).
+
+    A blank value is the default schedule, as an empty one is: only spaces meant no retry at
+    all, one attempt, which nobody asks for by leaving the variable blank."""
+    if not text.strip():
+        return DEFAULT_RETRY_SCHEDULE
     parts = [part.strip() for part in text.split(",")]
-    if parts == [""]:
-        return ()
     delays = tuple(_number("RETRY_SCHEDULE", part, minimum=0.0) for part in parts)
     if len(delays) > MAX_RETRIES:
         raise SettingsError(f"{_PREFIX}RETRY_SCHEDULE has {len(delays)} delays; at most 10")
