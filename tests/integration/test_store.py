@@ -817,6 +817,32 @@ async def test_a_retry_waits_while_a_later_delivery_of_its_key_is_attempted(
     assert claimed.id == first
 
 
+async def test_a_retry_behind_an_earlier_delivery_of_its_key_in_flight_waits_its_turn(
+    store: Store,
+) -> None:
+    # The earlier delivery in flight is the key's head: the retried later one is not, so it
+    # is accepted, and waits until that attempt ends (it was refused as if it were later).
+    org, _ = await setup_org(store)
+    first, later = [
+        (await publish_one(store, org, new_event(f"evt_{n}", ordering_key="cus_1")))[0]
+        for n in range(2)
+    ]
+    for delivery_id in (first, later):  # both fail, in the key's order
+        (claimed,) = await store.claim("w", 10, 30)
+        assert claimed.id == delivery_id
+        await store.record("w", [outcome(delivery_id, FAILED, code=500)])
+    await store.retry_delivery(org, first)
+    (claimed,) = await store.claim("w", 10, 30)
+    assert claimed.id == first  # now in flight
+    retried = await store.retry_delivery(org, later)
+    assert retried.status is PENDING
+    assert await store.claim("w", 10, 30) == []  # behind the head: one at a time
+    await store.record("w", [outcome(first, SUCCEEDED)])
+    (claimed,) = await store.claim("w", 10, 30)
+    assert claimed.id == later
+    assert claimed.round_attempt == 1
+
+
 async def test_next_due_at_and_wait_for_work(store: Store) -> None:
     assert await store.next_due_at() is None
     org, _ = await setup_org(store)

@@ -209,11 +209,13 @@ SELECT NULL, last.org, NULL, NULL, last.ep, NULL, NULL, NULL, NULL, NULL, NULL, 
   FROM (SELECT org, ep, n FROM walk ORDER BY n DESC LIMIT 1) AS last
 """
 
-# Whether a pending delivery of (endpoint, key) is leased now; locks the key's pending rows
+# Whether a pending delivery of (endpoint, key) later than seq $3 is leased now (an earlier
+# one in flight is the head: the retried one waits behind it); locks all the key's pending rows
 # (FOR UPDATE: a claim racing this skips them) until the retry that asks commits.
 KEY_IN_FLIGHT = """
-SELECT coalesce(bool_or(x.locked_by IS NOT NULL AND x.lease_expires_at > now()), false) FROM (
-    SELECT d.locked_by, d.lease_expires_at FROM deliveries AS d
+SELECT coalesce(bool_or(x.seq > $3 AND x.locked_by IS NOT NULL AND x.lease_expires_at > now()),
+                false) FROM (
+    SELECT d.seq, d.locked_by, d.lease_expires_at FROM deliveries AS d
      WHERE d.status = 'pending' AND d.endpoint_id = $1 AND d.ordering_key = $2
        FOR UPDATE
 ) AS x

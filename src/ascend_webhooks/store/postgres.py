@@ -917,8 +917,9 @@ class PostgresStore(Store):
             if key is not None:
                 await conn.execute(sql.LOCK_ORDERING_KEYS, [organization_id], [key])
                 # The key's pending deliveries locked first, so that no claim leases one while
-                # this looks: a retried delivery would be the head beside one being attempted.
-                if await conn.fetchval(sql.KEY_IN_FLIGHT, row["endpoint_id"], key):
+                # this looks: a retried delivery would be the head beside a later one being
+                # attempted.
+                if await conn.fetchval(sql.KEY_IN_FLIGHT, row["endpoint_id"], key, row["seq"]):
                     raise key_in_flight(delivery_id)
             blocked = (_BEHIND_KEY if key is not None else 0) | (
                 0 if row["enabled"] else _ENDPOINT_DISABLED

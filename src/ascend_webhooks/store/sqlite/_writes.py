@@ -301,13 +301,15 @@ def retry_delivery(conn: sqlite3.Connection, organization_id: str, delivery_id: 
     if deleted_at is not None:
         raise StoreError(f"the endpoint of delivery {delivery_id!r} was deleted")
     now = now_ms()
+    # Only a later delivery of the key in flight refuses: retried, this one would be the head
+    # beside it. Behind an earlier one in flight it simply waits its turn.
     if (
         ordering_key is not None
         and conn.execute(
             "SELECT 1 FROM deliveries INDEXED BY deliveries_ordering"
-            " WHERE status = 'pending' AND endpoint_id = ? AND ordering_key = ?"
+            " WHERE status = 'pending' AND endpoint_id = ? AND ordering_key = ? AND seq > ?"
             " AND locked_by IS NOT NULL AND lease_expires_at > ? LIMIT 1",
-            (endpoint_id, ordering_key, now),
+            (endpoint_id, ordering_key, seq, now),
         ).fetchone()
     ):
         raise key_in_flight(delivery_id)
