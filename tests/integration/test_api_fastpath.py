@@ -15,11 +15,13 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from ascend_webhooks.service import fastpath
 from ascend_webhooks.service.app import GC_THRESHOLD
 from ascend_webhooks.service.problems import Problem
+from ascend_webhooks.service.routes.common import json_loads_utf8
 from ascend_webhooks.service.routes.events import (
     build_event,
     prefers_minimal,
@@ -277,12 +279,12 @@ async def test_a_batch_the_front_refuses_gets_the_routes_problem_naming_the_even
 
 
 def _route_event(raw: bytes) -> NewEvent | None:
-    """What the route makes of a single-event body: FastAPI's ``json.loads``, the model, then
+    """What the route makes of a single-event body: its UTF-8 ``json.loads``, the model, then
     ``build_event``; None where it answers a problem instead."""
     try:
-        item = EventCreate.model_validate(json.loads(raw))
+        item = EventCreate.model_validate(json_loads_utf8(raw))
         return build_event(item, LIMIT)
-    except (ValueError, Problem):  # ValidationError and JSONDecodeError are ValueErrors
+    except (ValueError, Problem, HTTPException):  # (ValidationError, JSONDecodeError: ValueErrors)
         return None
 
 
@@ -313,6 +315,8 @@ REFUSED = [  # the front hands these to the route (which answers some of them 20
     b'{"type": "a", "data": {"x": 1e400}}',
     b'{"type": "a", "data": {"x": "\\ud800"}}',
     b'\xef\xbb\xbf{"type": "a", "data": {}}',
+    '{"type": "a", "data": {}}'.encode("utf-16"),
+    '{"type": "a", "data": {}}'.encode("utf-32-le"),
     b'{"type": "a\\n", "data": {}}',
     b'{"type": "a", "data": {}, "id": "e1\\n"}',
     b'{"type": "a", "data": {}, "id": "a/b"}',

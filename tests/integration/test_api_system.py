@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ascend_webhooks.service.schemas import Health
 from ascend_webhooks.store import Store, open_store
-from tests.support.api import Api, api_settings, assert_problem, running_api
+from tests.support.api import ADMIN_TOKEN, Api, api_settings, assert_problem, running_api
 
 ORG = "/v1/organizations/{org}"
 EVERY_ROUTE = {
@@ -226,6 +228,69 @@ async def test_a_body_not_sent_as_json_is_415_on_every_route_that_takes_one(api:
                 method, path, content=raw, headers={"Content-Type": content_type}
             )
             assert response.status_code < 300, (path, content_type, response.text)
+
+
+# A valid body of each route that takes one, by its OpenAPI path.
+VALID_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/organizations": {"name": "Zoë"},
+    f"{ORG}/tokens": {"name": "Zoë"},
+    "/v1/tokens": {"name": "Zoë"},
+    f"{ORG}/endpoints": {"url": "http://127.0.0.1:9/hook", "description": "Zoë"},
+    f"{ORG}/endpoints/{{endpoint}}": {"description": "Zoë"},
+    f"{ORG}/events": {"type": "t", "data": {"name": "Zoë"}},
+    f"{ORG}/events/batch": {"events": [{"type": "t", "data": {"name": "Zoë"}}]},
+}
+NOT_UTF8 = {
+    "UTF-16-LE": lambda text: text.encode("utf-16-le"),
+    "UTF-16-BE": lambda text: text.encode("utf-16-be"),
+    "UTF-16-LE with a BOM": lambda text: codecs.BOM_UTF16_LE + text.encode("utf-16-le"),
+    "UTF-16-BE with a BOM": lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+    "UTF-32-LE": lambda text: text.encode("utf-32-le"),
+    "UTF-32-BE": lambda text: text.encode("utf-32-be"),
+    "UTF-32 with a BOM": lambda text: text.encode("utf-32"),
+    "an encoded surrogate": lambda text: text.replace("ë", "\ud800").encode(
+        "utf-8", "surrogatepass"
+    ),
+}
+
+
+async def test_a_body_that_is_not_utf8_is_400_on_every_route_that_takes_one(api: Api) -> None:
+    # Python's json.loads of bytes guesses UTF-16 and UTF-32 by itself: valid bodies in them
+    # were accepted, where RFC 8259 and the reference say JSON is UTF-8.
+    org = await api.organization()
+    await api.publish(org, id="evt_known")  # known: publishes go through the publish front
+    ids = {"org": org, "endpoint": await api.endpoint(org)}
+    unseen = await api.org_token(org)  # a token the front does not know: publishes go to the route
+    document = (await api.call("GET", "/openapi.json", token=None, expect=200)).json()
+    taking = [
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert sorted(path for _, path in taking) == sorted(VALID_BODIES)
+    for method, path in taking:
+        text = json.dumps(VALID_BODIES[path], ensure_ascii=False)
+        tokens = [ADMIN_TOKEN, unseen] if "/events" in path else [ADMIN_TOKEN]
+        for token, (name, encode) in itertools.product(tokens, NOT_UTF8.items()):
+            response = await api.call(
+                method, path.format(**ids), token=token, content=encode(text),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            problem = assert_problem(response, 400)
+            assert problem["type"].endswith("#problem-bad-request"), (path, name)
+            assert "not UTF-8" in problem["detail"], (path, name, problem)
+        # UTF-8, with or without a byte order mark (RFC 8259: a parser may ignore one).
+        for raw in (text.encode(), codecs.BOM_UTF8 + text.encode()):
+            response = await api.call(
+                method,
+                path.format(**ids),
+                content=raw,
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code in (200, 201, 202), (path, response.text)
+    listed = await api.call("GET", f"/v1/organizations/{org}/events?limit=10", expect=200)
+    assert len(listed.json()["data"]) == 1 + 2 * 2  # nothing of the refused bodies stored
 
 
 async def test_bad_content_length_is_400(api: Api) -> None:

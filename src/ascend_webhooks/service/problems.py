@@ -181,8 +181,9 @@ def _clean_error(error: Mapping[str, Any]) -> dict[str, Any]:
 def _unparsable_body(errors: Sequence[Any]) -> str | None:
     """The detail for a body that is not JSON, if that is what ``errors`` report: FastAPI
     reports its parser's failure as a validation error (``json_invalid`` at ``("body",
-    offset)``), but nothing was there to validate, and invalid UTF-8, which fails the same
-    parse, is a 400. (A field typed ``Json`` reports ``json_invalid`` at its name.)"""
+    offset)``), but nothing was there to validate, and a body that is not UTF-8 is a 400
+    before it is parsed (``routes.common.JSONBodyRoute``). (A field typed ``Json`` reports
+    ``json_invalid`` at its name.)"""
     for error in errors:
         loc = tuple(error.get("loc", ()))
         if (

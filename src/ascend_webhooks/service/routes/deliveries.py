@@ -17,11 +17,11 @@ from ..schemas import (
     delivery_view,
     page_view,
 )
-from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
+from .common import DEFAULT_LIMIT, After, JSONBodyRoute, Limit, Svc, problems
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["deliveries"])
+router = APIRouter(tags=["deliveries"], route_class=JSONBodyRoute)
 
 
 @router.get(

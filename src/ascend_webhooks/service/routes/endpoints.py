@@ -13,11 +13,11 @@ from ..responses import JSONResponse
 from ..schemas import EndpointCreate, EndpointList, EndpointOut, EndpointUpdate, endpoint_view
 from ..schemas import page_view as _page
 from ..settings import Settings
-from .common import DEFAULT_LIMIT, After, Limit, Svc, id_cursor, problems
+from .common import DEFAULT_LIMIT, After, JSONBodyRoute, Limit, Svc, id_cursor, problems
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["endpoints"])
+router = APIRouter(tags=["endpoints"], route_class=JSONBodyRoute)
 
 
 async def _check_url(url: str, settings: Settings) -> None:

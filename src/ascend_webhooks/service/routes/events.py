@@ -36,7 +36,7 @@ from ..schemas import (
     page_view,
 )
 from ..state import Services
-from .common import DEFAULT_LIMIT, After, Limit, Svc, problems
+from .common import DEFAULT_LIMIT, After, JSONBodyRoute, Limit, Svc, problems
 
 __all__ = [
     "MINIMAL_APPLIED",
@@ -48,7 +48,7 @@ __all__ = [
     "wire_body",
 ]
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=JSONBodyRoute)
 
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS

@@ -21,12 +21,12 @@ from ..problems import Problem
 from ..responses import NO_STORE, JSONResponse
 from ..schemas import KeyCreated, KeyList, KeyOut, key_view, page_view
 from ..state import Services
-from .common import SHOWN_ONCE, Svc, problems
+from .common import SHOWN_ONCE, JSONBodyRoute, Svc, problems
 
 __all__ = ["router"]
 
 log = logging.getLogger("ascend_webhooks.service")
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], route_class=JSONBodyRoute)
 
 
 async def _signing_key_id(services: Services, org: str) -> str | None:

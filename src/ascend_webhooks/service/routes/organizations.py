@@ -26,11 +26,11 @@ from ..schemas import (
 )
 from ..state import Principal
 from ..tokens import hash_token, new_token
-from .common import DEFAULT_LIMIT, SHOWN_ONCE, After, Limit, Svc, id_cursor, problems
+from .common import DEFAULT_LIMIT, SHOWN_ONCE, After, JSONBodyRoute, Limit, Svc, id_cursor, problems
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["organizations"])
+router = APIRouter(tags=["organizations"], route_class=JSONBodyRoute)
 
 
 @router.post(

@@ -12,12 +12,12 @@ from ..counts_cache import CachedCounts
 from ..problems import Problem
 from ..responses import JSONResponse
 from ..schemas import Health
-from .common import PROBLEM_SCHEMA, Svc
+from .common import PROBLEM_SCHEMA, JSONBodyRoute, Svc
 
 __all__ = ["DELIVERIES", "router"]
 
 log = logging.getLogger("ascend_webhooks.service")
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=JSONBodyRoute)
 
 DELIVERIES = Gauge(
     "ascend_webhooks_deliveries", "Deliveries in the database by status.", ["status"]

@@ -20,12 +20,14 @@ from ..responses import NO_STORE, JSONResponse
 from ..schemas import TokenCreate, TokenCreated, TokenList, token_summary_view, token_view
 from ..state import Principal
 from ..tokens import hash_token, new_token
-from .common import SHOWN_ONCE, Svc, problems
+from .common import SHOWN_ONCE, JSONBodyRoute, Svc, problems
 
 __all__ = ["router"]
 
 log = logging.getLogger("ascend_webhooks.service")
-router = APIRouter(tags=["tokens"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    tags=["tokens"], dependencies=[Depends(require_admin)], route_class=JSONBodyRoute
+)
 
 
 @router.get(
