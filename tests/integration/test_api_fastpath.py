@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from ascend_webhooks.service import fastpath
 from ascend_webhooks.service.app import GC_THRESHOLD
+from ascend_webhooks.service.limits import RequestLimits
 from ascend_webhooks.service.problems import Problem
 from ascend_webhooks.service.routes.common import json_loads_utf8
 from ascend_webhooks.service.routes.events import (
@@ -273,6 +275,69 @@ async def test_a_batch_the_front_refuses_gets_the_routes_problem_naming_the_even
     assert counted.calls == len(bad_events) + 2  # each was answered by the route
     listed = await api.call("GET", f"/v1/organizations/{org}/events", expect=200)
     assert [e["id"] for e in listed.json()["data"]] == ["old"]
+
+
+def _escaped(value: Any) -> str:
+    """``value`` (strings and objects) as JSON with every character of every string, keys
+    included, an escape: six bytes for each ASCII character, twelve (a surrogate pair) for
+    each beyond the BMP."""
+    if isinstance(value, dict):
+        members = (f"{_escaped(key)}:{_escaped(item)}" for key, item in value.items())
+        return "{" + ",".join(members) + "}"
+    units = value.encode("utf-16-be")
+    return (
+        '"' + "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2)) + '"'
+    )
+
+
+async def test_an_event_that_fits_is_accepted_however_its_text_is_escaped(
+    store: Store, database_url: str
+) -> None:
+    # The limit is the stored body's; the request's was that plus 16 KiB, so an event that fits
+    # was 413 when its client escaped its text (as json.dumps does by default), 202 in UTF-8.
+    limit = 20_000  # large enough for six times it to exceed it by more than 16 KiB
+    settings = api_settings(database_url, max_payload_bytes=limit)
+    async with running_api(settings, store=store) as api:
+        org = await api.organization()
+        await api.publish(org, id="evt_known")  # known: admin publishes go through the front
+        unseen = [await api.org_token(org) for _ in range(6)]  # each, once, through the route
+        counted = Counted(api)
+        path = f"/v1/organizations/{org}/events"
+        room = limit - len(orjson.dumps({"id": "e:x:r", "type": "t", "data": {"s": ""}}))
+        texts = {"a": "x" * room, "l": "é" * (room // 2), "e": "🚀" * (room // 4)}  # ASCII, ...
+        for (name, text), by in itertools.product(texts.items(), ("r", "f")):  # route, front
+            event = {"id": f"e:{name}:{by}", "type": "t", "data": {"s": text}}
+            stored = orjson.dumps(event)
+            assert limit - 3 <= len(stored) <= limit
+            raw = _escaped(event)
+            assert orjson.loads(raw) == event
+            assert len(raw) > limit + 16 * 1024
+            token = unseen.pop() if by == "r" else ADMIN_TOKEN
+            calls = counted.calls
+            response = await api.call(
+                "POST", path, token=token, content=raw.encode(),
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 202, (name, by, response.text[:200])
+            assert counted.calls == calls + (by == "r")
+            assert (await store.get_event(org, event["id"])).body == stored
+        # The stored body's limit stays exact, however the request writes it.
+        over = {"id": "e:over", "type": "t", "data": {"s": "x" * (room + 1)}}
+        escaped = orjson.dumps(over).replace(b"x", b"\\u0078")
+        for content in (orjson.dumps(over), escaped):
+            response = await api.call(
+                "POST", path, content=content, headers={"Content-Type": "application/json"}
+            )
+            assert_problem(response, 413)
+
+
+def test_a_batch_may_be_as_large_as_a_single_events_request() -> None:
+    # Up to 1,000 events, within 32 MiB; but one event that fits is never refused in a batch.
+    default = RequestLimits(262_144)
+    assert default.event == 6 * 262_144 + 16 * 1024
+    assert default.batch == 32 * 1024 * 1024
+    large = RequestLimits(10 * 1024 * 1024)
+    assert large.batch == large.event == 6 * 10 * 1024 * 1024 + 16 * 1024
 
 
 # -- the front's own parsing, building and rendering, against the route's ----------------------

@@ -4,10 +4,13 @@ Starlette buffers a whole request body before FastAPI parses it, so an oversized
 refused while it streams in: early from ``Content-Length`` (413 without reading a byte) and
 again by counting the bytes actually received (a client may lie or stream chunked).
 
-The limits follow the configured largest event body (``max_payload_bytes``): a single event's
-request may exceed it by a small envelope allowance (the ``ordering_key``, whitespace), a batch
-may carry many events, everything else is small. The built wire body of each event is checked
-against ``max_payload_bytes`` exactly, in the events route.
+The limits follow the configured largest event body (``max_payload_bytes``), which is the body
+as stored (compact, UTF-8), not as the client wrote it: JSON may write any character as an
+escape, ``\\u0078`` being six bytes for one, so a single event's request may be six times that
+plus an envelope allowance (the ``ordering_key``, whitespace), whatever the escaping of an event
+that fits. A batch may carry many events (32 MiB, or a single event's limit if larger),
+everything else is small. The built wire body of each event is checked against
+``max_payload_bytes`` exactly, in the events route.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ __all__ = ["BodyLimitMiddleware", "RequestLimits"]
 _EVENTS = re.compile(r"^/v1/organizations/[^/]+/events/?$")
 _BATCH = re.compile(r"^/v1/organizations/[^/]+/events/batch/?$")
 ENVELOPE_ALLOWANCE = 16 * 1024
+#: The most request bytes one stored byte may take: ``\u00XX`` for one ASCII character (a
+#: character of 2 to 4 bytes takes 6 or 12: three times or less).
+ESCAPE_FACTOR = 6
 MIN_BATCH_LIMIT = 32 * 1024 * 1024
 OTHER_LIMIT = 1024 * 1024
 
@@ -32,7 +38,7 @@ class RequestLimits:
     """The largest request body accepted on each kind of route."""
 
     def __init__(self, max_payload_bytes: int) -> None:
-        self.event = max_payload_bytes + ENVELOPE_ALLOWANCE
+        self.event = ESCAPE_FACTOR * max_payload_bytes + ENVELOPE_ALLOWANCE
         self.batch = max(MIN_BATCH_LIMIT, self.event)
         self.other = max(OTHER_LIMIT, self.event)
 
