@@ -396,7 +396,8 @@ async def check_endpoint_url(
         return
     for address in addresses:
         if is_forbidden_address(address):
+            # Which address is not said: the caller is any organization's token, and the
+            # answer would map the service's internal names through its resolver.
             raise ForbiddenURLError(
-                f"{host} resolves to {address}, which is not a public address",
-                code="forbidden_address",
+                f"{host} resolves to a non-public address", code="forbidden_address"
             )
