@@ -146,6 +146,11 @@ async def test_serve_delivers_a_verified_event_and_stops_on_sigterm(tmp_path: Pa
         assert request.event.id == "evt_e2e"
         assert request.event.data == {"amount": 4200}
         assert request.body == b'{"id":"evt_e2e","type":"invoice.paid","data":{"amount":4200}}'
+        # Every organization's events are in the database: its files are the owner's alone.
+        files = [tmp_path / f"service.db{suffix}" for suffix in ("", "-wal", "-shm")]
+        assert all(f.stat().st_mode & 0o077 == 0 for f in files), [
+            oct(f.stat().st_mode) for f in files
+        ]
         assert await running.service.stop() == 0
     log = running.service.stderr.read_text()
     assert "Traceback" not in log

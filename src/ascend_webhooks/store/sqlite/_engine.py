@@ -92,6 +92,19 @@ _MAX_WEIGHT = 1_000
 _READERS = 2
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only, if it does not exist yet.
+
+    It holds every organization's events, endpoint URLs (often with credentials in them) and
+    receivers' answers; sqlite3 would create it under the process's umask (usually readable by
+    every user of the machine). SQLite gives its -wal and -shm files the database's mode. An
+    existing file keeps the mode its owner chose; any other failure (no such folder, no right
+    to write there) is left for sqlite3 to report as it always has.
+    """
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 class EngineClosedError(RuntimeError):
     """A call reached the store before ``open()`` or after ``close()``."""
 
@@ -129,6 +142,8 @@ def parse_url(url: str) -> SQLiteOptions:
 
 def connect(options: SQLiteOptions, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in manual-transaction mode with the store's PRAGMAs applied."""
+    if not readonly:
+        _create_private(options.path)
     conn = sqlite3.connect(
         options.path,
         isolation_level=None,  # we issue BEGIN/COMMIT ourselves
