@@ -293,6 +293,13 @@ async def test_a_body_that_is_not_utf8_is_400_on_every_route_that_takes_one(api:
     assert len(listed.json()["data"]) == 1 + 2 * 2  # nothing of the refused bodies stored
 
 
+async def test_no_page_loads_scripts_from_elsewhere(api: Api) -> None:
+    # FastAPI's /docs and /redoc pull their scripts from a CDN onto the dashboard's origin.
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert_problem(await api.call("GET", path, token=None), 404)
+    await api.call("GET", "/openapi.json", token=None, expect=200)
+
+
 async def test_bad_content_length_is_400(api: Api) -> None:
     response = await api.client.post(
         "/v1/organizations", content=b"{}", headers={"Content-Length": "nope"}

@@ -255,6 +255,11 @@ def create_app(
         description=_DESCRIPTION,
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (a floating
+        # version, no integrity check) on the dashboard's origin, where a token may be in
+        # sessionStorage. /openapi.json is served; any OpenAPI viewer reads it.
+        docs_url=None,
+        redoc_url=None,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_problem_handlers(app)
