@@ -122,3 +122,11 @@ def test_a_retry_delay_is_seven_days_at_most() -> None:
             SettingsError, match=r"RETRY_SCHEDULE: '.*' is longer .* 604800 seconds"
         ):
             Settings.from_env({"ASCEND_WEBHOOKS_RETRY_SCHEDULE": f"5,{text}"})
+
+
+def test_the_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = Settings(admin_token="aw_top_secret_token", master_key="c2VjcmV0LWtleQ==")
+    shown = repr(settings)
+    assert "aw_top_secret_token" not in shown
+    assert "c2VjcmV0LWtleQ==" not in shown
+    assert "database_url" in shown  # the rest is still there to read

@@ -24,14 +24,16 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = "sqlite:///./ascend-webhooks.db"
-    admin_token: str | None = None
+    # Out of repr (a settings object in a log line or a traceback's locals): both are secrets.
+    admin_token: str | None = field(default=None, repr=False)
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     retry_jitter: float = 0.2  # each delay is drawn from delay * (1 ± jitter)
     attempt_timeout: float = 15.0
     allow_http: bool = False
     allow_private_networks: bool = False
     max_payload_bytes: int = 262_144
-    master_key: str | None = None  # base64 AES key; default: a file beside the SQLite database
+    # base64 AES key; default: a file beside the SQLite database
+    master_key: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # extra PEM CA bundle trusted for HTTPS endpoints
     worker_concurrency: int = 128  # attempts working at once per worker process
     endpoint_concurrency: int = 8  # per-endpoint limit's start; adapts up to worker_concurrency
