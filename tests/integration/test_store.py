@@ -295,6 +295,80 @@ async def test_the_last_active_key_is_kept_when_asked_even_against_racing_revoke
     assert org not in await store.signing_keys([org])
 
 
+async def test_a_key_takes_the_id_its_caller_chose(store: Store) -> None:
+    # The caller encrypts the secret for the key's id, so it makes the id first.
+    org, _ = await setup_org(store, endpoints=0)
+    key = await store.create_key(org, b"c", activate="if_first", key_id="key_chosen")
+    assert key.id == "key_chosen"
+    assert key.activated_at is not None
+    assert [k.id for k in await store.list_keys(org)] == ["key_chosen"]
+    assert (await store.signing_keys([org]))[org].id == "key_chosen"
+    assert (await store.create_key(org, b"c", activate=False)).id.startswith("key_")
+
+
+async def test_key_ciphertexts_with_a_prefix_are_rewritten_in_place(store: Store) -> None:
+    orgs = [(await setup_org(store, f"rewrite-{n}", endpoints=0))[0] for n in range(3)]
+    old = [await store.create_key(org, b"\x01old-" + org.encode(), activate=True) for org in orgs]
+    revoked = await store.create_key(orgs[0], b"\x01revoked", activate=False)
+    revoked = await store.revoke_key(orgs[0], revoked.id)
+    current = await store.create_key(orgs[1], b"\x02current", activate=False)
+    left = await store.create_key(orgs[2], b"\x01left", activate=False)
+    before = {k.id: k for org in orgs for k in await store.list_keys(org)}
+    offered: list[WebhookKey] = []
+
+    def rewrite(key: WebhookKey) -> bytes | None:
+        offered.append(key)
+        if key.id == left.id:
+            return None  # left as it is
+        return b"\x02" + key.id.encode() + b"/" + key.secret_ciphertext[1:]
+
+    assert await store.rewrite_key_ciphertexts(b"\x01", rewrite) == 4
+    assert sorted(offered, key=lambda k: k.id) == sorted(
+        [before[k.id] for k in [*old, revoked, left]], key=lambda k: k.id
+    )
+    after = {k.id: k for org in orgs for k in await store.list_keys(org)}
+    for key in [*old, revoked]:
+        expected = b"\x02" + key.id.encode() + b"/" + key.secret_ciphertext[1:]
+        # Only the ciphertext changes: the key keeps its organization, activation, revocation.
+        assert after[key.id] == dataclasses.replace(before[key.id], secret_ciphertext=expected)
+    assert after[current.id] == before[current.id]
+    assert after[left.id] == before[left.id]
+    assert {o: k.id for o, k in (await store.signing_keys(orgs)).items()} == {
+        k.organization_id: k.id for k in old
+    }
+
+    offered.clear()  # a second run finds only the row left behind
+    assert await store.rewrite_key_ciphertexts(b"\x01", rewrite) == 0
+    assert [k.id for k in offered] == [left.id]
+
+
+async def test_key_ciphertexts_rewritten_by_racing_processes_are_rewritten_once(
+    store: Store, database_url: str
+) -> None:
+    orgs = [(await setup_org(store, f"race-{n}", endpoints=0))[0] for n in range(4)]
+    keys = [await store.create_key(org, b"\x01old", activate=False) for org in orgs * 3]
+    # Several processes starting at once, each with its own store and its own rewrite (as
+    # encryption would, each makes a ciphertext of its own).
+    others = [open_store(database_url) for _ in range(3)]
+    await asyncio.gather(*(other.open() for other in others))
+    try:
+        counts = await asyncio.gather(
+            *(
+                each.rewrite_key_ciphertexts(
+                    b"\x01", lambda k, n=n: b"\x02" + bytes([n]) + k.id.encode()
+                )
+                for n, each in enumerate([store, *others, store])
+            )
+        )
+    finally:
+        await asyncio.gather(*(other.close() for other in others))
+    assert sum(counts) == len(keys)
+    for org in orgs:
+        for key in await store.list_keys(org):
+            assert key.secret_ciphertext[:1] == b"\x02"
+            assert key.secret_ciphertext[2:] == key.id.encode()
+
+
 # -- endpoints -----------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ Concurrency contract, true of every backend:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -170,12 +170,15 @@ class Store(abc.ABC):
         secret_ciphertext: bytes,
         *,
         activate: bool | Literal["if_first"],
+        key_id: str | None = None,
     ) -> WebhookKey:
         """Issue a key; ``activate`` makes it the signing key at once. Raises NotFoundError.
 
         ``"if_first"`` activates it only if the organization has no active key (activated, not
         revoked); checked in the same transaction as the insert, so of several first keys
         issued at once exactly one is activated. The key returned says which it is.
+        ``key_id`` is the id to give it (a new ``key_…`` id if None): the caller encrypts the
+        secret for its organization and id, so it needs the id first.
         """
 
     @abc.abstractmethod
@@ -195,6 +198,18 @@ class Store(abc.ABC):
         With ``keep_last_active``, revoking the organization's only active key (activated, not
         revoked) raises LastActiveKeyError; checked in the same transaction as the revoke, so
         two revokes racing for the last two active keys cannot both succeed.
+        """
+
+    @abc.abstractmethod
+    async def rewrite_key_ciphertexts(
+        self, prefix: bytes, rewrite: Callable[[WebhookKey], bytes | None]
+    ) -> int:
+        """Replace, in one transaction, the ciphertext of every key (of every organization,
+        revoked ones included) whose ciphertext starts with ``prefix`` by ``rewrite(key)``
+        (None: leave it); how many were replaced.
+
+        A row is replaced only if its ciphertext is still the one ``rewrite`` was given:
+        processes doing the same at once replace each row once (the others leave it).
         """
 
     @abc.abstractmethod

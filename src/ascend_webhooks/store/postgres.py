@@ -476,6 +476,7 @@ class PostgresStore(Store):
         secret_ciphertext: bytes,
         *,
         activate: bool | Literal["if_first"],
+        key_id: str | None = None,
     ) -> WebhookKey:
         try:
             async with self._transaction() as conn:
@@ -493,7 +494,7 @@ class PostgresStore(Store):
                     " activated_at) VALUES ($1, $2, $3, CASE WHEN $4 THEN"
                     " greatest(now(), (SELECT max(activated_at) + interval '1 microsecond'"
                     " FROM webhook_keys WHERE organization_id = $2)) END) RETURNING *",
-                    new_id("key"),
+                    key_id if key_id is not None else new_id("key"),
                     organization_id,
                     secret_ciphertext,
                     activate,
@@ -568,6 +569,38 @@ class PostgresStore(Store):
         if row is None:
             raise NotFoundError(f"webhook key {key_id!r} not found")
         return recs.key(row)
+
+    async def rewrite_key_ciphertexts(
+        self, prefix: bytes, rewrite: Callable[[WebhookKey], bytes | None]
+    ) -> int:
+        async with self._transaction() as conn:
+            # Locked in id order (no deadlock between processes doing this at once); a row
+            # another one rewrote meanwhile is read again, no longer matches, and is skipped.
+            rows = await conn.fetch(
+                "SELECT * FROM webhook_keys"
+                " WHERE substr(secret_ciphertext, 1, length($1::bytea)) = $1::bytea"
+                " ORDER BY id FOR NO KEY UPDATE",
+                prefix,
+            )
+            ids, old, new = [], [], []
+            for row in rows:
+                key = recs.key(row)
+                rewritten = rewrite(key)
+                if rewritten is not None:
+                    ids.append(key.id)
+                    old.append(key.secret_ciphertext)
+                    new.append(rewritten)
+            if not ids:
+                return 0
+            done = await conn.fetch(
+                "UPDATE webhook_keys AS k SET secret_ciphertext = c.new"
+                " FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS c (id, old, new)"
+                " WHERE k.id = c.id AND k.secret_ciphertext = c.old RETURNING k.id",
+                ids,
+                old,
+                new,
+            )
+        return len(done)
 
     async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
         async with self._connection() as conn:

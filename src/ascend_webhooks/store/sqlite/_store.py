@@ -177,9 +177,10 @@ class SQLiteStore(Store):
         secret_ciphertext: bytes,
         *,
         activate: bool | Literal["if_first"],
+        key_id: str | None = None,
     ) -> WebhookKey:
         return await self._write(
-            lambda c: _writes.create_key(c, organization_id, secret_ciphertext, activate)
+            lambda c: _writes.create_key(c, organization_id, secret_ciphertext, activate, key_id)
         )
 
     async def list_keys(self, organization_id: str) -> list[WebhookKey]:
@@ -194,6 +195,11 @@ class SQLiteStore(Store):
         return await self._write(
             lambda c: _writes.revoke_key(c, organization_id, key_id, keep_last_active)
         )
+
+    async def rewrite_key_ciphertexts(
+        self, prefix: bytes, rewrite: Callable[[WebhookKey], bytes | None]
+    ) -> int:
+        return await self._write(lambda c: _writes.rewrite_key_ciphertexts(c, prefix, rewrite))
 
     async def signing_keys(self, organization_ids: Sequence[str]) -> dict[str, WebhookKey]:
         return await self._read(lambda c: _reads.signing_keys(c, organization_ids))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from ...ids import new_id
@@ -55,6 +55,7 @@ __all__ = [
     "require_organization",
     "retry_delivery",
     "revoke_key",
+    "rewrite_key_ciphertexts",
     "update_endpoint",
 ]
 
@@ -133,6 +134,7 @@ def create_key(
     organization_id: str,
     ciphertext: bytes,
     activate: bool | Literal["if_first"],
+    key_id: str | None = None,
 ) -> WebhookKey:
     require_organization(conn, organization_id)
     if activate == "if_first":
@@ -145,13 +147,37 @@ def create_key(
         ).fetchone()
         activate = active is None
     now = now_ms()
-    key_id = new_id("key")
+    if key_id is None:
+        key_id = new_id("key")
     conn.execute(
         "INSERT INTO webhook_keys (id, organization_id, secret_ciphertext, created_at,"
         " activated_at) VALUES (?, ?, ?, ?, ?)",
         (key_id, organization_id, ciphertext, now, now if activate else None),
     )
     return _key(conn, organization_id, key_id)
+
+
+def rewrite_key_ciphertexts(
+    conn: sqlite3.Connection, prefix: bytes, rewrite: Callable[[WebhookKey], bytes | None]
+) -> int:
+    # In the writer's transaction: no other process changes a row between read and update;
+    # the update still checks the ciphertext read, as the store's contract says.
+    rows = conn.execute(
+        f"SELECT {_rows.KEY_COLUMNS} FROM webhook_keys"  # noqa: S608 (fixed column list)
+        " WHERE substr(secret_ciphertext, 1, ?) = ? ORDER BY id",
+        (len(prefix), prefix),
+    ).fetchall()
+    replaced = 0
+    for row in rows:
+        key = _rows.key(row)
+        rewritten = rewrite(key)
+        if rewritten is not None:
+            replaced += conn.execute(
+                "UPDATE webhook_keys SET secret_ciphertext = ?"
+                " WHERE id = ? AND secret_ciphertext = ?",
+                (rewritten, key.id, key.secret_ciphertext),
+            ).rowcount
+    return replaced
 
 
 def _key(conn: sqlite3.Connection, organization_id: str, key_id: str) -> WebhookKey:
