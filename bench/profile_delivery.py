@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ascend_webhooks.delivery.worker import Worker
+from ascend_webhooks.ids import new_id
 from ascend_webhooks.service.crypto import SecretBox
 from ascend_webhooks.service.settings import Settings
 from ascend_webhooks.store.base import Store
@@ -107,7 +108,9 @@ async def drive(args: argparse.Namespace, sink: Sink) -> Drain:
     await store.open()
     box = SecretBox.generate()
     org = await store.create_organization("bench")
-    await store.create_key(org.id, box.encrypt("whsec_" + "k" * 32), activate=True)
+    key_id = new_id("key")
+    ciphertext = box.encrypt("whsec_" + "k" * 32, organization_id=org.id, key_id=key_id)
+    await store.create_key(org.id, ciphertext, activate=True, key_id=key_id)
     await store.create_endpoint(org.id, sink.url, None, None)
     for start in range(0, args.events, 1000):
         events = []

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from ascend_webhooks import WebhookError, verify
-from ascend_webhooks.service.crypto import SecretBox, parse_master_key
+from ascend_webhooks.service.crypto import (
+    MasterKeyError,
+    SecretBox,
+    new_webhook_secret,
+    parse_master_key,
+)
 from ascend_webhooks.service.schemas import KeyCreated, KeyList, KeyOut
 from ascend_webhooks.store import Store
 from tests.support.api import (
@@ -22,6 +27,7 @@ from tests.support.api import (
     raw_database_bytes,
     running_api,
 )
+from tests.support.keys import v1_ciphertext
 from tests.support.receivers import Receiver, RecordedRequest
 
 
@@ -48,11 +54,13 @@ async def test_first_key_signs_at_once_later_keys_wait(api: Api, store: Store) -
     assert second.secret not in listed.text
     keys = KeyList.model_validate(listed.json())
     assert [(k.id, k.active) for k in keys.data] == [(first.id, True), (second.id, False)]
-    # The store holds ciphertexts that decrypt to the secrets shown once.
+    # The store holds ciphertexts that decrypt to the secrets shown once, in their own rows.
     box = SecretBox(parse_master_key(MASTER_KEY))
     stored = {k.id: k.secret_ciphertext for k in await store.list_keys(org)}
-    assert box.decrypt(stored[first.id]) == first.secret
+    assert box.decrypt(stored[first.id], organization_id=org, key_id=first.id) == first.secret
     assert first.secret.encode() not in stored[first.id]
+    with pytest.raises(MasterKeyError):
+        box.decrypt(stored[first.id], organization_id=org, key_id=second.id)
     signing = await store.signing_keys([org])
     assert signing[org].id == first.id
 
@@ -188,6 +196,60 @@ async def test_rotation_loses_no_delivery(
         assert all(r.verified for r in receiver.requests)
     for secret in (one["secret"], two["secret"]):
         assert secret not in caplog.text
+
+
+async def test_keys_of_an_earlier_release_are_upgraded_at_start_and_still_sign(
+    store: Store, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows as an earlier release wrote them: one label for every key, valid in any row.
+    master_key = parse_master_key(MASTER_KEY)
+    org = (await store.create_organization("Acme")).id
+    secret = new_webhook_secret()
+    revoked = await store.create_key(org, v1_ciphertext(master_key, "whsec_gone"), activate=True)
+    key = await store.create_key(org, v1_ciphertext(master_key, secret), activate=True)
+    await store.revoke_key(org, revoked.id)
+    caplog.set_level(logging.INFO)
+    settings = api_settings(database_url, retry_schedule=(0.05,))
+    async with (
+        running_api(settings, store=store, run_delivery=True) as api,
+        Receiver(secret=secret) as receiver,
+    ):
+        # Upgraded before the worker started: every row, the revoked one too, is bound to
+        # its organization and key, and the old secret still signs.
+        box = SecretBox(master_key)
+        stored = {k.id: k.secret_ciphertext for k in await store.list_keys(org)}
+        assert {c[:1] for c in stored.values()} == {b"\x02"}
+        assert box.decrypt(stored[key.id], organization_id=org, key_id=key.id) == secret
+        assert box.decrypt(stored[revoked.id], organization_id=org, key_id=revoked.id) == (
+            "whsec_gone"
+        )
+        await api.endpoint(org, receiver.url)
+        request = await _deliver(api, org, receiver, "after-upgrade")
+        assert request.verified, request.verify_error
+    assert "upgraded 2 webhook keys" in caplog.text
+    assert secret not in caplog.text
+
+    caplog.clear()  # the next start finds nothing left to upgrade
+    async with running_api(settings, store=store):
+        pass
+    assert "upgraded" not in caplog.text
+    assert {k.id: k.secret_ciphertext for k in await store.list_keys(org)} == stored
+
+
+async def test_a_key_of_an_earlier_release_under_another_master_key_is_left_as_it_is(
+    store: Store, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Started with the wrong master key: nothing is rewritten, the next start tries again.
+    org = (await store.create_organization("Acme")).id
+    old = v1_ciphertext(bytes(32), "whsec_elsewhere")
+    key = await store.create_key(org, old, activate=True)
+    caplog.set_level(logging.INFO)
+    async with running_api(api_settings(database_url), store=store):
+        pass
+    assert [k.secret_ciphertext for k in await store.list_keys(org)] == [old]
+    assert f"do not decrypt with this master key and stay as they are: {key.id}" in caplog.text
+    assert "upgraded" not in caplog.text
+    assert "whsec_elsewhere" not in caplog.text
 
 
 async def test_revokes_at_once_leave_a_key_that_signs(api: Api, store: Store) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -24,6 +26,7 @@ from ascend_webhooks.delivery.transport import PyreqwestTransport, Response
 from ascend_webhooks.delivery.worker import Worker, _InFlight
 from ascend_webhooks.ids import new_id
 from ascend_webhooks.metrics import BatchHistogram
+from ascend_webhooks.service.crypto import SecretBox, sqlite_path
 from ascend_webhooks.service.settings import Settings
 from ascend_webhooks.signature import sign
 from ascend_webhooks.store import Store
@@ -34,6 +37,7 @@ from ascend_webhooks.store.models import (
     Delivery,
     DeliveryStatus,
     NewEvent,
+    WebhookKey,
 )
 from tests.support import receivers as receiver_fixtures
 from tests.support.receivers import Close, Hang, Receiver, ReceiverFactory, Reply
@@ -44,7 +48,7 @@ SECRET = "whsec_integration_secret"
 TINY = (0.01,) * 10  # ten retries, right away
 
 
-def decrypt(ciphertext: bytes) -> str:
+def decrypt(ciphertext: bytes, *, organization_id: str, key_id: str) -> str:
     # The store keeps whatever bytes it is given; these tests store the secret as is.
     return ciphertext.decode("utf-8")
 
@@ -1073,7 +1077,7 @@ async def test_an_undecryptable_key_is_recorded_never_sent_and_never_logged(
     await store.create_endpoint(org, receiver.url, None, None)
     (delivery,) = await publish(store, org)
 
-    def broken_decrypt(ciphertext: bytes) -> str:
+    def broken_decrypt(ciphertext: bytes, **_: str) -> str:
         raise ValueError(f"bad tag for {ciphertext!r}")  # quotes the key material
 
     caplog.set_level("DEBUG", logger="ascend_webhooks")
@@ -1087,6 +1091,82 @@ async def test_an_undecryptable_key_is_recorded_never_sent_and_never_logged(
     assert SECRET not in caplog.text
 
 
+async def set_ciphertext(database_url: str, key_id: str, ciphertext: bytes) -> None:
+    """Write a key row's ciphertext by SQL, as whoever can write to the database could."""
+    path = sqlite_path(database_url)
+    if path is not None:
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(
+                "UPDATE webhook_keys SET secret_ciphertext = ? WHERE id = ?", (ciphertext, key_id)
+            )
+        return
+    conn = await asyncpg.connect(database=database_url.rsplit("/", 1)[1])
+    try:
+        await conn.execute(
+            "UPDATE webhook_keys SET secret_ciphertext = $1 WHERE id = $2", ciphertext, key_id
+        )
+    finally:
+        await conn.close()
+
+
+async def issue_key(store: Store, box: SecretBox, organization_id: str, secret: str) -> WebhookKey:
+    """A key as the API issues it: its secret encrypted for its organization and id."""
+    key_id = new_id("key")
+    ciphertext = box.encrypt(secret, organization_id=organization_id, key_id=key_id)
+    return await store.create_key(organization_id, ciphertext, activate=True, key_id=key_id)
+
+
+@pytest.mark.parametrize("source", ["other-organization", "revoked-key"])
+async def test_a_ciphertext_moved_to_another_key_row_is_a_key_error_never_sent(
+    store: Store,
+    database_url: str,
+    receivers: ReceiverFactory,
+    caplog: pytest.LogCaptureFixture,
+    source: str,
+) -> None:
+    # Whoever can write to the database but has no master key copies another key's ciphertext
+    # into this organization's signing key: another organization's (to have events of their
+    # choosing signed with its secret) or a revoked key's of the same one (to bring it back).
+    box = SecretBox.generate()
+    org = await new_organization(store, secret=None)
+    if source == "other-organization":
+        other = await new_organization(store, secret=None)
+        moved = await issue_key(store, box, other, "whsec_moved")
+    else:
+        moved = await issue_key(store, box, org, "whsec_moved")
+        await store.revoke_key(org, moved.id)
+    mine = await issue_key(store, box, org, SECRET)
+    receiver = await receivers(secret=["whsec_moved", SECRET])
+    await store.create_endpoint(org, receiver.url, None, None)
+    await set_ciphertext(database_url, mine.id, moved.secret_ciphertext)
+    (delivery,) = await publish(store, org)
+
+    caplog.set_level("DEBUG", logger="ascend_webhooks")
+    async with running(Worker(store, make_settings(), box.decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.FAILED
+    assert [a.error for a in done.attempts] == ["key_error", "key_error"]
+    assert receiver.requests == []  # signed with no secret, the moved one least of all
+    assert f"cannot decrypt key {mine.id} of {org} (MasterKeyError)" in caplog.text
+    assert "whsec_moved" not in caplog.text
+
+
+async def test_a_ciphertext_in_its_own_row_signs(store: Store, receivers: ReceiverFactory) -> None:
+    box = SecretBox.generate()
+    org = await new_organization(store, secret=None)
+    await issue_key(store, box, org, SECRET)
+    receiver = await receivers(secret=SECRET)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+
+    async with running(Worker(store, make_settings(), box.decrypt)):
+        (done,) = await wait_terminal(store, org, [delivery.id])
+
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert [r.verified for r in receiver.requests] == [True]
+
+
 @pytest.mark.parametrize("secret", ["", "whsec_\udcff"], ids=["empty", "not-utf8"])
 async def test_a_secret_that_cannot_sign_is_a_key_error_never_sent(
     store: Store, receivers: ReceiverFactory, secret: str
@@ -1096,7 +1176,7 @@ async def test_a_secret_that_cannot_sign_is_a_key_error_never_sent(
     await store.create_endpoint(org, receiver.url, None, None)
     (delivery,) = await publish(store, org)
 
-    async with running(Worker(store, make_settings(), lambda _: secret)):
+    async with running(Worker(store, make_settings(), lambda _, **__: secret)):
         (done,) = await wait_terminal(store, org, [delivery.id])
 
     assert [a.error for a in done.attempts] == ["key_error", "key_error"]

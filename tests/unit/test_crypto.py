@@ -19,6 +19,7 @@ from ascend_webhooks.service.crypto import (
     sqlite_path,
 )
 from ascend_webhooks.service.settings import Settings
+from tests.support.keys import v1_ciphertext
 
 
 def test_secret_is_prefixed_32_random_bytes() -> None:
@@ -29,29 +30,74 @@ def test_secret_is_prefixed_32_random_bytes() -> None:
     assert new_webhook_secret() != secret
 
 
+ORG, KEY = "org_01TESTORG", "key_01TESTKEY"
+ROW = {"organization_id": ORG, "key_id": KEY}
+
+
 def test_round_trip_and_ciphertext_hides_the_secret() -> None:
     box = SecretBox.generate()
     secret = new_webhook_secret()
-    first, second = box.encrypt(secret), box.encrypt(secret)
+    first, second = box.encrypt(secret, **ROW), box.encrypt(secret, **ROW)
     assert first != second  # a fresh nonce each time
     for ciphertext in (first, second):
+        assert ciphertext[:1] == b"\x02"
         assert secret.encode() not in ciphertext
         assert secret[6:].encode() not in ciphertext
-        assert box.decrypt(ciphertext) == secret
+        assert box.decrypt(ciphertext, **ROW) == secret
 
 
 def test_wrong_master_key_or_tampering_is_a_clear_error() -> None:
-    ciphertext = SecretBox.generate().encrypt("whsec_x")
+    ciphertext = SecretBox.generate().encrypt("whsec_x", **ROW)
     with pytest.raises(MasterKeyError, match="master key"):
-        SecretBox.generate().decrypt(ciphertext)
+        SecretBox.generate().decrypt(ciphertext, **ROW)
     box = SecretBox.generate()
-    good = box.encrypt("whsec_x")
+    good = box.encrypt("whsec_x", **ROW)
     tampered = good[:-1] + bytes([good[-1] ^ 1])
     with pytest.raises(MasterKeyError):
-        box.decrypt(tampered)
-    with pytest.raises(MasterKeyError, match="format"):
-        box.decrypt(b"\x02" + good[1:])
+        box.decrypt(tampered, **ROW)
+    for unknown in (b"\x03" + good[1:], b"\x00" + good[1:], good[:20]):
+        with pytest.raises(MasterKeyError, match="format"):
+            box.decrypt(unknown, **ROW)
     assert "hidden" in repr(box)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"organization_id": "org_01OTHERORG", "key_id": KEY},
+        {"organization_id": ORG, "key_id": "key_01OTHERKEY"},
+        {"organization_id": "org_01OTHERORG", "key_id": "key_01OTHERKEY"},
+        # Characters moved from one id to the other make another label, too.
+        {"organization_id": ORG + KEY[:4], "key_id": KEY[4:]},
+    ],
+    ids=["other-organization", "other-key", "other-both", "shifted"],
+)
+def test_a_ciphertext_moved_to_another_row_is_refused(row: dict[str, str]) -> None:
+    # Whoever can write to the database but has no master key cannot move a secret to another
+    # organization's or key's row (to sign for it, or to bring back a revoked secret).
+    box = SecretBox.generate()
+    ciphertext = box.encrypt("whsec_theirs", **ROW)
+    with pytest.raises(MasterKeyError, match="another organization or key"):
+        box.decrypt(ciphertext, **row)
+    assert box.decrypt(ciphertext, **ROW) == "whsec_theirs"
+
+
+def test_a_version_1_ciphertext_is_refused_and_upgraded_for_its_row() -> None:
+    master_key = os.urandom(32)
+    box = SecretBox(master_key)
+    old = v1_ciphertext(master_key, "whsec_old")
+    # Earlier releases' format is valid in any row: never trusted to sign.
+    with pytest.raises(MasterKeyError, match="earlier release"):
+        box.decrypt(old, **ROW)
+    upgraded = box.upgrade(old, **ROW)
+    assert upgraded is not None
+    assert upgraded[:1] == b"\x02"
+    assert box.decrypt(upgraded, **ROW) == "whsec_old"
+    with pytest.raises(MasterKeyError, match="another organization or key"):
+        box.decrypt(upgraded, organization_id="org_01OTHERORG", key_id=KEY)
+    assert box.upgrade(upgraded, **ROW) is None  # already current: nothing to do
+    with pytest.raises(MasterKeyError, match="master key"):
+        SecretBox.generate().upgrade(old, **ROW)
 
 
 def test_master_key_accepts_standard_and_urlsafe_base64() -> None:
@@ -67,8 +113,8 @@ def test_master_key_accepts_standard_and_urlsafe_base64() -> None:
 def test_configured_master_key_is_used(tmp_path: Path) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'a.db'}", master_key=key)
-    ciphertext = load_secret_box(settings).encrypt("whsec_abc")
-    assert load_secret_box(settings).decrypt(ciphertext) == "whsec_abc"
+    ciphertext = load_secret_box(settings).encrypt("whsec_abc", **ROW)
+    assert load_secret_box(settings).decrypt(ciphertext, **ROW) == "whsec_abc"
     assert not (tmp_path / "a.db.key").exists()  # no key file when one is configured
 
 
@@ -79,10 +125,10 @@ def test_postgres_needs_a_master_key() -> None:
 
 def test_sqlite_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'sub' / 'x.db'}")
-    ciphertext = load_secret_box(settings).encrypt("whsec_abc")
+    ciphertext = load_secret_box(settings).encrypt("whsec_abc", **ROW)
     key_file = tmp_path / "sub" / "x.db.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert load_secret_box(settings).decrypt(ciphertext) == "whsec_abc"
+    assert load_secret_box(settings).decrypt(ciphertext, **ROW) == "whsec_abc"
     assert [p.name for p in key_file.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -98,8 +144,8 @@ def test_racing_processes_agree_on_one_key_file(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    ciphertext = boxes[0].encrypt("whsec_same")
-    assert all(box.decrypt(ciphertext) == "whsec_same" for box in boxes)
+    ciphertext = boxes[0].encrypt("whsec_same", **ROW)
+    assert all(box.decrypt(ciphertext, **ROW) == "whsec_same" for box in boxes)
 
 
 def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -138,4 +184,4 @@ def test_sqlite_path(url: str, path: str | None) -> None:
 
 def test_in_memory_database_gets_an_ephemeral_key() -> None:
     box = load_secret_box(Settings(database_url="sqlite:///:memory:"))
-    assert box.decrypt(box.encrypt("whsec_m")) == "whsec_m"
+    assert box.decrypt(box.encrypt("whsec_m", **ROW), **ROW) == "whsec_m"

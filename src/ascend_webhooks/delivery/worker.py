@@ -50,11 +50,13 @@ The loop, and why it looks like this:
 * **Signing.** The organization's current signing key comes from ``store.signing_keys`` and is
   cached for ``key_cache_seconds`` (2 s): a key rotation takes effect within that time. The
   secret is decrypted with the ``decrypt`` callable (the master key never reaches this module)
-  and never logged; it is kept as a keyed HMAC-SHA256 (a secret that cannot sign, empty or
-  not UTF-8, is a ``key_error``). Each attempt is signed with a fresh timestamp, exactly as
-  :func:`ascend_webhooks.signature.sign` signs; the body is the stored bytes, identical on
-  every attempt. An organization without a signing key gets an attempt
-  recorded with error ``no_signing_key`` and retried on schedule: nothing is sent unsigned.
+  for the organization and the key's id, and never logged; it is kept as a keyed HMAC-SHA256
+  (a ciphertext that does not decrypt, one moved from another key's row included, or a secret
+  that cannot sign, empty or not UTF-8, is a ``key_error``). Each attempt is signed with a
+  fresh timestamp, exactly as :func:`ascend_webhooks.signature.sign` signs; the body is the
+  stored bytes, identical on every attempt. An organization without a signing key gets an
+  attempt recorded with error ``no_signing_key`` and retried on schedule: nothing is sent
+  unsigned.
 * **Decide and record in batches.** The :class:`RetryPolicy` turns each response into
   succeeded / retry-at / failed; outcomes are buffered and written with one ``store.record``
   call per ``flush_size`` outcomes or ``flush_interval`` seconds (20 ms), whichever comes
@@ -92,10 +94,11 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha256
+from typing import Protocol
 
 from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
@@ -111,8 +114,16 @@ __all__ = ["PREFETCH_PER_LIMIT", "SLOW_HEADROOM", "Decrypt", "Worker"]
 
 logger = logging.getLogger(__name__)
 
-#: Turns a key's ``secret_ciphertext`` into the secret string.
-Decrypt = Callable[[bytes], str]
+
+class Decrypt(Protocol):
+    """Turns a key's ``secret_ciphertext`` into the secret string (``SecretBox.decrypt``).
+
+    Given the organization the worker signs for and the key's id, so that a ciphertext moved
+    into another key's row is refused (raises) rather than signing with another secret.
+    """
+
+    def __call__(self, ciphertext: bytes, *, organization_id: str, key_id: str) -> str: ...
+
 
 #: In-flight attempts, slow ones included, are capped at concurrency times this.
 SLOW_HEADROOM = 8
@@ -883,7 +894,8 @@ class Worker:
                 previous.fetched_at = now  # same key: keep the keyed MAC
             else:
                 try:
-                    mac = _keyed_mac(self.decrypt(key.secret_ciphertext))
+                    secret = self.decrypt(key.secret_ciphertext, organization_id=org, key_id=key.id)
+                    mac = _keyed_mac(secret)
                 except Exception as exc:
                     # The exception may quote key material: log its type only.
                     logger.error(

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .. import __version__
 from ..delivery.worker import Worker
 from ..store import Store, open_store
-from .crypto import SecretBox, load_secret_box
+from .crypto import SecretBox, load_secret_box, upgrade_stored_keys
 from .dashboard import Dashboard
 from .fastpath import FastPublish
 from .limits import BodyLimitMiddleware, RequestLimits
@@ -226,6 +226,8 @@ def create_app(
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
         try:
+            # Before the worker starts: it refuses keys still in the format of earlier releases.
+            await upgrade_stored_keys(active, box)
             services = Services(store=active, settings=settings, box=box)
             services.admin_token_hash = await ensure_admin_token(active, settings)
             app.state.services = services

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from ..store import Store
-from .crypto import MasterKeyError, SecretBox, load_secret_box
+from .crypto import MasterKeyError, SecretBox, load_secret_box, upgrade_stored_keys
 from .processes import METRICS_PORT_ENV, DeliveryProcesses, watch_parent
 from .settings import Settings, SettingsError
 from .startup import StartupError, open_store_waiting
@@ -247,7 +247,7 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
 
 def _migrate(args: argparse.Namespace) -> int:
     try:
-        settings, _ = _prepare(args)
+        settings, box = _prepare(args)
     except _StartupError as exc:
         return _fail(str(exc))
     _configure_logging()
@@ -256,7 +256,10 @@ def _migrate(args: argparse.Namespace) -> int:
         store = await _open_store(settings)  # opening applies pending migrations
         if store is None:
             return 0
-        await store.close()
+        try:
+            await upgrade_stored_keys(store, box)
+        finally:
+            await store.close()
         log.info("the database schema is up to date")
         return 0
 
@@ -324,6 +327,7 @@ async def _run_worker(
     if store is None:
         return 0
     try:
+        await upgrade_stored_keys(store, box)  # this worker refuses keys not yet upgraded
         kwargs: dict[str, Any] = {}
         if concurrency is not None:
             kwargs["concurrency"] = concurrency

@@ -6,8 +6,18 @@ database as ``<database>.key`` (mode 0600, created atomically so that a server a
 starting together agree on one key). PostgreSQL deployments run on many machines, so there the
 key must be configured explicitly.
 
-A ciphertext is ``b"\\x01" + nonce(12) + AES-GCM(secret)``; the version byte leaves room for
-another scheme later, and a fixed associated-data label binds ciphertexts to their purpose.
+A ciphertext is ``b"\\x02" + nonce(12) + AES-GCM(secret)``, whose associated data names the
+organization and the key it was issued for: moved to another key's row (by anyone who can write
+to the database but has no master key), it no longer decrypts, so it can neither sign another
+organization's deliveries nor bring back a revoked secret.
+
+Earlier releases wrote version 1, under one fixed label that names neither: valid in any row.
+:func:`upgrade_stored_keys` re-encrypts those rows in place when ``serve``, ``worker`` and
+``migrate`` start, and :meth:`SecretBox.decrypt` refuses them rather than sign with one. A key
+issued by a process of the earlier release during a rolling upgrade is therefore a
+``key_error`` until the next start of a new process upgrades it (production.md says to run
+``migrate`` again once the roll is done). The upgrade at start trusts the version 1 rows it
+finds; a later release that drops version 1 ends that too.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -24,7 +35,8 @@ from typing import Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..store.base import InvalidCursorError
+from ..store.base import InvalidCursorError, Store
+from ..store.models import WebhookKey
 from .settings import Settings
 
 __all__ = [
@@ -35,12 +47,18 @@ __all__ = [
     "load_secret_box",
     "new_webhook_secret",
     "sqlite_path",
+    "upgrade_stored_keys",
 ]
 
+log = logging.getLogger("ascend_webhooks.service")
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
-_VERSION = b"\x01"
+_VERSION = b"\x02"
 _NONCE_BYTES = 12
-_AAD = b"ascend-webhooks:webhook-key:v1"
+_MIN_LENGTH = 1 + _NONCE_BYTES + 16  # version, nonce, tag
+#: Version 1, written by earlier releases: one label for every key, bound to no row.
+_V1_VERSION = b"\x01"
+_V1_AAD = b"ascend-webhooks:webhook-key:v1"
 
 #: The lists whose cursors are sealed; a cursor opens only in the list that handed it out.
 CursorList = Literal["events", "deliveries"]
@@ -74,22 +92,41 @@ class SecretBox:
         """A box with a fresh random key (tests, in-memory databases)."""
         return cls(AESGCM.generate_key(bit_length=256))
 
-    def encrypt(self, secret: str) -> bytes:
-        """The ciphertext to store for ``secret``."""
+    def encrypt(self, secret: str, *, organization_id: str, key_id: str) -> bytes:
+        """The ciphertext to store for ``secret`` as key ``key_id`` of ``organization_id``."""
         nonce = os.urandom(_NONCE_BYTES)
-        return _VERSION + nonce + self._aead.encrypt(nonce, secret.encode("utf-8"), _AAD)
+        aad = _key_aad(organization_id, key_id)
+        return _VERSION + nonce + self._aead.encrypt(nonce, secret.encode("utf-8"), aad)
 
-    def decrypt(self, ciphertext: bytes) -> str:
-        """The secret back; MasterKeyError if it was not encrypted with this master key."""
-        if len(ciphertext) < 1 + _NONCE_BYTES + 16 or ciphertext[:1] != _VERSION:
+    def decrypt(self, ciphertext: bytes, *, organization_id: str, key_id: str) -> str:
+        """The secret back; MasterKeyError unless it was encrypted with this master key for
+        this organization and key (a ciphertext moved to another row is refused)."""
+        if ciphertext[:1] == _V1_VERSION:
+            # Valid in any row, so never trusted to sign: upgrade_stored_keys re-encrypts it.
+            raise MasterKeyError(
+                "stored webhook key is in an earlier release's format, bound to no "
+                "organization: serve, worker and migrate upgrade it when they start"
+            )
+        return self._open(ciphertext, _key_aad(organization_id, key_id))
+
+    def upgrade(self, ciphertext: bytes, *, organization_id: str, key_id: str) -> bytes | None:
+        """A version 1 ciphertext re-encrypted for this organization and key; None if it is
+        not version 1. MasterKeyError if it does not decrypt with this master key."""
+        if ciphertext[:1] != _V1_VERSION:
+            return None
+        secret = self._open(ciphertext, _V1_AAD)
+        return self.encrypt(secret, organization_id=organization_id, key_id=key_id)
+
+    def _open(self, ciphertext: bytes, aad: bytes) -> str:
+        if len(ciphertext) < _MIN_LENGTH or ciphertext[:1] not in (_VERSION, _V1_VERSION):
             raise MasterKeyError("stored webhook key has an unknown format")
         nonce = ciphertext[1 : 1 + _NONCE_BYTES]
         try:
-            plain = self._aead.decrypt(nonce, ciphertext[1 + _NONCE_BYTES :], _AAD)
+            plain = self._aead.decrypt(nonce, ciphertext[1 + _NONCE_BYTES :], aad)
         except InvalidTag:
             raise MasterKeyError(
-                "a stored webhook key cannot be decrypted: the master key is not the one "
-                "it was encrypted with"
+                "a stored webhook key cannot be decrypted: the master key is not the one it "
+                "was encrypted with, or it was encrypted for another organization or key"
             ) from None
         return plain.decode("utf-8")
 
@@ -127,6 +164,49 @@ class SecretBox:
             return plain.decode("utf-8")
         except (ValueError, InvalidTag):  # (binascii.Error and UnicodeError are ValueErrors)
             raise InvalidCursorError(cursor) from None
+
+
+def _key_aad(organization_id: str, key_id: str) -> bytes:
+    # NUL-separated, and ids (made by new_id) hold no NUL: no two keys share a label.
+    if "\0" in organization_id or "\0" in key_id:
+        raise MasterKeyError("a webhook key's organization or key id holds a NUL character")
+    return b"\0".join(
+        (b"ascend-webhooks:webhook-key:v2", organization_id.encode(), key_id.encode())
+    )
+
+
+async def upgrade_stored_keys(store: Store, box: SecretBox) -> int:
+    """Re-encrypt every webhook key stored in the version 1 format for its organization and
+    key, in place; how many were. Run by ``serve``, ``worker`` and ``migrate`` at start.
+
+    One transaction; each row is replaced only if its ciphertext is still the one read, so
+    processes starting together upgrade each row once, and a later start finds nothing to do.
+    A row that does not decrypt with this master key is left as it is (it could not sign
+    anyway) and tried again at the next start.
+    """
+    undecryptable: set[str] = set()
+
+    def upgrade(key: WebhookKey) -> bytes | None:
+        try:
+            return box.upgrade(
+                key.secret_ciphertext, organization_id=key.organization_id, key_id=key.id
+            )
+        except MasterKeyError:
+            undecryptable.add(key.id)
+            return None
+
+    upgraded = await store.rewrite_key_ciphertexts(_V1_VERSION, upgrade)
+    if upgraded:
+        log.info("upgraded %d webhook keys to ciphertexts bound to their organization", upgraded)
+    if undecryptable:
+        named = sorted(undecryptable)
+        log.warning(
+            "%d webhook keys of an earlier release do not decrypt with this master key and "
+            "stay as they are: %s",
+            len(named),
+            ", ".join(named[:10]) + (", …" if len(named) > 10 else ""),
+        )
+    return upgraded
 
 
 def _cursor_aad(organization_id: str, listing: CursorList) -> bytes:

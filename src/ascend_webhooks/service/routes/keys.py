@@ -12,6 +12,7 @@ import logging
 
 from fastapi import APIRouter
 
+from ...ids import new_id
 from ...store import NotFoundError
 from ...store.base import LastActiveKeyError
 from ...store.models import WebhookKey
@@ -51,10 +52,13 @@ async def _find(services: Services, org: str, key_id: str) -> tuple[WebhookKey, 
 )
 async def create_key(org: OrgScope, services: Svc) -> JSONResponse:
     secret = new_webhook_secret()
+    # The id first: the ciphertext is bound to the organization and the key it is stored as.
+    key_id = new_id("key")
+    ciphertext = services.box.encrypt(secret, organization_id=org, key_id=key_id)
     # The first key signs at once; later ones wait for an explicit activation (rotation). The
     # store decides which is first in the insert's transaction, so of first keys issued at
     # once only one signs, and each answer says what was stored.
-    key = await services.store.create_key(org, services.box.encrypt(secret), activate="if_first")
+    key = await services.store.create_key(org, ciphertext, activate="if_first", key_id=key_id)
     active = key.activated_at is not None
     log.info("issued webhook key %s for %s (active=%s)", key.id, org, active)
     view = key_view(key, signing_key_id=key.id if active else None)
