@@ -30,6 +30,7 @@ from ascend_webhooks.service.crypto import SecretBox, sqlite_path
 from ascend_webhooks.service.settings import Settings
 from ascend_webhooks.signature import sign
 from ascend_webhooks.store import Store
+from ascend_webhooks.store.base import StoreUnavailableError
 from ascend_webhooks.store.models import (
     Attempt,
     AttemptOutcome,
@@ -912,10 +913,11 @@ async def test_key_rotation_takes_effect_within_the_cache_time(
 class FlakyStore:
     """Wraps a store; its claim and record fail a few times, like a restarting database."""
 
-    def __init__(self, inner: Store, failures: int) -> None:
+    def __init__(self, inner: Store, failures: int, error: type[Exception] = ConnectionError):
         self._inner = inner
         self.claim_failures = failures
         self.record_failures = failures
+        self.error = error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -923,13 +925,13 @@ class FlakyStore:
     async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
         if self.claim_failures > 0:
             self.claim_failures -= 1
-            raise ConnectionError("database restarting")
+            raise self.error("database restarting")
         return await self._inner.claim(*args, **kwargs)
 
     async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
         if self.record_failures > 0:
             self.record_failures -= 1
-            raise ConnectionError("database restarting")
+            raise self.error("database restarting")
         await self._inner.record(worker_id, outcomes)
 
 
@@ -998,6 +1000,37 @@ async def test_store_errors_are_retried_and_do_not_kill_the_worker(
     assert len(receiver.requests) == 1
 
 
+@pytest.mark.parametrize("error", [StoreUnavailableError, RuntimeError])
+async def test_store_errors_log_one_line_each_unexpected_ones_their_traceback(
+    store: Store,
+    receivers: ReceiverFactory,
+    caplog: pytest.LogCaptureFixture,
+    error: type[Exception],
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    flaky = FlakyStore(store, failures=2, error=error)
+    caplog.set_level("INFO", logger="ascend_webhooks")
+
+    worker = Worker(flaky, make_settings(), decrypt)  # type: ignore[arg-type]
+    async with running(worker):
+        await wait_terminal(store, org, [delivery.id])
+
+    troubles = [r for r in caplog.records if "database restarting" in r.getMessage()]
+    if error is RuntimeError:  # unexpected: as before, with its traceback
+        troubles = [r for r in caplog.records if r.exc_info and r.exc_info[0] is error]
+        assert len(troubles) == 4
+        return
+    assert len(troubles) == 4  # two failed claims, two failed records
+    for record in troubles:
+        assert not record.exc_info  # (the traceback: at DEBUG only)
+        assert "\n" not in record.getMessage()
+        assert "(StoreUnavailableError: database restarting)" in record.getMessage()
+    assert "Traceback" not in caplog.text
+
+
 class RecordDownStore:
     """Wraps a store; its record (and, if asked, the extension of leases) fails until
     ``until`` (time.monotonic()), claims work."""
@@ -1012,12 +1045,12 @@ class RecordDownStore:
 
     async def record(self, worker_id: str, outcomes: Sequence[AttemptOutcome]) -> None:
         if time.monotonic() < self.until:
-            raise ConnectionError("database restarting")
+            raise self.error("database restarting")
         await self._inner.record(worker_id, outcomes)
 
     async def extend_leases(self, *args: Any) -> None:
         if self.extend_too and time.monotonic() < self.until:
-            raise ConnectionError("database restarting")
+            raise self.error("database restarting")
         await self._inner.extend_leases(*args)
 
 

@@ -92,6 +92,7 @@ import contextlib
 import hmac
 import logging
 import random
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -103,7 +104,7 @@ from typing import Protocol
 from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
 from ..signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from ..store.base import Store
+from ..store.base import Store, StoreError
 from ..store.handoff import HandOff
 from ..store.models import Attempt, AttemptOutcome, ClaimedDelivery, DeliveryStatus
 from .identity import is_dead_here, new_worker_id
@@ -213,6 +214,25 @@ class _Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
+
+
+def _warn(message: str, *args: object) -> None:
+    """Log the exception being handled as a warning. A store error is expected trouble (the
+    database restarting, a lost connection) and comes by the hundred while it lasts: one line,
+    with its type and message, its traceback only at DEBUG. Anything else keeps its traceback.
+    """
+    exc = sys.exception()
+    if isinstance(exc, StoreError):
+        text = " ".join(str(exc).split())  # one line, whatever the driver's message holds
+        logger.warning(
+            message + " (%s: %s)",
+            *args,
+            type(exc).__name__,
+            text,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+    else:
+        logger.warning(message, *args, exc_info=True)
 
 
 class Worker:
@@ -421,7 +441,7 @@ class Worker:
                 try:
                     await self._start(handed)
                 except Exception:  # (released by _start) the store may be restarting
-                    logger.warning("worker %s: store error", self.worker_id, exc_info=True)
+                    _warn("worker %s: store error", self.worker_id)
                     self._claim_due = True
             free, recheck = self._capacity()
             if free > 0 and self._ready:
@@ -485,12 +505,7 @@ class Worker:
                     self._claim_due = await self._idle(excluding=bool(exclude))
             except Exception:  # the database may be restarting: wait and try again
                 delay = backoff.next()
-                logger.warning(
-                    "worker %s: store error, retrying in %.2fs",
-                    self.worker_id,
-                    delay,
-                    exc_info=True,
-                )
+                _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
                 self._claim_due = True
                 await self._sleep(delay)
             else:
@@ -508,9 +523,7 @@ class Worker:
         try:
             await self.store.hand_off_settled()
         except Exception:  # a delivery handed over later keeps its lease until it expires
-            logger.warning(
-                "worker %s: could not wait for the last hand-overs", self.worker_id, exc_info=True
-            )
+            _warn("worker %s: could not wait for the last hand-overs", self.worker_id)
 
     def _take_handed(self, deliveries: list[ClaimedDelivery]) -> None:
         """Deliveries the store leased to this worker as they were published (event loop):
@@ -865,12 +878,7 @@ class Worker:
         try:
             await self.store.release(self.worker_id, ids)
         except Exception:  # their leases expire on their own: they are attempted again then
-            logger.warning(
-                "worker %s: could not release %d deliveries",
-                self.worker_id,
-                len(ids),
-                exc_info=True,
-            )
+            _warn("worker %s: could not release %d deliveries", self.worker_id, len(ids))
 
     # -- signing keys ----------------------------------------------------------------------
 
@@ -1076,11 +1084,10 @@ class Worker:
                             )
                             return
                     delay = backoff.next()
-                    logger.warning(
+                    _warn(
                         "worker %s: cannot record outcomes, retrying in %.2fs",
                         self.worker_id,
                         delay,
-                        exc_info=True,
                     )
                     await asyncio.sleep(delay)
                     continue
@@ -1117,7 +1124,7 @@ class Worker:
                 try:
                     await self.store.extend_leases(self.worker_id, long_running, self.lease_seconds)
                 except Exception:
-                    logger.warning("worker %s: cannot extend leases", self.worker_id, exc_info=True)
+                    _warn("worker %s: cannot extend leases", self.worker_id)
 
     def _unrecorded(self) -> frozenset[str]:
         """The deliveries whose outcome is waiting to be recorded."""
@@ -1138,7 +1145,7 @@ class Worker:
             try:
                 urls = await self.store.endpoint_urls(held)
             except Exception:  # the database may be restarting; the next round asks again
-                logger.warning("worker %s: cannot recheck endpoints", self.worker_id, exc_info=True)
+                _warn("worker %s: cannot recheck endpoints", self.worker_id)
                 continue
             for endpoint_id in held:
                 queued = self._ready.get(endpoint_id)
@@ -1162,11 +1169,7 @@ class Worker:
             try:
                 await self.release_dead_workers()
             except Exception:  # the database may be restarting; the next round tries again
-                logger.warning(
-                    "worker %s: cannot look for leases of dead workers",
-                    self.worker_id,
-                    exc_info=True,
-                )
+                _warn("worker %s: cannot look for leases of dead workers", self.worker_id)
             await asyncio.sleep(self.lease_seconds / 2)
 
     async def release_dead_workers(self) -> int:
