@@ -1031,6 +1031,92 @@ async def test_store_errors_log_one_line_each_unexpected_ones_their_traceback(
     assert "Traceback" not in caplog.text
 
 
+class HangingStore:
+    """Wraps a store; its claim (or next_due_at) waits until ``answer`` is set, as behind a
+    table lock or a network that stopped answering, then claims."""
+
+    def __init__(self, inner: Store, *, claim: bool = True) -> None:
+        self._inner = inner
+        self.hang_claim = claim
+        self.answer = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.claimed: list[ClaimedDelivery] = []
+        self.released: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def _hang(self) -> None:
+        self.waiting.set()
+        await self.answer.wait()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[ClaimedDelivery]:
+        if self.hang_claim:
+            await self._hang()
+        claimed = await self._inner.claim(*args, **kwargs)
+        self.claimed += claimed
+        self.answered.set()
+        return claimed
+
+    async def next_due_at(self) -> datetime | None:
+        if not self.hang_claim:
+            await self._hang()
+        return await self._inner.next_due_at()
+
+    async def release(self, worker_id: str, delivery_ids: Sequence[str]) -> None:
+        self.released += delivery_ids
+        await self._inner.release(worker_id, delivery_ids)
+
+    def hand_off(self, handoff: object) -> bool:
+        return False  # every delivery goes through the claim
+
+
+@pytest.mark.parametrize("claim", [True, False], ids=["claim", "next_due_at"])
+async def test_a_worker_stops_at_once_while_the_store_hangs(store: Store, claim: bool) -> None:
+    hanging = HangingStore(store, claim=claim)
+    worker = Worker(hanging, make_settings(), decrypt)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(hanging.waiting.wait(), 5)
+
+    started = time.monotonic()
+    await asyncio.wait_for(worker.drain(), 1)
+    await asyncio.wait_for(task, 1)
+    assert time.monotonic() - started < 1
+
+
+async def test_a_claim_abandoned_at_stop_gives_back_what_it_leased_during_the_drain(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    (delivery,) = await publish(store, org)
+    hanging = HangingStore(store)
+    settings = make_settings()
+    worker = Worker(hanging, settings, decrypt)  # type: ignore[arg-type]
+    drained = asyncio.Event()
+
+    async def slow_drain() -> list[str]:  # the drain lasts until the claim has answered
+        drained.set()
+        hanging.answer.set()
+        await hanging.answered.wait()
+        return []
+
+    worker._drain_attempts = slow_drain  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(hanging.waiting.wait(), 5)
+    await asyncio.wait_for(worker.drain(), 5)
+    await task
+
+    assert drained.is_set()
+    assert [d.id for d in hanging.claimed] == [delivery.id]
+    assert hanging.released == [delivery.id]  # given back, not left to its lease
+    assert receiver.requests == []
+    (again,) = await store.claim("wrk_next", 1, 60)  # free at once
+    assert again.id == delivery.id
+
+
 class RecordDownStore:
     """Wraps a store; its record (and, if asked, the extension of leases) fails until
     ``until`` (time.monotonic()), claims work."""

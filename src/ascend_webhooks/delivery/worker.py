@@ -95,11 +95,11 @@ import random
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..metrics import ATTEMPT_SECONDS, ATTEMPTS
 from ..service.settings import Settings
@@ -114,6 +114,12 @@ from .transport import PyreqwestTransport, Response, Transport
 __all__ = ["PREFETCH_PER_LIMIT", "SLOW_HEADROOM", "Decrypt", "Worker"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class _Stopped(Exception):
+    """stop() came while the claim loop waited on the store."""
 
 
 class Decrypt(Protocol):
@@ -200,6 +206,11 @@ def _room_filled(
         return False
     counts = Counter(d.endpoint_id for d in claimed)
     return any(n >= room.get(e, per_endpoint) for e, n in counts.items())
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Backoff:
@@ -341,6 +352,9 @@ class Worker:
         self._outcome_ready = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._closing = False
+        # Store calls the claim loop stopped waiting for at stop() (a lock, a partition):
+        # a claim that completes before the drain ends gives its deliveries back.
+        self._abandoned: list[asyncio.Future[Any]] = []
         self._done = asyncio.Event()
         self._running = False
 
@@ -404,6 +418,7 @@ class Worker:
                 self.store.hand_off(None)
                 await self._hand_offs_settled()
             abandoned = await self._drain_attempts()
+            abandoned += self._abandoned_claims()
             abandoned += [*self._ready_ids, *self._give_back, *(d.id for d in self._handed)]
             self._ready.clear()
             self._ready_ids.clear()
@@ -461,6 +476,8 @@ class Worker:
                 try:
                     # (caught up means the last claim left no endpoint out)
                     self._claim_due = await self._idle(excluding=False)
+                except _Stopped:
+                    return
                 finally:
                     self._caught_up_idle = False
                 continue
@@ -483,13 +500,15 @@ class Worker:
             self._caught_up = False
             try:
                 per_endpoint = self._per_endpoint_claim()
-                claimed = await self.store.claim(
-                    self.worker_id,
-                    want,
-                    self.lease_seconds,
-                    exclude_endpoints=exclude,
-                    endpoint_room=room,
-                    per_endpoint=per_endpoint,
+                claimed = await self._unless_stopped(
+                    self.store.claim(
+                        self.worker_id,
+                        want,
+                        self.lease_seconds,
+                        exclude_endpoints=exclude,
+                        endpoint_room=room,
+                        per_endpoint=per_endpoint,
+                    )
                 )
                 self._caught_up = (
                     len(claimed) < want
@@ -503,6 +522,8 @@ class Worker:
                     self._open_hand_off(handoff)  # (stop() may have come during _start)
                 if not claimed:
                     self._claim_due = await self._idle(excluding=bool(exclude))
+            except _Stopped:
+                return
             except Exception:  # the database may be restarting: wait and try again
                 delay = backoff.next()
                 _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
@@ -627,7 +648,7 @@ class Worker:
     async def _idle(self, *, excluding: bool) -> bool:
         """Nothing claimable: sleep until work may be due (or a slot frees); whether the
         wait ended for the store or a due time (True: claim) rather than a wake-up."""
-        due = await self.store.next_due_at()
+        due = await self._unless_stopped(self.store.next_due_at())
         wait = self.poll_interval
         hint = self._retry_hint
         if hint is not None:
@@ -675,6 +696,39 @@ class Worker:
             for task in waiters:
                 task.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _unless_stopped(self, call: Awaitable[_T]) -> _T:
+        """``call``'s result, or _Stopped as soon as stop() comes: a store call can hang (a
+        table lock, a network that stopped answering) and a stop must not wait for it."""
+        task = asyncio.ensure_future(call)
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: so is the call
+            task.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        task.add_done_callback(_retrieve)  # its error, if it ends in one, is of no interest
+        self._abandoned.append(task)
+        raise _Stopped
+
+    def _abandoned_claims(self) -> list[str]:
+        """Stopping, attempts drained: the deliveries that abandoned claims leased to us since
+        (to give back); those still waiting are cancelled (PostgreSQL cancels the statement;
+        if the server cannot be told, a lease they take expires on its own)."""
+        ids: list[str] = []
+        for task in self._abandoned:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None:
+                result = task.result()
+                if isinstance(result, list):  # (a claim's; next_due_at gives a datetime)
+                    ids += [d.id for d in result if isinstance(d, ClaimedDelivery)]
+        self._abandoned = []
+        return ids
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but return at once on stop()."""
