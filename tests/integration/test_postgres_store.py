@@ -196,7 +196,15 @@ def test_url_options_are_ours_and_validated() -> None:
     moved = parse_url("postgresql://u@[::1]:6432/db?pooler=session&listen_host=db.internal")
     assert moved.listen_dsn == "postgresql://u@db.internal:6432/db"
     assert parse_url("postgresql://u@h/db").listen_dsn is None
+    assert parse_url("postgresql://u@h/db").command_timeout == 30
+    timed = parse_url("postgresql://u@h/db?command_timeout=2.5&sslmode=disable")
+    assert timed.command_timeout == 2.5
+    assert timed.dsn == "postgresql://u@h/db?sslmode=disable"
     for wrong, message in (
+        ("command_timeout=0", "command_timeout"),
+        ("command_timeout=-1", "command_timeout"),
+        ("command_timeout=nan", "command_timeout"),
+        ("command_timeout=soon", "command_timeout"),
         ("pooler=statement", "pooler"),
         ("listen_port=0", "listen_port"),
         ("listen_host=a/b", "listen_host"),
@@ -217,6 +225,29 @@ async def test_an_unreachable_server_is_a_store_unavailable_error() -> None:
     with pytest.raises(StoreUnavailableError):
         await store.open()
     assert await store.ping() is False
+
+
+async def test_a_statement_past_the_command_timeout_is_a_store_unavailable_error(
+    pg_url: str,
+) -> None:
+    store = PostgresStore(f"{pg_url}?command_timeout=0.5")
+    await store.open()
+    locker = await asyncpg.connect(database=pg_url.rsplit("/", 1)[1])
+    try:
+        org_id, _ = await org_with_endpoint(store)
+        await store.publish(org_id, [event("evt_locked")])
+        async with locker.transaction():  # another session holds the table, as a long job may
+            await locker.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="TimeoutError"):
+                await store.claim("w1", 10, 60)
+            assert time.monotonic() - started < 5
+        # The lock gone, the same pool claims again: nothing was left half-done.
+        (claimed,) = await store.claim("w1", 10, 60)
+        assert claimed.event_id == "evt_locked"
+    finally:
+        await locker.close()
+        await store.close()
 
 
 # -- claiming from many processes ---------------------------------------------------------------

@@ -19,7 +19,14 @@ import asyncpg
 
 from ._postgres_sql import MIGRATION_LOCK
 
-__all__ = ["POOL_MODES", "Options", "SchemaError", "apply_migrations", "parse_url"]
+__all__ = [
+    "COMMAND_TIMEOUT",
+    "POOL_MODES",
+    "Options",
+    "SchemaError",
+    "apply_migrations",
+    "parse_url",
+]
 
 
 class SchemaError(RuntimeError):
@@ -34,6 +41,10 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 POOL_MODES = ("session", "transaction")
 
 
+#: Default seconds a pooled connection's statement may take (``command_timeout=``).
+COMMAND_TIMEOUT = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     dsn: str
@@ -43,18 +54,22 @@ class Options:
     pooler: str | None = None
     #: Where the LISTEN connection goes (``listen_host``/``listen_port``); None: ``dsn``.
     listen_dsn: str | None = None
+    #: Seconds a statement of the pools may take (``command_timeout``): past it, it is
+    #: cancelled and the call fails as unavailable, rather than hang on a silent network.
+    command_timeout: float = COMMAND_TIMEOUT
 
 
 def parse_url(url: str) -> Options:
     """Split our own options off a ``postgresql://`` URL: ``pool_size``, ``pool_min_size``,
-    ``pooler`` (``session`` or ``transaction``) and ``listen_host``/``listen_port`` (the
-    wake-up listener's server, when the URL names a pooler)."""
+    ``pooler`` (``session`` or ``transaction``), ``listen_host``/``listen_port`` (the
+    wake-up listener's server, when the URL names a pooler) and ``command_timeout`` (seconds)."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {parts.scheme}://…")
     ours: dict[str, int] = {}
     pooler: str | None = None
     listen: dict[str, str] = {}
+    command_timeout = COMMAND_TIMEOUT
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in ("pool_size", "pool_min_size"):
@@ -67,6 +82,16 @@ def parse_url(url: str) -> Options:
                     f"database URL option pooler={value!r} must be one of {', '.join(POOL_MODES)}"
                 )
             pooler = value
+        elif name == "command_timeout":
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = 0.0
+            if not 0 < seconds < float("inf"):
+                raise ValueError(
+                    f"database URL option command_timeout={value!r} must be a positive number"
+                )
+            command_timeout = seconds
         elif name == "listen_host":
             if not value or "/" in value or "@" in value:
                 raise ValueError(f"database URL option listen_host={value!r} is not a host name")
@@ -81,7 +106,13 @@ def parse_url(url: str) -> Options:
         raise ValueError("database URL option listen_port needs a host: add listen_host")
     base = parts._replace(scheme="postgresql", query=urlencode(rest))
     listen_dsn = urlunsplit(base._replace(netloc=_netloc(parts, **listen))) if listen else None
-    options = Options(dsn=urlunsplit(base), **ours, pooler=pooler, listen_dsn=listen_dsn)
+    options = Options(
+        dsn=urlunsplit(base),
+        **ours,
+        pooler=pooler,
+        listen_dsn=listen_dsn,
+        command_timeout=command_timeout,
+    )
     if options.pool_min_size > options.pool_size:
         raise ValueError("database URL option pool_min_size must not exceed pool_size")
     return options

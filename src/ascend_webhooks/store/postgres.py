@@ -128,6 +128,9 @@ T = TypeVar("T")
 _ROLLED_BACK = asyncpg.exceptions.TransactionRollbackError
 _DEADLOCK_TRIES = 3
 
+# Seconds close() waits for each pool's connections to be given back before cutting them.
+_CLOSE_WAIT = 5.0
+
 # What a lost or refused connection raises, from the socket up to the server's shutdown notice.
 _UNAVAILABLE = (
     OSError,
@@ -236,6 +239,11 @@ class PostgresStore(Store):
                 "max_size": self._options.pool_size,
                 "max_inactive_connection_lifetime": 300,
                 "timeout": 10,
+                # A statement still unanswered after this is cancelled (TimeoutError): a
+                # network that silently stopped forwarding fails the call instead of hanging
+                # it for as long as the kernel keeps the socket (the migrations above may run
+                # longer, and run once).
+                "command_timeout": self._options.command_timeout,
                 "reset": _keep_session,
                 **self._driver_options(),
             }
@@ -281,7 +289,10 @@ class PostgresStore(Store):
         self._listening = False
         for pool in (self._pool, self._relaxed_pool):
             if pool is not None:
-                await pool.close()
+                # A connection still busy (a worker's claim that a stop abandoned, its cancel
+                # unanswered) is not waited for past this: a closing pool cut short terminates.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pool.close(), _CLOSE_WAIT)
         self._pool = self._relaxed_pool = None
 
     async def ping(self) -> bool:
