@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -373,3 +374,37 @@ async def test_sigterm_lets_the_attempt_in_flight_finish(tmp_path: Path) -> None
             assert got.json()["attempt_count"] == 1
             assert await service.stop() == 0
         assert len(receiver.requests) == 1
+
+
+async def stall_a_request(service: Service, token: str) -> asyncio.StreamWriter:
+    """A connection whose request is in progress: its body says 20 bytes and sends one."""
+    port = int(service.base_url.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/organizations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {token}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 20\r\n\r\n{"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)  # read by the server, which now waits for the rest
+    return writer
+
+
+async def test_a_stalled_client_does_not_keep_serve_from_stopping(tmp_path: Path) -> None:
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN="e2e-admin")
+    async with serve(tmp_path, env) as service:
+        writer = await stall_a_request(service, "e2e-admin")
+        try:
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            # The worker stops claiming at once, while the request still holds serve open.
+            await real.eventually(
+                lambda: "stopping the delivery worker" in service.stderr.read_text(), within=2
+            )
+            assert service.process.returncode is None
+            # Then the request is given up after the graceful shutdown's 5 s.
+            assert await asyncio.wait_for(service.process.wait(), 15) == 0
+            assert time.monotonic() - started < 9
+        finally:
+            writer.close()
+    assert "Traceback" not in service.stderr.read_text()

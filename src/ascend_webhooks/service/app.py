@@ -12,7 +12,7 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -169,6 +169,24 @@ class _Application(FastAPI):
     per-request work (telemetry checks, middleware) included: publishes it answers skip it."""
 
     _front: ASGIApp | None = None
+    _stop_requested = False
+    _on_stop: Callable[[], None] | None = None
+
+    def stop_delivery(self) -> None:
+        """Stop claiming and tell the delivery processes to stop, now: called when the stop
+        signal arrives, since the lifespan's end (which drains them) waits for every request."""
+        self._stop_requested = True
+        on_stop, self._on_stop = self._on_stop, None
+        if on_stop is not None:
+            on_stop()
+
+    def _stop_delivery_with(self, on_stop: Callable[[], None] | None) -> None:
+        """Set by the lifespan once the delivery has started; None again at its end."""
+        self._on_stop = on_stop
+        if on_stop is None:
+            self._stop_requested = False
+        elif self._stop_requested:  # the signal came while the lifespan was starting
+            self.stop_delivery()
 
     def set_publish_limits(self, limits: RequestLimits) -> None:
         self._front = FastPublish(self._framework, self.state, limits)
@@ -209,7 +227,7 @@ def create_app(
     run_delivery: bool = True,
     secret_box: SecretBox | None = None,
     delivery_processes: DeliveryProcesses | None = None,
-) -> FastAPI:
+) -> _Application:
     """The API application. A ``store`` given here must already be open; it is not closed.
 
     ``delivery_processes`` are started once the admin token exists and stopped on shutdown,
@@ -217,7 +235,7 @@ def create_app(
     """
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: _Application) -> AsyncIterator[None]:
         box = secret_box if secret_box is not None else load_secret_box(settings)
         owned = store is None
         active = open_store(settings.database_url) if store is None else store
@@ -225,6 +243,19 @@ def create_app(
             await active.open()
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
+        stopping = False
+
+        def stop_delivery() -> None:
+            nonlocal stopping
+            if stopping:
+                return
+            stopping = True
+            if delivery_processes is not None:
+                delivery_processes.signal_stop()
+            if worker is not None:
+                log.info("stopping the delivery worker (finishing attempts in flight)")
+                worker.stop()
+
         try:
             # Before the worker starts: it refuses keys still in the format of earlier releases.
             await upgrade_stored_keys(active, box)
@@ -238,13 +269,13 @@ def create_app(
                 log.info("delivery worker started")
             if delivery_processes is not None:
                 delivery_processes.start()
+            app._stop_delivery_with(stop_delivery)
             with _collector_tuned_for_serving():
                 yield
         finally:
-            if delivery_processes is not None:
-                delivery_processes.signal_stop()
+            app._stop_delivery_with(None)
+            stop_delivery()
             if worker is not None and worker_task is not None:
-                log.info("stopping the delivery worker (finishing attempts in flight)")
                 await _stop_worker(worker, worker_task)
             if delivery_processes is not None:
                 await delivery_processes.stop()

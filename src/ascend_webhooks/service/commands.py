@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 from collections.abc import Coroutine
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -35,6 +36,9 @@ __all__ = ["register_service"]
 log = logging.getLogger("ascend_webhooks.service")
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: How long ``serve``, once told to stop, waits for requests in progress (a client that stalls
+#: mid-request would hold it forever); the requests still open after it are cancelled.
+_GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class _StartupError(Exception):
@@ -228,8 +232,23 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
         log_config=None,
         access_log=args.access_log,
         server_header=False,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            # At once, not at the lifespan's end, which waits for the requests in progress: the
+            # worker stops claiming, and the children are known to be stopping when systemd
+            # signals them too. (A signal handler: the call is made by the loop.)
+            loop.call_soon_threadsafe(app.stop_delivery)
+
+    server = Server(config)
+    # Uvicorn logs each request it cancels at the end of the graceful shutdown with the
+    # traceback of its cancellation, after one line that says how many: that line is enough.
+    quiet = _CancelledAtShutdown(server)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     # Uvicorn handles SIGINT/SIGTERM (stop accepting, finish requests, run the shutdown, which
     # drains the worker), then re-raises the signal to the handlers it found at start. A
     # graceful stop is a success, so those handlers only note it: the exit status stays 0.
@@ -239,10 +258,23 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
     try:
         await server.serve()
     finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
         await store.close()
     if stopped_by:
         log.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     return 0 if server.started else 1
+
+
+class _CancelledAtShutdown(logging.Filter):
+    def __init__(self, server: Any) -> None:
+        super().__init__()
+        self._server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cancelled = record.exc_info is not None and isinstance(
+            record.exc_info[1], asyncio.CancelledError
+        )
+        return not (cancelled and self._server.should_exit)
 
 
 def _migrate(args: argparse.Namespace) -> int:
