@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_serve import CLI, Service, serve, service_env, setup_organization
+from tests.e2e.test_serve import (
+    CLI,
+    Service,
+    serve,
+    service_env,
+    setup_organization,
+    stall_a_request,
+)
 from tests.support.api import MASTER_KEY
 from tests.support.processes import eventually, postgres_database
 from tests.support.receivers import Receiver
@@ -90,6 +97,9 @@ async def deliver_through_children(tmp_path: Path, env: dict[str, str]) -> None:
         assert {request.event.id for request in arrived if request.event} == {
             event["id"] for event in events
         }
+        # Stopped only once both run their worker (one may have delivered all 40 before the
+        # other's started): a child signalled while still starting ends without a word.
+        await eventually(lambda: service.stderr.read_text().count("worker wrk_") >= 2, within=10)
         assert await service.stop() == 0
         await eventually(lambda: not any(alive(pid) for pid in pids.values()), within=5)
     log = service.stderr.read_text()
@@ -162,6 +172,28 @@ async def test_delivery_processes_stop_when_serve_is_killed(tmp_path: Path) -> N
         # Orphaned, the child notices within its check interval and drains as on SIGTERM.
         await eventually(lambda: not alive(child), within=10)
     assert "is gone: stopping" in service.stderr.read_text()
+
+
+async def test_sigterm_to_serve_and_its_children_starts_no_child_again(tmp_path: Path) -> None:
+    # As systemd stops the unit (KillMode=control-group): every process of the group at once,
+    # while a request still holds serve open, so that its lifespan's end comes late.
+    env = service_env(tmp_path, ASCEND_WEBHOOKS_ADMIN_TOKEN=ADMIN)
+    async with serve(tmp_path, env, "--delivery-processes", "2") as service:
+        await eventually(lambda: len(children(service.stderr)) == 2, within=10)
+        pids = children(service.stderr)
+        writer = await stall_a_request(service, ADMIN)
+        try:
+            for pid in (service.process.pid, *pids.values()):
+                os.kill(pid, signal.SIGTERM)
+            await eventually(lambda: not any(alive(pid) for pid in pids.values()), within=10)
+            await asyncio.sleep(0.5)  # what serve makes of their exits is logged by now
+            assert "exited unexpectedly" not in service.stderr.read_text()
+            assert await asyncio.wait_for(service.process.wait(), 15) == 0
+        finally:
+            writer.close()
+    log = service.stderr.read_text()
+    assert "exited unexpectedly" not in log, log
+    assert len(_STARTED.findall(log)) == 2, log  # and none started again
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ however many the machine has. Each process started here is an ordinary
 ``ascend-webhooks worker`` on the same database, so it shares the work through the store's
 leases exactly as workers on other machines do; on SQLite, WAL lets the processes of one
 machine write the same file in turn. Supervising them takes little enough (start, restart
-after an unexpected exit, stop) that asyncio's subprocesses do it without a process-manager
-dependency.
+after an unexpected exit, which is one with a status other than 0, stop) that asyncio's
+subprocesses do it without a process-manager dependency.
 
 With ``ASCEND_WEBHOOKS_METRICS_PORT=P`` (which ``serve`` itself does not use: its ``/metrics``
 is on its own port), delivery process N serves its ``/metrics`` and ``/healthz`` on port P+N-1,
@@ -110,6 +110,11 @@ class DeliveryProcesses:
                         process.send_signal(signal.SIGTERM)
                 status = await process.wait()
             if self._stopping.is_set():
+                return
+            if status == 0:
+                # A worker exits 0 only when told to stop (SIGTERM to it alone, or to the whole
+                # group, as systemd sends, arriving before serve's own): not restarted.
+                log.info("delivery process %d stopped (status 0)", slot)
                 return
             if time.monotonic() - started >= _HEALTHY_AFTER:
                 delay = _FIRST_RESTART_DELAY
