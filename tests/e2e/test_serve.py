@@ -293,9 +293,11 @@ async def test_a_retry_delay_past_seven_days_stops_the_worker_at_start(tmp_path:
     await assert_refused("worker", tmp_path, env, "604800 seconds (7 days)")
 
 
-async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reason: str) -> None:
+async def assert_refused(
+    command: str, tmp_path: Path, env: dict[str, str], reason: str, *args: str
+) -> None:
     process = await asyncio.create_subprocess_exec(
-        *CLI, command, env=service_env(tmp_path, **env),
+        *CLI, command, *args, env=service_env(tmp_path, **env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -310,6 +312,19 @@ async def assert_refused(command: str, tmp_path: Path, env: dict[str, str], reas
     assert reason in lines[0]
     assert "S3CRET" not in lines[0]
     assert lines[0].startswith("ascend-webhooks: error:")
+
+
+async def test_a_port_already_taken_stops_serve_in_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        reason = f"cannot listen on 127.0.0.1:{port}: Address already in use"
+        await assert_refused("serve", tmp_path, {}, reason, "--port", str(port))
+    # Refused before the database was opened: no worker ran, no delivery was claimed.
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.postgres

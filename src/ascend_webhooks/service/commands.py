@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from types import FrameType
@@ -176,6 +177,24 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(f"--port {args.port} is not a TCP port")
     if args.delivery_processes is not None and args.delivery_processes < 0:
         return _fail("--delivery-processes must be 0 or more")
+    # Then the port, bound before anything starts (uvicorn bound it only after the database
+    # was opened and the worker started, and exited 3 with its own line): a port already
+    # taken is a configuration mistake, reported in one line, as `worker` does for metrics.
+    try:
+        listener = _listen(args.host, args.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return _fail(f"cannot listen on {args.host}:{args.port}: {reason}")
+    with listener:
+        return _serve_on(listener, args)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def _serve_on(listener: socket.socket, args: argparse.Namespace) -> int:
     try:
         settings, box = _prepare(args)
     except _StartupError as exc:
@@ -194,10 +213,12 @@ def _serve(args: argparse.Namespace) -> int:
                 "need that many ports up to 65535"
             )
     _configure_logging()
-    return _run(_run_server(settings, box, args))
+    return _run(_run_server(settings, box, args, listener))
 
 
-async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespace) -> int:
+async def _run_server(
+    settings: Settings, box: SecretBox, args: argparse.Namespace, listener: socket.socket
+) -> int:
     import uvicorn
 
     from .app import create_app
@@ -255,8 +276,12 @@ async def _run_server(settings: Settings, box: SecretBox, args: argparse.Namespa
     stopped_by: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, _frame: stopped_by.append(number))
+    host, port = listener.getsockname()[:2]
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     try:
-        await server.serve()
+        await server.serve(sockets=[listener])
+    except SystemExit:  # uvicorn's way out of a failed start-up, which it logged above
+        return _fail("serve did not start (see the log above)", status=1)
     finally:
         logging.getLogger("uvicorn.error").removeFilter(quiet)
         await store.close()
