@@ -139,3 +139,36 @@ async def test_store_connections_use_wal_and_the_chosen_sync_level(
     finally:
         await store.close()
     await store.close()  # closing twice is harmless
+
+
+def schema(path: Path) -> set[tuple[str, str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT type, name, coalesce(sql, '') FROM sqlite_master"
+            " WHERE name NOT LIKE 'sqlite_%' AND name != 'schema_migrations'"
+        )
+        return set(rows)
+    finally:
+        conn.close()
+
+
+async def test_a_database_made_before_0001_was_edited_opens_with_the_current_schema(
+    tmp_path: Path,
+) -> None:
+    # 0001 as released at ec49629, before cf5c04f removed an index from it in place (a copy:
+    # the file as it shipped, byte for byte, since its checksum is what the database recorded).
+    earlier = (Path(__file__).parent / "data" / "sqlite_0001_initial_ec49629.sql").read_text()
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old, isolation_level=None)
+    apply_migrations(conn, [Migration(1, "initial", earlier)])
+    conn.close()
+    assert ("index", "deliveries_status") in {(t, n) for t, n, _ in schema(old)}
+
+    new = tmp_path / "new.db"
+    for path in (old, new):
+        store = SQLiteStore(f"sqlite:///{path}")
+        await store.open()
+        await store.close()
+    assert schema(old) == schema(new)
+    assert "deliveries_status" not in {name for _, name, _ in schema(old)}
