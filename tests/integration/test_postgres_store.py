@@ -162,6 +162,28 @@ async def test_dropping_indexes_gives_up_behind_a_long_query_and_applies_later()
         await pg.drop_database(url)
 
 
+async def test_a_database_made_before_0001_was_edited_loses_the_index_the_edit_dropped() -> None:
+    """b69b91a removed deliveries_ready_due from 0001 in place: a database created before it
+    still has the index (which makes a claim on a table never analyzed read the whole backlog)
+    until a later migration drops it."""
+    url = await pg.create_database(migrated=False)
+    conn = await asyncpg.connect(database=url.rsplit("/", 1)[1])
+    try:
+        older = [m for m in _migrations() if m[0] <= 1]
+        with patch("ascend_webhooks.store._postgres_setup._migrations", lambda: older):
+            assert await apply_migrations(conn) == [1]
+        await conn.execute(
+            "CREATE INDEX deliveries_ready_due ON deliveries (next_attempt_at)"
+            " WHERE status = 'pending' AND blocked = 0"
+        )
+        await apply_migrations(conn)
+        indexes = "SELECT count(*) FROM pg_indexes WHERE indexname = 'deliveries_ready_due'"
+        assert await conn.fetchval(indexes) == 0
+    finally:
+        await conn.close()
+        await pg.drop_database(url)
+
+
 async def test_a_database_migrated_by_a_newer_release_is_refused() -> None:
     url = await pg.create_database()
     try:
