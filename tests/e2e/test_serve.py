@@ -273,6 +273,8 @@ async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
         ({"ASCEND_WEBHOOKS_MASTER_KEY": "short"}, "ASCEND_WEBHOOKS_MASTER_KEY"),
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x"}, "MASTER_KEY is required"),
         ({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "two"}, "ASCEND_WEBHOOKS_DELIVERY_PROCESSES"),
+        # (asyncpg's own complaint read as an unreachable server: retried for a minute, exit 1)
+        ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x?sslmode=bogus"}, "sslmode='bogus'"),
     ],
 )
 async def test_bad_configuration_is_one_line_and_nonzero(

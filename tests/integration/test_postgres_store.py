@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -205,6 +206,13 @@ async def test_a_database_migrated_by_a_newer_release_is_refused() -> None:
 
 def test_url_options_are_ours_and_validated() -> None:
     options = parse_url("postgresql://u@h:5433/db?pool_size=3&sslmode=disable")
+    # The driver's own options with a fixed set of values are checked before any connection:
+    # asyncpg's complaint about them would read as an unreachable server, retried for a minute.
+    for bad in ("sslmode=bogus", "target_session_attrs=writable", "gsslib=kerberos"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            parse_url(f"postgresql:///db?{bad}")
+    assert parse_url("postgresql:///db?sslmode=verify-full&target_session_attrs=read-write")
+    assert parse_url("postgresql:///db?sslmode=verify_ca")
     assert options.pool_size == 3
     assert options.dsn == "postgresql://u@h:5433/db?sslmode=disable"
     with pytest.raises(ValueError, match="pool_size"):
@@ -240,6 +248,17 @@ def test_url_options_are_ours_and_validated() -> None:
 async def test_calls_on_an_unopened_store_say_so(pg_url: str) -> None:
     with pytest.raises(StoreError, match="open"):
         await PostgresStore(pg_url).create_organization("x")
+
+
+async def test_a_misconfigured_driver_is_not_called_unavailable(pg_url: str) -> None:
+    """asyncpg's ClientConfigurationError is an InterfaceError, as a closed connection is: it
+    is not retried as if the server might answer later."""
+    store = PostgresStore(pg_url)
+    store._options = dataclasses.replace(store._options, dsn=f"{pg_url}?sslmode=bogus")
+    with pytest.raises(StoreError, match="misconfigured") as caught:
+        await store.open()
+    assert not isinstance(caught.value, StoreUnavailableError)
+    await store.close()
 
 
 async def test_an_unreachable_server_is_a_store_unavailable_error() -> None:

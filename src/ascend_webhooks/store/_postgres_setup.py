@@ -59,6 +59,22 @@ class Options:
     command_timeout: float = COMMAND_TIMEOUT
 
 
+# The driver's options with a fixed set of values (libpq's): checked here, once, since a bad one
+# fails each connection attempt with an error that reads like an unreachable server.
+_DRIVER_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "primary",
+        "standby",
+        "prefer-standby",
+        "read-write",
+        "read-only",
+    ),
+    "gsslib": ("gssapi", "sspi"),
+}
+
+
 def parse_url(url: str) -> Options:
     """Split our own options off a ``postgresql://`` URL: ``pool_size``, ``pool_min_size``,
     ``pooler`` (``session`` or ``transaction``), ``listen_host``/``listen_port`` (the
@@ -101,6 +117,13 @@ def parse_url(url: str) -> Options:
                 raise ValueError(f"database URL option listen_port={value!r} is not a port")
             listen["port"] = value
         else:
+            # (asyncpg also takes verify_ca and verify_full, which libpq does not)
+            spelled = value.replace("_", "-") if name == "sslmode" else value
+            if name in _DRIVER_CHOICES and spelled not in _DRIVER_CHOICES[name]:
+                raise ValueError(
+                    f"database URL option {name}={value!r} must be one of "
+                    + ", ".join(_DRIVER_CHOICES[name])
+                )
             rest.append((name, value))
     if listen and "host" not in listen and not parts.hostname:
         raise ValueError("database URL option listen_port needs a host: add listen_host")

@@ -265,6 +265,9 @@ class PostgresStore(Store):
             raise StoreError(
                 f"cannot connect to PostgreSQL: its TLS certificate is not trusted ({exc})"
             ) from exc
+        except asyncpg.exceptions.ClientConfigurationError as exc:
+            # An InterfaceError like a closed connection, but waiting cannot fix the URL.
+            raise StoreError(f"the database URL is misconfigured: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
 
@@ -323,6 +326,8 @@ class PostgresStore(Store):
             if self._options.pooler is None and "__asyncpg_stmt_" in str(exc):
                 raise StoreError(_POOLER_HINT.format(exc)) from exc  # not retried: misconfigured
             raise
+        except asyncpg.exceptions.ClientConfigurationError as exc:  # not retried: misconfigured
+            raise StoreError(f"the database URL is misconfigured: {exc}") from exc
         except _UNAVAILABLE as exc:
             if self._options.pooler is None and "unsupported startup parameter" in str(exc):
                 raise StoreError(_POOLER_HINT.format(exc)) from exc
