@@ -275,6 +275,18 @@ async def test_api_and_worker_in_separate_processes(tmp_path: Path) -> None:
         ({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "two"}, "ASCEND_WEBHOOKS_DELIVERY_PROCESSES"),
         # (asyncpg's own complaint read as an unreachable server: retried for a minute, exit 1)
         ({"ASCEND_WEBHOOKS_DATABASE_URL": "postgresql:///x?sslmode=bogus"}, "sslmode='bogus'"),
+        # (read first by the worker's HTTPS client: serve exited 3; with delivery processes the
+        # API stayed up while its child crash-looped)
+        ({"ASCEND_WEBHOOKS_CA_FILE": "/nonexistent.pem"}, "ASCEND_WEBHOOKS_CA_FILE"),
+        (
+            {
+                "ASCEND_WEBHOOKS_CA_FILE": "/nonexistent.pem",
+                "ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "1",
+            },
+            "ASCEND_WEBHOOKS_CA_FILE",
+        ),
+        ({"ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "1e308"}, "must be at most 3600"),
+        ({"ASCEND_WEBHOOKS_LEASE_SECONDS": "1e-9"}, "ASCEND_WEBHOOKS_LEASE_SECONDS"),
     ],
 )
 async def test_bad_configuration_is_one_line_and_nonzero(
@@ -287,6 +299,14 @@ async def test_bad_configuration_is_one_line_and_nonzero(
 async def test_other_commands_refuse_bad_configuration_too(tmp_path: Path, command: str) -> None:
     env = {"ASCEND_WEBHOOKS_ALLOW_HTTP": "perhaps"}
     await assert_refused(command, tmp_path, env, "ASCEND_WEBHOOKS_ALLOW_HTTP")
+
+
+async def test_a_missing_ca_file_stops_the_worker_before_it_migrates(tmp_path: Path) -> None:
+    # It was a traceback and status 1, after the migrations had run.
+    env = {"ASCEND_WEBHOOKS_CA_FILE": "/nonexistent.pem"}
+    await assert_refused("worker", tmp_path, env, "ASCEND_WEBHOOKS_CA_FILE")
+    # nothing opened, nothing migrated
+    assert not await asyncio.to_thread((tmp_path / "service.db").exists)
 
 
 async def test_a_retry_delay_past_seven_days_stops_the_worker_at_start(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trustme
 
 from ascend_webhooks.service.settings import DEFAULT_RETRY_SCHEDULE, Settings, SettingsError
 
@@ -71,6 +74,13 @@ def test_a_blank_retry_schedule_is_the_default_not_zero_retries(blank: str) -> N
         ("ALLOW_PRIVATE_NETWORKS", "2"),
         ("MAX_PAYLOAD_BYTES", "1.5"),
         ("MAX_PAYLOAD_BYTES", "-5"),
+        # (1e308 s was accepted, and every attempt then crashed on its deadline's overflow)
+        ("ATTEMPT_TIMEOUT", "1e308"),
+        ("ATTEMPT_TIMEOUT", "3600.5"),
+        # (a lease of a nanosecond would spin its heartbeat)
+        ("LEASE_SECONDS", "1e-9"),
+        ("LEASE_SECONDS", "0.5"),
+        ("CA_FILE", "/nonexistent.pem"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -85,10 +95,12 @@ def test_ten_retries_at_most_and_flags_spelled_many_ways() -> None:
         assert Settings.from_env({"ASCEND_WEBHOOKS_ALLOW_HTTP": word}).allow_http is expected
 
 
-def test_worker_tuning_variables() -> None:
+def test_worker_tuning_variables(tmp_path: Path) -> None:
+    ca_file = tmp_path / "extra.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
     settings = Settings.from_env(
         {
-            "ASCEND_WEBHOOKS_CA_FILE": "/etc/ssl/extra.pem",
+            "ASCEND_WEBHOOKS_CA_FILE": str(ca_file),
             "ASCEND_WEBHOOKS_WORKER_CONCURRENCY": "16",
             "ASCEND_WEBHOOKS_ENDPOINT_CONCURRENCY": "2",
             "ASCEND_WEBHOOKS_LEASE_SECONDS": "30",
@@ -98,7 +110,7 @@ def test_worker_tuning_variables() -> None:
     assert settings.delivery_processes == 3
     assert Settings.from_env({}).delivery_processes == 0
     assert Settings.from_env({"ASCEND_WEBHOOKS_DELIVERY_PROCESSES": "0"}).delivery_processes == 0
-    assert settings.ca_file == "/etc/ssl/extra.pem"
+    assert settings.ca_file == str(ca_file)
     assert settings.worker_concurrency == 16
     assert settings.endpoint_concurrency == 2
     assert settings.lease_seconds == 30
@@ -130,3 +142,21 @@ def test_the_secrets_stay_out_of_the_settings_repr() -> None:
     assert "aw_top_secret_token" not in shown
     assert "c2VjcmV0LWtleQ==" not in shown
     assert "database_url" in shown  # the rest is still there to read
+
+
+def test_the_bounds_of_the_attempt_timeout_and_the_lease_are_allowed() -> None:
+    env = {"ASCEND_WEBHOOKS_ATTEMPT_TIMEOUT": "3600", "ASCEND_WEBHOOKS_LEASE_SECONDS": "1"}
+    settings = Settings.from_env(env)
+    assert (settings.attempt_timeout, settings.lease_seconds) == (3600, 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n", b"\xff\xfe"])
+def test_a_ca_file_that_is_no_pem_bundle_is_refused(tmp_path: Path, content: bytes) -> None:
+    # Read first by the worker's HTTPS client, after migrating: a traceback, or with
+    # --delivery-processes a child that crash-looped while the API stayed up.
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(content)
+    with pytest.raises(SettingsError, match=r"ASCEND_WEBHOOKS_CA_FILE: '.*garbage\.pem'"):
+        Settings.from_env({"ASCEND_WEBHOOKS_CA_FILE": str(garbage)})
+    with pytest.raises(SettingsError, match="ASCEND_WEBHOOKS_CA_FILE"):
+        Settings.from_env({"ASCEND_WEBHOOKS_CA_FILE": str(tmp_path)})  # a directory

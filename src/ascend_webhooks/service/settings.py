@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -14,6 +15,12 @@ MAX_RETRIES = 10
 #: The longest retry delay (7 days). Far past any useful wait, and short of what overflows a
 #: date: a delay of 1e12 s made every failed attempt's next due time unrepresentable.
 MAX_RETRY_DELAY = 7 * 24 * 3600.0
+#: The longest attempt (1 hour): a receiver that has not answered by then will not; and past
+#: about 1e9 s the attempt's deadline overflowed, so every attempt crashed instead of failing.
+MAX_ATTEMPT_TIMEOUT = 3600.0
+#: The shortest lease (1 s): the heartbeat renews a lease a few times per lease period, so a
+#: lease of a nanosecond would renew in a busy loop and still expire between renewals.
+MIN_LEASE_SECONDS = 1.0
 _PREFIX = "ASCEND_WEBHOOKS_"
 
 
@@ -59,7 +66,12 @@ class Settings:
         if (schedule := get("RETRY_SCHEDULE")) is not None:
             kwargs["retry_schedule"] = parse_retry_schedule(schedule)
         if (timeout := get("ATTEMPT_TIMEOUT")) is not None:
-            kwargs["attempt_timeout"] = _positive("ATTEMPT_TIMEOUT", timeout)
+            kwargs["attempt_timeout"] = _at_most(
+                "ATTEMPT_TIMEOUT",
+                timeout,
+                _positive("ATTEMPT_TIMEOUT", timeout),
+                MAX_ATTEMPT_TIMEOUT,
+            )
         if (value := get("ALLOW_HTTP")) is not None:
             kwargs["allow_http"] = _flag("ALLOW_HTTP", value)
         if (value := get("ALLOW_PRIVATE_NETWORKS")) is not None:
@@ -71,7 +83,7 @@ class Settings:
         if (value := get("MASTER_KEY")) is not None:
             kwargs["master_key"] = value
         if (value := get("CA_FILE")) is not None:
-            kwargs["ca_file"] = value
+            kwargs["ca_file"] = _ca_file(value)
         for name, key in (
             ("WORKER_CONCURRENCY", "worker_concurrency"),
             ("ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
@@ -79,7 +91,7 @@ class Settings:
             if (value := get(name)) is not None:
                 kwargs[key] = _whole(name, _positive(name, value))
         if (value := get("LEASE_SECONDS")) is not None:
-            kwargs["lease_seconds"] = _positive("LEASE_SECONDS", value)
+            kwargs["lease_seconds"] = _number("LEASE_SECONDS", value, minimum=MIN_LEASE_SECONDS)
         if (value := get("DELIVERY_PROCESSES")) is not None:
             count = _number("DELIVERY_PROCESSES", value, minimum=0.0)
             kwargs["delivery_processes"] = _whole("DELIVERY_PROCESSES", count)
@@ -123,6 +135,30 @@ def _positive(name: str, text: str) -> float:
     if value == 0:
         raise SettingsError(f"{_PREFIX}{name} must be greater than 0")
     return value
+
+
+def _at_most(name: str, text: str, value: float, maximum: float) -> float:
+    if value > maximum:
+        raise SettingsError(f"{_PREFIX}{name}: {text!r} must be at most {maximum:g}")
+    return value
+
+
+def _ca_file(path: str) -> str:
+    """``path``, once it reads as a PEM bundle of certificates.
+
+    Checked here, before anything starts: it is first read when a worker builds its HTTPS
+    client, after migrating, where a bad file was a traceback (or a crash-looping child).
+    """
+    try:
+        with open(path, "rb") as file:
+            pem = file.read()
+        ssl.create_default_context().load_verify_locations(cadata=pem.decode("ascii"))
+    except (OSError, ValueError, ssl.SSLError) as exc:  # (UnicodeError is a ValueError)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise SettingsError(
+            f"{_PREFIX}CA_FILE: {path!r} is not a readable PEM bundle of certificates ({reason})"
+        ) from None
+    return path
 
 
 def _whole(name: str, value: float) -> int:
