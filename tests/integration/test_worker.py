@@ -1168,6 +1168,50 @@ async def test_an_outcome_waiting_to_be_recorded_keeps_its_lease_and_is_not_sent
     assert [(a.number, a.status_code) for a in done.attempts] == [(1, 500), (2, 200)]
 
 
+class IdleDownStore:
+    """Wraps a store; ``next_due_at`` fails ``failures`` times, when ``now()`` says so."""
+
+    def __init__(self, inner: Store, failures: int, now: Callable[[], bool]) -> None:
+        self._inner = inner
+        self.failures = failures
+        self.now = now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def next_due_at(self) -> datetime | None:
+        if self.failures > 0 and self.now():
+            self.failures -= 1
+            raise StoreUnavailableError("database restarting")
+        return await self._inner.next_due_at()
+
+
+async def test_a_store_error_while_caught_up_does_not_end_the_worker(
+    store: Store, receivers: ReceiverFactory
+) -> None:
+    # Caught up (on SQLite: waiting for deliveries handed over by their publishes), the worker
+    # asks when the next retry is due; an error there ended run() instead of being retried.
+    receiver = await receivers(secret=SECRET)
+    org = await new_organization(store)
+    await store.create_endpoint(org, receiver.url, None, None)
+    worker: Worker
+    down = IdleDownStore(store, 1, lambda: worker._caught_up_idle)
+    worker = Worker(down, make_settings(), decrypt, poll_interval=0.05)  # type: ignore[arg-type]
+    async with running(worker) as task:
+        first = await publish(store, org)
+        await wait_terminal(store, org, [d.id for d in first])
+        if worker._handoff is not None:  # (only a store that hands off has that state)
+            await wait_until(lambda: _true(down.failures == 0), within=10.0)
+        later = await publish(store, org)
+        (done,) = await wait_terminal(store, org, [d.id for d in later])
+        assert not task.done()
+    assert done.status is DeliveryStatus.SUCCEEDED
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_long_attempts_keep_their_lease(store: Store, receivers: ReceiverFactory) -> None:
     """An attempt longer than the lease is not handed to a second worker meanwhile."""
     receiver = await receivers(secret=SECRET, behaviour=Reply(200, delay=1.2))

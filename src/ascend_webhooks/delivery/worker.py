@@ -478,6 +478,11 @@ class Worker:
                     self._claim_due = await self._idle(excluding=False)
                 except _Stopped:
                     return
+                except Exception:  # the database may be restarting: claim (so retry) again
+                    delay = backoff.next()
+                    _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
+                    self._claim_due = True
+                    await self._sleep(delay)
                 finally:
                     self._caught_up_idle = False
                 continue
