@@ -478,11 +478,8 @@ class Worker:
                     self._claim_due = await self._idle(excluding=False)
                 except _Stopped:
                     return
-                except Exception:  # the database may be restarting: claim (so retry) again
-                    delay = backoff.next()
-                    _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
-                    self._claim_due = True
-                    await self._sleep(delay)
+                except Exception:
+                    await self._after_store_error(backoff)
                 finally:
                     self._caught_up_idle = False
                 continue
@@ -529,13 +526,18 @@ class Worker:
                     self._claim_due = await self._idle(excluding=bool(exclude))
             except _Stopped:
                 return
-            except Exception:  # the database may be restarting: wait and try again
-                delay = backoff.next()
-                _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
-                self._claim_due = True
-                await self._sleep(delay)
+            except Exception:
+                await self._after_store_error(backoff)
             else:
                 backoff.reset()
+
+    async def _after_store_error(self, backoff: _Backoff) -> None:
+        """A store call of the claim loop failed (the database may be restarting): say so,
+        wait the backoff's next delay, and claim again."""
+        delay = backoff.next()
+        _warn("worker %s: store error, retrying in %.2fs", self.worker_id, delay)
+        self._claim_due = True
+        await self._sleep(delay)
 
     def _open_hand_off(self, handoff: HandOff) -> None:
         """Caught up: take new deliveries from publishes, as many as a claim could now."""
