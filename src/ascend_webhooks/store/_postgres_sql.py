@@ -53,6 +53,13 @@ SELECT pg_advisory_xact_lock(h) FROM (
 # at is already durable).
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 
+# The organization's active keys (activated, not revoked), read after _lock_keys: a key's
+# first activation and the refusal to revoke the last active one are decided on them.
+ACTIVE_KEYS = """
+SELECT id FROM webhook_keys
+ WHERE organization_id = $1 AND activated_at IS NOT NULL AND revoked_at IS NULL
+"""
+
 EVENTS_BY_SEQ = """
 SELECT seq, id, organization_id, type, body, ordering_key, created_at
   FROM events WHERE seq = ANY($1::bigint[])

@@ -500,11 +500,7 @@ class PostgresStore(Store):
                 if activate == "if_first":
                     # After the lock: of first keys issued at once, each sees the key that the
                     # one before it activated.
-                    activate = not await conn.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM webhook_keys WHERE organization_id = $1"
-                        " AND activated_at IS NOT NULL AND revoked_at IS NULL)",
-                        organization_id,
-                    )
+                    activate = not await conn.fetch(sql.ACTIVE_KEYS, organization_id)
                 row = await conn.fetchrow(
                     "INSERT INTO webhook_keys (id, organization_id, secret_ciphertext,"
                     " activated_at) VALUES ($1, $2, $3, CASE WHEN $4 THEN"
@@ -569,11 +565,7 @@ class PostgresStore(Store):
         async with self._transaction() as conn:
             await self._lock_keys(conn, organization_id)
             if keep_last_active:
-                active = await conn.fetch(
-                    "SELECT id FROM webhook_keys WHERE organization_id = $1"
-                    " AND activated_at IS NOT NULL AND revoked_at IS NULL",
-                    organization_id,
-                )
+                active = await conn.fetch(sql.ACTIVE_KEYS, organization_id)
                 if [row["id"] for row in active] == [key_id]:
                     raise LastActiveKeyError(f"webhook key {key_id!r} is the only active key")
             row = await conn.fetchrow(

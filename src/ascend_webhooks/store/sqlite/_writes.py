@@ -140,12 +140,7 @@ def create_key(
     if activate == "if_first":
         # In the insert's transaction (one writer at a time): of first keys issued at once,
         # only the one that runs first finds no active key.
-        active = conn.execute(
-            "SELECT 1 FROM webhook_keys WHERE organization_id = ?"
-            " AND activated_at IS NOT NULL AND revoked_at IS NULL LIMIT 1",
-            (organization_id,),
-        ).fetchone()
-        activate = active is None
+        activate = not _has_active_key(conn, organization_id)
     now = now_ms()
     if key_id is None:
         key_id = new_id("key")
@@ -155,6 +150,19 @@ def create_key(
         (key_id, organization_id, ciphertext, now, now if activate else None),
     )
     return _key(conn, organization_id, key_id)
+
+
+def _has_active_key(conn: sqlite3.Connection, organization_id: str, *, besides: str = "") -> bool:
+    """Whether the organization has an active key (activated, not revoked) other than
+    ``besides``; in the caller's transaction (one writer at a time), so it holds until commit."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM webhook_keys WHERE organization_id = ? AND id <> ?"
+            " AND activated_at IS NOT NULL AND revoked_at IS NULL LIMIT 1",
+            (organization_id, besides),
+        ).fetchone()
+        is not None
+    )
 
 
 def rewrite_key_ciphertexts(
@@ -212,14 +220,12 @@ def revoke_key(
     if current.revoked_at is None:
         # In the revoke's transaction (one writer at a time): two revokes cannot both see
         # the other's key still active.
-        if keep_last_active and current.activated_at is not None:
-            other = conn.execute(
-                "SELECT 1 FROM webhook_keys WHERE organization_id = ? AND id <> ?"
-                " AND activated_at IS NOT NULL AND revoked_at IS NULL LIMIT 1",
-                (organization_id, key_id),
-            ).fetchone()
-            if other is None:
-                raise LastActiveKeyError(f"webhook key {key_id!r} is the only active key")
+        if (
+            keep_last_active
+            and current.activated_at is not None
+            and not _has_active_key(conn, organization_id, besides=key_id)
+        ):
+            raise LastActiveKeyError(f"webhook key {key_id!r} is the only active key")
         conn.execute("UPDATE webhook_keys SET revoked_at = ? WHERE id = ?", (now_ms(), key_id))
     return _key(conn, organization_id, key_id)
 
