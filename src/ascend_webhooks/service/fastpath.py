@@ -141,6 +141,9 @@ class FastPublish:
         await send({"type": "http.response.body", "body": content})
 
 
+_READ_HEADERS = frozenset((b"authorization", b"content-type", b"content-length"))
+
+
 def _allowed(services: Services, scope: Scope, org: str, limit: int) -> bool:
     """True for a JSON body within the limit, with a bearer token known here that may see
     ``org`` (decided without a database lookup).
@@ -148,20 +151,15 @@ def _allowed(services: Services, scope: Scope, org: str, limit: int) -> bool:
     A header read here that is sent twice is the route's to answer: Starlette's ``headers.get``
     (its bearer token, its body parsing) takes the first value, and which one a client meant
     is not ours to guess."""
-    authorization = content_type = length = None
+    read: dict[bytes, bytes] = {}
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            if authorization is not None:
+        if name in _READ_HEADERS:
+            if name in read:
                 return False
-            authorization = value
-        elif name == b"content-type":
-            if content_type is not None:
-                return False
-            content_type = value
-        elif name == b"content-length":
-            if length is not None:
-                return False
-            length = value
+            read[name] = value
+    length = read.get(b"content-length")
+    content_type = read.get(b"content-type")
+    authorization = read.get(b"authorization")
     if length is None or not length.isdigit() or int(length) > limit:
         return False
     if content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json":
