@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Event"]
+__all__ = ["EVENT_ID_PATTERN", "EVENT_TYPE_PATTERN", "Event"]
+
+# Event ids and types travel in URL paths and HTTP headers (X-Ascend-Event-Id/-Type), so they
+# are restricted to visible ASCII; ids additionally to URL-safe characters. The API's models,
+# its publish front and `trigger` check these, with ``re.fullmatch`` or pydantic's ``^…$``
+# (Python's ``$`` alone would also accept a trailing newline).
+EVENT_ID_PATTERN = r"[A-Za-z0-9._:~-]{1,255}"
+EVENT_TYPE_PATTERN = r"[\x21-\x7e]{1,200}"
 
 
 @dataclass(frozen=True, slots=True)

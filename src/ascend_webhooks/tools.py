@@ -26,6 +26,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from . import __version__
 from .diagnose import diagnose
+from .event import EVENT_ID_PATTERN, EVENT_TYPE_PATTERN
 from .ids import new_id
 from .samples import EVENT_TYPES, sample_body, sample_data
 from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -34,10 +35,10 @@ __all__ = ["register_tools", "send_event"]
 
 _EXCERPT = 300  # characters of the response body shown
 SECRET_ENV = "ASCEND_WEBHOOKS_SECRET"  # noqa: S105 - the name of a variable, not a secret
-# The API's rules for event ids and types (service/schemas.py, which needs the server extra):
-# both travel in headers, so trigger sends only what Ascend itself could.
-_EVENT_ID = re.compile(r"[A-Za-z0-9._:~-]{1,255}")
-_EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,200}")
+# The API's rules for event ids and types: both travel in headers, so trigger sends only what
+# Ascend itself could.
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+_EVENT_TYPE = re.compile(EVENT_TYPE_PATTERN)
 _SIGNATURE_HEADERS = frozenset({SIGNATURE_HEADER.lower(), TIMESTAMP_HEADER.lower()})
 
 

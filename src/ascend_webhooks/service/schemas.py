@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ..event import EVENT_ID_PATTERN, EVENT_TYPE_PATTERN
 from ..store.models import (
     ApiToken,
     Attempt,
@@ -71,12 +72,6 @@ __all__ = [
 
 MAX_BATCH_EVENTS = 1000
 
-# Event ids and types travel in URL paths and HTTP headers (X-Ascend-Event-Id/-Type), so they
-# are restricted to visible ASCII; ids additionally to URL-safe characters. The publish front
-# (fastpath.py) checks the same patterns with ``re.fullmatch``, which anchors as pydantic's
-# ``^…$`` does (Python's ``$`` alone would also accept a trailing newline).
-EVENT_ID_PATTERN = r"[A-Za-z0-9._:~-]{1,255}"
-EVENT_TYPE_PATTERN = r"[\x21-\x7e]{1,200}"
 MAX_ORDERING_KEY = 255
 EventId = Annotated[str, StringConstraints(pattern=f"^{EVENT_ID_PATTERN}$")]
 EventType = Annotated[str, StringConstraints(pattern=f"^{EVENT_TYPE_PATTERN}$")]
